@@ -1,0 +1,1 @@
+"""The `loraforge` command line."""

@@ -1,0 +1,67 @@
+"""`loraforge serve`: the OpenAI-compatible multi-LoRA server."""
+
+from pathlib import Path
+
+import typer
+
+from loraforge.cli.main import app
+from loraforge.errors import ConfigError
+from loraforge.models.aliases import DEFAULT_MODEL
+
+
+@app.command()
+def serve(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Alias, HF dir, .gguf or hub id."),
+    adapter_dir: Path | None = typer.Option(
+        None, "--adapter-dir", help="One PEFT folder per adapter; the folder name is the adapter name."
+    ),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="LORAFORGE_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1."
+    ),
+    precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16"),
+    adapters: list[str] = typer.Option(
+        [], "--adapter", help="Extra adapter by path: --adapter NAME=DIR (repeatable)."
+    ),
+    max_adapters: int = typer.Option(128, "--max-adapters", min=1, help="Resident adapters (LRU beyond)."),
+    max_adapter_mb: int = typer.Option(
+        8192, "--max-adapter-mb", min=1, help="Resident adapter memory (LRU)."
+    ),
+    max_num_seqs: int = typer.Option(128, "--max-num-seqs", min=1, help="Sequences in the running batch."),
+    max_waiting: int = typer.Option(256, "--max-waiting", min=1, help="Queued requests before 429."),
+    kv_cache_mb: int = typer.Option(512, "--kv-cache-mb", min=1, help="Memory for the KV cache."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
+) -> None:
+    """Serve the base model and its LoRA adapters with an OpenAI-compatible API."""
+    import uvicorn
+
+    from loraforge.serve.api import create_app
+    from loraforge.serve.engine import EngineConfig
+    from loraforge.serve.engine.async_engine import AsyncEngine
+
+    if precision not in {"auto", "fp32", "bf16"}:
+        raise ConfigError(f"--precision must be auto, fp32 or bf16, not '{precision}'")
+    if adapter_dir is not None and not adapter_dir.is_dir():
+        raise ConfigError(f"--adapter-dir {adapter_dir} is not a directory")
+    extra = {}
+    for spec in adapters:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--adapter expects NAME=DIR, got '{spec}'")
+        extra[name] = Path(path)
+    config = EngineConfig(
+        model=model,
+        precision=precision,
+        adapter_dir=adapter_dir,
+        max_adapters=max_adapters,
+        max_adapter_bytes=max_adapter_mb << 20,
+        max_num_seqs=max_num_seqs,
+        kv_cache_bytes=kv_cache_mb << 20,
+        num_threads=threads,
+    )
+    engine = AsyncEngine(config, max_waiting=max_waiting)
+    for name, path in extra.items():
+        engine.engine.adapters.register(name, path)
+    typer.echo(f"serving {engine.model_name} ({engine.engine.dtype}) on http://{host}:{port}/v1", err=True)
+    uvicorn.run(create_app(engine, api_key=api_key), host=host, port=port, log_level="info")

@@ -1,0 +1,119 @@
+"""The fine-tuning config: one pydantic model per YAML section; unknown keys and bad values are errors."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from loraforge.models.aliases import DEFAULT_MODEL
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """Where examples come from. Files may be JSONL, JSON, CSV or Parquet; OpenAI-chat JSONL is detected."""
+
+    train: Path
+    validation: Path | None = None
+    test: Path | None = None
+    validation_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Carved from train when no file.")
+    max_train_examples: int | None = Field(None, gt=0)
+    max_validation_examples: int | None = Field(200, gt=0)
+    stratify_by: str | None = Field(None, description="Column to balance when sampling max_train_examples.")
+    seed: int = 42
+
+
+class PromptConfig(Section):
+    """How a record becomes the model's input."""
+
+    template: str = Field("{input}", description="Python format string over the record's columns.")
+    system: str | None = None
+    chat_template: bool = Field(True, description="Wrap the prompt in the base model's chat template.")
+
+
+class TargetConfig(Section):
+    """What the model must produce: a column, or a template over columns. Chat records: the last reply."""
+
+    column: str | None = "output"
+    template: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "TargetConfig":
+        if self.template is not None:
+            self.__dict__["column"] = None
+        elif self.column is None:
+            raise ValueError("set either 'column' or 'template'")
+        return self
+
+
+class AdapterConfig(Section):
+    r: int = Field(16, gt=0, le=1024)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names.")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("must name at least one module, or be 'all-linear'")
+        return value
+
+
+class TrainerConfig(Section):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="Overrides epochs when set.")
+    batch_size: int = Field(16, gt=0)
+    gradient_accumulation: int = Field(1, gt=0)
+    learning_rate: float = Field(2e-4, gt=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["linear", "cosine", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_seq_length: int = Field(512, ge=8)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    quantization: Literal["none", "4bit"] = Field("none", description="4bit = QLoRA via bitsandbytes (CUDA).")
+    eval_every: int | None = Field(None, gt=0, description="Steps between validation-loss evaluations.")
+    early_stopping_patience: int | None = Field(None, gt=0, description="Evaluations without improvement.")
+    checkpoint_every: int | None = Field(None, gt=0)
+    log_every: int = Field(5, gt=0)
+    seed: int = 42
+
+
+class EvaluationConfig(Section):
+    task: Literal["classification", "generation", "json"] = "generation"
+    metrics: list[str] | None = Field(None, description="Defaults depend on the task.")
+    labels: Path | None = Field(None, description="Label set: a JSON list or one label per line.")
+    max_new_tokens: int = Field(64, gt=0, le=4096)
+    batch_size: int = Field(32, gt=0)
+    split: Literal["test", "validation"] = "test"
+    limit: int | None = Field(
+        None, gt=0, description="Evaluate only the first N rows (after a seeded shuffle)."
+    )
+
+    @model_validator(mode="after")
+    def _metrics_fit_task(self) -> "EvaluationConfig":
+        from loraforge.evaluate.metrics import METRICS_BY_TASK
+
+        allowed = METRICS_BY_TASK[self.task]
+        for name in self.metrics or []:
+            if name not in allowed:
+                raise ValueError(
+                    f"metric '{name}' is not available for task '{self.task}' (choose from {allowed})"
+                )
+        return self
+
+
+class FineTuneConfig(Section):
+    """A whole fine-tuning run."""
+
+    base_model: str = DEFAULT_MODEL
+    data: DataConfig
+    prompt: PromptConfig = PromptConfig()
+    target: TargetConfig = TargetConfig()
+    adapter: AdapterConfig = AdapterConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()

@@ -1,0 +1,1 @@
+"""Training data: reading files, rendering prompts, tokenizing with loss masks, and batching."""

@@ -1,0 +1,56 @@
+"""Load the train/validation/test records a config names, with seeded sampling and validation carving."""
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+
+from loraforge.config.schema import DataConfig
+from loraforge.data.sources import read_records
+from loraforge.errors import DataError
+
+
+@dataclass
+class Splits:
+    train: list[dict]
+    validation: list[dict]
+    test: list[dict]
+
+
+def stratified_sample(records: list[dict], k: int, column: str, rng: random.Random) -> list[dict]:
+    """Take `k` records spread as evenly as possible over the values of `column` (round-robin)."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        if column not in record:
+            raise DataError(f"data.stratify_by column '{column}' is missing from a training record")
+        groups[str(record[column])].append(record)
+    queues = [rng.sample(group, len(group)) for _, group in sorted(groups.items())]
+    picked: list[dict] = []
+    while len(picked) < k and queues:
+        queues = [queue for queue in queues if queue]
+        for queue in queues:
+            if len(picked) == k:
+                break
+            picked.append(queue.pop())
+    rng.shuffle(picked)
+    return picked
+
+
+def load_splits(data: DataConfig) -> Splits:
+    rng = random.Random(data.seed)
+    train = read_records(data.train)
+    if not train:
+        raise DataError(f"data.train: {data.train} has no rows")
+    validation = read_records(data.validation) if data.validation else []
+    if not validation and data.validation_fraction > 0:
+        train = rng.sample(train, len(train))
+        cut = max(1, int(len(train) * data.validation_fraction))
+        validation, train = train[:cut], train[cut:]
+    if data.max_train_examples and len(train) > data.max_train_examples:
+        if data.stratify_by:
+            train = stratified_sample(train, data.max_train_examples, data.stratify_by, rng)
+        else:
+            train = rng.sample(train, data.max_train_examples)
+    if data.max_validation_examples and len(validation) > data.max_validation_examples:
+        validation = random.Random(data.seed + 1).sample(validation, data.max_validation_examples)
+    test = read_records(data.test) if data.test else []
+    return Splits(train=train, validation=validation, test=test)

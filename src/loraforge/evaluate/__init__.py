@@ -1,0 +1,1 @@
+"""Evaluation: batched greedy generation and task metrics, base model vs adapter."""

@@ -1,0 +1,88 @@
+"""Evaluate a model (and optionally the base model zero-shot) on a split, producing `eval.json`."""
+
+import json
+import random
+from pathlib import Path
+
+from rich.progress import Progress
+
+from loraforge.config.schema import EvaluationConfig
+from loraforge.data.examples import ExampleBuilder
+from loraforge.errors import DataError
+from loraforge.evaluate.generation import GenerationModel
+from loraforge.evaluate.metrics import compute_metrics
+
+
+def load_labels(path: Path | None) -> list[str] | None:
+    """A label set from a JSON list or a file with one label per line."""
+    if path is None:
+        return None
+    if not path.is_file():
+        raise DataError(f"evaluation.labels: file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        labels = json.loads(text)
+    except json.JSONDecodeError:
+        labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise DataError(f"evaluation.labels: {path} must be a JSON list of strings or one label per line")
+    return labels
+
+
+def select_rows(records: list[dict], limit: int | None, seed: int) -> list[dict]:
+    """The first `limit` rows after a seeded shuffle, so a subset covers all labels of a sorted file."""
+    if limit is None or limit >= len(records):
+        return records
+    return random.Random(seed).sample(records, limit)
+
+
+def evaluate_records(
+    generator: GenerationModel,
+    builder: ExampleBuilder,
+    records: list[dict],
+    config: EvaluationConfig,
+    *,
+    with_adapter: bool = True,
+    baseline: bool = False,
+    show_progress: bool = True,
+) -> dict:
+    """Generate for every record and score against its target; returns the eval.json document."""
+    if not records:
+        raise DataError(f"evaluation: the {config.split} split has no rows")
+    labels = load_labels(config.labels)
+    examples = [builder.build(record) for record in records]
+    prompts = [example.prompt for example in examples]
+    references = [example.completion for example in examples]
+    runs = ([("base", False)] if baseline else []) + ([("adapter", True)] if with_adapter else [])
+    results: dict[str, dict] = {}
+    samples: list[dict] = [{"prompt": p, "reference": r} for p, r in zip(prompts, references, strict=True)]
+    with Progress(disable=not show_progress, transient=True) as progress:
+        for name, use_adapter in runs:
+            task = progress.add_task(f"evaluate {name}", total=len(prompts))
+            predictions = generator.generate(
+                prompts,
+                max_new_tokens=config.max_new_tokens,
+                batch_size=config.batch_size,
+                use_adapter=use_adapter,
+                on_batch=lambda n, task=task: progress.advance(task, n),
+            )
+            results[name] = compute_metrics(config.task, config.metrics, predictions, references, labels)
+            for sample, prediction in zip(samples, predictions, strict=True):
+                sample[name] = prediction
+    return {
+        "task": config.task,
+        "split": config.split,
+        "rows": len(records),
+        "results": results,
+        "samples": samples,
+    }
+
+
+def write_report(report: dict, path: Path) -> None:
+    """`eval.json` holds the metrics; the per-row predictions go beside it in `predictions.jsonl`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    summary = {key: value for key, value in report.items() if key != "samples"}
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    with path.with_name("predictions.jsonl").open("w") as handle:
+        for sample in report["samples"]:
+            handle.write(json.dumps(sample, ensure_ascii=False) + "\n")

@@ -1,0 +1,154 @@
+"""The gateway's ASGI app: OpenAI-compatible routes, feedback, health, metrics, models pass-through."""
+
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from loraforge.gateway.errors import GatewayError, json_response, upstream_error, upstream_status_error
+from loraforge.gateway.metrics import GatewayMetrics
+from loraforge.gateway.proxy import Proxy
+from loraforge.gateway.settings import GatewaySettings
+from loraforge.gateway.upstream import UpstreamClient, UpstreamError
+from loraforge.gateway.validation import TASK_HEADER, parse_feedback, parse_request
+from loraforge.store.prices import PriceTable
+from loraforge.store.recorder import Recorder
+from loraforge.store.spool import Spool
+from loraforge.store.store import CallNotFoundError, Store, StoreUnavailableError
+
+log = logging.getLogger("loraforge.gateway")
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    """Build the app; opening the store is deferred to startup, where a down store only means spooling."""
+    store = Store(
+        settings.store_url,
+        busy_timeout_s=settings.store_busy_timeout_s,
+        sqlite_sync=settings.sqlite_sync,
+        migrate=False,
+    )
+    prices = PriceTable.load(settings.prices_file)
+    metrics = GatewayMetrics()
+    spool = Spool(settings.resolved_spool_path())
+    recorder = Recorder(store, spool, retry_interval_s=settings.retry_interval_s, on_batch=metrics.on_batch)
+    upstream = UpstreamClient(settings.upstream_url, settings.timeout_s, settings.connect_timeout_s)
+    proxy = Proxy(upstream, recorder, prices, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            await run_in_threadpool(store.migrate)
+        except StoreUnavailableError as exc:
+            log.warning("%s; calls are spooled to %s until it is back", exc, spool.path)
+        recorder.store_healthy = store.migrated
+        metrics.store_healthy.set(1 if store.migrated else 0)
+        recorder.start()
+        try:
+            yield
+        finally:
+            await upstream.aclose()
+            await run_in_threadpool(recorder.stop)
+            store.close()
+
+    app = FastAPI(title="loraforge gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.store = store
+    app.state.recorder = recorder
+    app.state.metrics = metrics
+    app.state.settings = settings
+
+    def upstream_headers(request: Request, body: bool = True) -> dict[str, str]:
+        headers = {"content-type": "application/json"} if body else {}
+        if settings.upstream_api_key:
+            headers["authorization"] = f"Bearer {settings.upstream_api_key}"
+        elif not settings.api_key and request.headers.get("authorization"):
+            # No key of our own on either side: the client's key is meant for the upstream.
+            headers["authorization"] = request.headers["authorization"]
+        return headers
+
+    def check_auth(request: Request) -> None:
+        if not settings.api_key:
+            return
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+            raise GatewayError(
+                401,
+                "Incorrect or missing API key for the loraforge gateway.",
+                type="invalid_request_error",
+                code="invalid_api_key",
+            )
+
+    async def completions(request: Request, endpoint: str) -> Response:
+        try:
+            check_auth(request)
+            parsed = parse_request(await request.body(), endpoint, request.headers.get(TASK_HEADER))
+            return await proxy.forward(parsed, upstream_headers(request))
+        except GatewayError as exc:
+            if exc.status in (400, 401):
+                metrics.requests.labels(endpoint, str(exc.status)).inc()
+            return exc.response()
+
+    async def chat_completions(request: Request) -> Response:
+        return await completions(request, "chat.completions")
+
+    async def text_completions(request: Request) -> Response:
+        return await completions(request, "completions")
+
+    async def models(request: Request) -> Response:
+        try:
+            check_auth(request)
+            resp = await upstream.request("GET", "/models", b"", upstream_headers(request, body=False))
+            try:
+                content = await resp.read()
+            finally:
+                resp.close()
+        except GatewayError as exc:
+            return exc.response()
+        except UpstreamError as exc:
+            return upstream_error(exc).response()
+        if resp.status >= 400:
+            return upstream_status_error(resp.status, content).response()
+        return Response(content, 200, media_type="application/json")
+
+    async def feedback(request: Request) -> Response:
+        try:
+            check_auth(request)
+            fb = parse_feedback(await request.body())
+            try:
+                row = await run_in_threadpool(store.add_feedback, **fb)
+            except CallNotFoundError as exc:
+                if not recorder.store_healthy or spool.has_pending():
+                    raise GatewayError(
+                        503, "the store is catching up on spooled calls; retry shortly", type="server_error"
+                    ) from exc
+                raise GatewayError(404, str(exc), param="call_id", code="call_not_found") from exc
+            except Exception as exc:  # the database is down
+                log.warning("feedback for %s not stored: %s", fb["call_id"], exc)
+                raise GatewayError(
+                    503, "the store is unavailable; retry shortly", type="server_error"
+                ) from exc
+        except GatewayError as exc:
+            return exc.response()
+        return json_response({"object": "feedback", "id": row.id, "call_id": row.call_id}, 201)
+
+    async def health(_: Request) -> Response:
+        body = {"status": "ok", "store": "ok" if recorder.store_healthy else "spooling"}
+        return json_response(body)
+
+    async def prometheus(_: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # Plain Starlette routes: no dependency injection on the hot path, bodies are passed through untouched.
+    app.router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    app.router.add_route("/v1/completions", text_completions, methods=["POST"])
+    app.router.add_route("/v1/models", models, methods=["GET"])
+    app.router.add_route("/v1/feedback", feedback, methods=["POST"])
+    app.router.add_route("/health", health, methods=["GET"])
+    app.router.add_route("/metrics", prometheus, methods=["GET"])
+    return app

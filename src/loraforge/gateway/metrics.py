@@ -1,0 +1,57 @@
+"""Prometheus metrics of one gateway (own registry, so several gateways can live in one process)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "loraforge_gateway_requests",
+            "Proxied requests by endpoint and HTTP status.",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "loraforge_gateway_request_seconds",
+            "Time to the complete response, recording included.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "loraforge_gateway_upstream_seconds",
+            "Time the upstream took.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "loraforge_gateway_tokens", "Tokens of successful calls.", ["task", "kind"], registry=r
+        )
+        self.cost = Counter("loraforge_gateway_cost_usd", "Estimated cost of calls.", ["task"], registry=r)
+        self.recorded = Counter(
+            "loraforge_gateway_recorded_calls",
+            "Calls recorded, by where they went (store, spool, failed).",
+            ["outcome"],
+            registry=r,
+        )
+        self.record_batch_seconds = Histogram(
+            "loraforge_gateway_record_batch_seconds",
+            "Time to durably write one group-commit batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.store_healthy = Gauge(
+            "loraforge_gateway_store_healthy",
+            "1 when calls go to the store, 0 while they are spooled.",
+            registry=r,
+        )
+
+    def on_batch(self, outcome: str, size: int, seconds: float) -> None:
+        self.recorded.labels(outcome).inc(size)
+        self.record_batch_seconds.observe(seconds)
+        self.store_healthy.set(1 if outcome == "store" else 0)

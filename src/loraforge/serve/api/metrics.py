@@ -1,0 +1,81 @@
+"""Prometheus metrics of the server, in a registry of its own (one per app, so tests can run several)."""
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+disable_created_metrics()  # the *_created series only add noise to every counter and histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+
+
+class Metrics:
+    def __init__(self, engine):
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter(
+            "loraforge_requests", "Finished requests", ["model", "endpoint", "status"], registry=r
+        )
+        self.prompt_tokens = Counter(
+            "loraforge_prompt_tokens", "Prompt tokens of requests", ["model"], registry=r
+        )
+        self.completion_tokens = Counter(
+            "loraforge_completion_tokens", "Generated tokens", ["model"], registry=r
+        )
+        self.ttft = Histogram(
+            "loraforge_time_to_first_token_seconds",
+            "Time to first token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "loraforge_time_per_output_token_seconds",
+            "Time between output tokens (mean per request)",
+            ["model"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "loraforge_request_duration_seconds",
+            "End-to-end request time",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge("loraforge_queue_depth", "Requests waiting to start", registry=r)
+        self.queue_depth.set_function(engine.num_waiting)
+        self.running = Gauge("loraforge_running_requests", "Requests in the running batch", registry=r)
+        self.running.set_function(engine.num_running)
+        self.resident = Gauge("loraforge_resident_adapters", "Adapters loaded in memory", registry=r)
+        self.resident.set_function(lambda: len(engine.engine.adapters.resident))
+        self.preemptions = Gauge("loraforge_preemptions", "Sequences preempted so far", registry=r)
+        self.preemptions.set_function(lambda: engine.engine.scheduler.num_preemptions)
+
+    def observe(
+        self,
+        model: str,
+        endpoint: str,
+        status: str,
+        prompt: int,
+        completion: int,
+        started: float,
+        first_token: float | None,
+        ended: float,
+    ) -> None:
+        self.requests.labels(model, endpoint, status).inc()
+        self.prompt_tokens.labels(model).inc(prompt)
+        self.completion_tokens.labels(model).inc(completion)
+        self.latency.labels(model).observe(ended - started)
+        if first_token is not None:
+            self.ttft.labels(model).observe(first_token - started)
+            if completion > 1:
+                self.tpot.labels(model).observe((ended - first_token) / (completion - 1))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

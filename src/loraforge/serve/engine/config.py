@@ -1,0 +1,21 @@
+"""Engine settings."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class EngineConfig:
+    model: str = "smollm2-135m"  # alias, local HF dir, .gguf file or hub id (see loraforge.models)
+    precision: str = "auto"  # auto | fp32 | bf16 (auto: bf16 on AMX/AVX512-BF16 CPUs and CUDA)
+    device: str = "cpu"
+    block_size: int = 16  # tokens per KV-cache block
+    kv_cache_bytes: int = 512 << 20  # memory for the KV cache, split into blocks
+    num_kv_blocks: int | None = None  # overrides kv_cache_bytes (tests use a tiny cache to force preemption)
+    max_num_seqs: int = 128  # sequences in the running batch
+    max_num_batched_tokens: int = 2048  # prefill token budget per step
+    max_model_len: int | None = None  # context limit; default min(model's, 8192)
+    adapter_dir: Path | None = None  # registry: one PEFT folder per adapter, folder name = adapter name
+    max_adapters: int = 128  # resident adapters (LRU beyond this)
+    max_adapter_bytes: int = 8 << 30  # resident adapter bytes (LRU beyond this)
+    num_threads: int | None = None  # torch intra-op threads on CPU; None = leave torch's default

@@ -1,0 +1,88 @@
+"""Paged KV cache: fixed-size blocks in one preallocated tensor, handed out to sequences as they grow."""
+
+from collections import deque
+
+import torch
+
+from loraforge.serve.engine.sequence import Sequence
+
+
+class KVCache:
+    """K and V for every layer: `[layers, blocks, block_size, kv_heads, head_dim]`, slots addressed flat."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_blocks: int,
+        block_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: str = "cpu",
+    ):
+        shape = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+
+    @staticmethod
+    def bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype) -> int:
+        return (
+            2
+            * num_layers
+            * block_size
+            * num_kv_heads
+            * head_dim
+            * torch.empty((), dtype=dtype).element_size()
+        )
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store K/V of new tokens (`[tokens, kv_heads, head_dim]`) at flat slot ids."""
+        n, kvh, d = self.k.shape[1] * self.k.shape[2], self.k.shape[3], self.k.shape[4]
+        self.k[layer].view(n, kvh, d).index_copy_(0, slots, k)
+        self.v[layer].view(n, kvh, d).index_copy_(0, slots, v)
+
+    def gather(self, layer: int, block_tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V of whole sequences via block tables: `[batch, blocks * block_size, kv_heads, head_dim]`."""
+        b, nb = block_tables.shape
+        k = self.k[layer][block_tables].view(b, nb * self.block_size, *self.k.shape[3:])
+        v = self.v[layer][block_tables].view(b, nb * self.block_size, *self.v.shape[3:])
+        return k, v
+
+
+class BlockManager:
+    """Free-list allocator of cache blocks; a sequence owns ceil(len / block_size) blocks."""
+
+    def __init__(self, num_blocks: int, block_size: int):
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self.free: deque[int] = deque(range(num_blocks))
+
+    @property
+    def num_free(self) -> int:
+        return len(self.free)
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def can_allocate(self, seq: Sequence) -> bool:
+        return self.blocks_needed(len(seq)) <= len(self.free)
+
+    def allocate(self, seq: Sequence) -> None:
+        """Give a waiting sequence blocks for all its tokens (prompt + output kept over a preemption)."""
+        assert not seq.blocks
+        seq.blocks = [self.free.popleft() for _ in range(self.blocks_needed(len(seq)))]
+
+    def release(self, seq: Sequence) -> None:
+        self.free.extend(seq.blocks)
+        seq.blocks = []
+        seq.num_cached = 0
+
+    def can_append(self, seq: Sequence) -> bool:
+        """Whether the next decode step (which stores the newest token) has room."""
+        return len(seq) <= len(seq.blocks) * self.block_size or len(self.free) > 0
+
+    def append(self, seq: Sequence) -> None:
+        if len(seq) > len(seq.blocks) * self.block_size:
+            seq.blocks.append(self.free.popleft())

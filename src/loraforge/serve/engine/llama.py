@@ -1,0 +1,210 @@
+"""The Llama family (Llama, Mistral, Qwen2, SmolLM) in plain PyTorch, with fused QKV and gate-up weights.
+
+Loads HF safetensors. Matches transformers' LlamaForCausalLM numerics (RMSNorm in fp32, RoPE in fp32,
+rotate-half layout) so greedy outputs agree token for token in fp32.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from loraforge.errors import ModelNotFoundError
+from loraforge.serve.engine.attention import AttentionMetadata, attention
+from loraforge.serve.engine.kv_cache import KVCache
+from loraforge.serve.engine.lora_math import LoRABatch, LoRAWeights
+
+SUPPORTED = {"llama", "mistral", "qwen2"}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    eos_token_ids: tuple[int, ...]
+
+    @classmethod
+    def from_hf(cls, path: Path) -> "ModelConfig":
+        cfg = json.loads((path / "config.json").read_text())
+        if cfg.get("model_type") not in SUPPORTED:
+            raise ModelNotFoundError(
+                f"model type '{cfg.get('model_type')}' is not supported by the engine ({sorted(SUPPORTED)})"
+            )
+        # transformers 5 writes `rope_parameters`; older configs have `rope_theta` + `rope_scaling`.
+        rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+        theta = rope.pop("rope_theta", cfg.get("rope_theta", 10000.0))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        eos = cfg.get("eos_token_id")
+        heads = cfg["num_attention_heads"]
+        return cls(
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            rope_scaling=None if rope_type == "default" else rope,
+            max_position_embeddings=cfg.get("max_position_embeddings", 2048),
+            tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+            qkv_bias=cfg.get("attention_bias", cfg.get("model_type") == "qwen2"),
+            eos_token_ids=tuple(eos if isinstance(eos, list) else [eos] if eos is not None else []),
+        )
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies, with linear or Llama-3 scaling applied."""
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
+    s = cfg.rope_scaling
+    if s is None:
+        return inv
+    kind = s.get("rope_type", s.get("type"))
+    if kind == "linear":
+        return inv / s["factor"]
+    if kind == "llama3":
+        factor, low, high = s["factor"], s.get("low_freq_factor", 1.0), s.get("high_freq_factor", 4.0)
+        old = s["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > old / low, inv / factor, inv)
+        smooth = (old / wavelen - low) / (high - low)
+        mid = (1 - smooth) * scaled / factor + smooth * scaled
+        is_mid = (wavelen >= old / high) & (wavelen <= old / low)
+        return torch.where(is_mid, mid, scaled)
+    raise ModelNotFoundError(f"RoPE scaling '{kind}' is not supported (supported: linear, llama3)")
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on `[tokens, heads, head_dim]` with cos/sin `[tokens, 1, head_dim]`."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # In fp32 like transformers: bf16 variance loses too much precision.
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+class Llama(torch.nn.Module):
+    """Weights as plain tensors; `forward` runs a flat batch of tokens from many sequences."""
+
+    def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor]):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = weights.pop("embed")
+        self.lm_head = weights.pop("lm_head", self.embed)
+        self.norm = weights.pop("norm")
+        self.layers = [
+            {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(f"{i}.")}
+            for i in range(cfg.num_layers)
+        ]
+        self.inv_freq = rope_inv_freq(cfg).to(self.embed.device)
+        self.q_size = cfg.num_heads * cfg.head_dim
+        self.kv_size = cfg.num_kv_heads * cfg.head_dim
+
+    @classmethod
+    def load(cls, path: Path, dtype: torch.dtype, device: str = "cpu") -> "Llama":
+        cfg = ModelConfig.from_hf(path)
+        raw = _read_safetensors(path)
+        w: dict[str, torch.Tensor] = {}
+
+        def take(name: str) -> torch.Tensor:
+            return raw.pop(name).to(device=device, dtype=dtype).contiguous()
+
+        w["embed"] = take("model.embed_tokens.weight")
+        w["norm"] = take("model.norm.weight")
+        if not cfg.tie_word_embeddings:
+            w["lm_head"] = take("lm_head.weight")
+        for i in range(cfg.num_layers):
+            p = f"model.layers.{i}."
+            w[f"{i}.qkv"] = torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
+            if cfg.qkv_bias:
+                w[f"{i}.qkv_bias"] = torch.cat([take(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
+            w[f"{i}.o"] = take(p + "self_attn.o_proj.weight")
+            w[f"{i}.gate_up"] = torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")])
+            w[f"{i}.down"] = take(p + "mlp.down_proj.weight")
+            w[f"{i}.ln1"] = take(p + "input_layernorm.weight")
+            w[f"{i}.ln2"] = take(p + "post_attention_layernorm.weight")
+        return cls(cfg, w)
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        kv: KVCache,
+        lora: LoRABatch | None = None,
+        lora_weights: LoRAWeights | None = None,
+    ) -> torch.Tensor:
+        """Hidden states of the last token of each sequence: `[sequences, hidden]`."""
+        cfg = self.cfg
+        h = self.embed[input_ids]
+        cos, sin = self.rope(positions, h.dtype)
+        use_lora = lora is not None and lora_weights is not None and lora.num_active > 0
+        for i, layer in enumerate(self.layers):
+            x = rms_norm(h, layer["ln1"], cfg.rms_norm_eps)
+            qkv = F.linear(x, layer["qkv"], layer.get("qkv_bias"))
+            if use_lora:
+                lora_weights.add(i, "qkv", x, qkv, lora)
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = apply_rope(q.view(-1, cfg.num_heads, cfg.head_dim), cos, sin)
+            k = apply_rope(k.view(-1, cfg.num_kv_heads, cfg.head_dim), cos, sin)
+            v = v.view(-1, cfg.num_kv_heads, cfg.head_dim)
+            a = attention(q, k, v, i, meta, kv).reshape(-1, self.q_size)
+            o = F.linear(a, layer["o"])
+            if use_lora:
+                lora_weights.add(i, "o", a, o, lora)
+            h = h + o
+            x = rms_norm(h, layer["ln2"], cfg.rms_norm_eps)
+            gu = F.linear(x, layer["gate_up"])
+            if use_lora:
+                lora_weights.add(i, "gate_up", x, gu, lora)
+            gate, up = gu.chunk(2, dim=-1)
+            m = F.silu(gate) * up
+            d = F.linear(m, layer["down"])
+            if use_lora:
+                lora_weights.add(i, "down", m, d, lora)
+            h = h + d
+        return rms_norm(h[meta.last_token_index], self.norm, cfg.rms_norm_eps)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.lm_head).float()
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ModelNotFoundError(
+            f"{path} has no .safetensors weights (loraforge never loads pickled weights)"
+        )
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():  # noqa: SIM118 - safe_open is not a mapping
+                out[key] = st.get_tensor(key)
+    return out

@@ -1,0 +1,37 @@
+"""Next-token choice per row: greedy, or temperature/top-k/top-p sampling, optionally seeded per request."""
+
+import torch
+
+from loraforge.serve.engine.sequence import Sequence
+
+
+def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+    """`logits` `[rows, vocab]` (fp32), one row per sequence."""
+    out = logits.argmax(dim=-1).tolist()
+    sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
+    if not sampled:
+        return out
+    rows = logits[sampled]
+    params = [seqs[i].params for i in sampled]
+    temps = torch.tensor([p.temperature for p in params], dtype=rows.dtype)[:, None]
+    rows = rows / temps
+    top_ks = [p.top_k for p in params]
+    if any(k > 0 for k in top_ks):
+        k_max = max(k if k > 0 else rows.shape[-1] for k in top_ks)
+        kth = rows.topk(min(k_max, rows.shape[-1]), dim=-1).values  # sorted descending
+        idx = torch.tensor([min(k, rows.shape[-1]) - 1 if k > 0 else kth.shape[-1] - 1 for k in top_ks])
+        threshold = kth.gather(1, idx[:, None])
+        no_k = torch.tensor([k <= 0 for k in top_ks])[:, None]
+        rows = torch.where((rows < threshold) & ~no_k, float("-inf"), rows)
+    probs = rows.softmax(dim=-1)
+    top_ps = torch.tensor([p.top_p for p in params], dtype=probs.dtype)[:, None]
+    if (top_ps < 1.0).any():
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the first token is always kept).
+        drop = (sorted_p.cumsum(-1) - sorted_p) >= top_ps
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(1, order, sorted_p)
+    for row, i in enumerate(sampled):
+        # Each request draws from its own generator, so a seed reproduces the output whatever the batch.
+        out[i] = int(torch.multinomial(probs[row], 1, generator=seqs[i].generator).item())
+    return out

@@ -1,0 +1,76 @@
+"""Continuous batching: each step prefills newly admitted sequences or decodes one token for all running.
+
+Prefills are packed up to a token budget. When the KV cache runs out during decode, the most recently
+admitted sequence is preempted: its blocks are freed and it goes back to the front of the queue, to be
+recomputed (prompt + tokens so far) when memory frees up. Nothing is ever dropped.
+"""
+
+from collections import deque
+
+from loraforge.serve.engine.kv_cache import BlockManager
+from loraforge.serve.engine.sequence import Sequence, SequenceStatus
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+        self.blocks = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: deque[Sequence] = deque()
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> tuple[list[Sequence], bool]:
+        """Pick the sequences of the next step; returns (sequences, is_prefill)."""
+        batch: list[Sequence] = []
+        num_tokens = 0
+        while self.waiting and len(self.running) + len(batch) < self.max_num_seqs:
+            seq = self.waiting[0]
+            # One prompt longer than the budget still runs, alone, so that no request can starve.
+            if batch and num_tokens + len(seq) > self.max_num_batched_tokens:
+                break
+            if not self.blocks.can_allocate(seq):
+                break
+            self.blocks.allocate(seq)
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            batch.append(seq)
+            num_tokens += len(seq)
+        if batch:
+            self.running.extend(batch)
+            return batch, True
+
+        while self.running:
+            seq = self.running.popleft()
+            while not self.blocks.can_append(seq):
+                if self.running:
+                    self._preempt(self.running.pop())
+                else:
+                    self._preempt(seq)
+                    break
+            else:
+                self.blocks.append(seq)
+                batch.append(seq)
+        self.running.extendleft(reversed(batch))
+        return batch, False
+
+    def _preempt(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.blocks.release(seq)
+        self.waiting.appendleft(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        """Drop a finished (or aborted) sequence and free its blocks."""
+        if seq in self.running:
+            self.running.remove(seq)
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        self.blocks.release(seq)

@@ -1,0 +1,89 @@
+"""A request as the engine sees it: token ids, sampling settings, KV blocks and state."""
+
+import enum
+import itertools
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    """Per-request decoding settings; `temperature == 0` means greedy."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no top-k filter
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"  # EOS or a stop string
+    LENGTH = "length"  # max_tokens or the context limit
+    ABORT = "abort"
+
+
+_ids = itertools.count()
+
+
+class Sequence:
+    """One generation: prompt + completion tokens; `blocks` lists its KV-cache block ids in order."""
+
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        adapter: str | None = None,
+        request_id: str | None = None,
+    ):
+        self.seq_id = next(_ids)
+        self.request_id = request_id or f"seq-{self.seq_id}"
+        self.prompt_ids = list(prompt_ids)
+        self.output_ids: list[int] = []
+        self.params = params
+        self.adapter = adapter
+        self.lora_slot = 0  # 0 = base model only; set when the adapter is resident
+        self.holds_adapter = False  # holds a reference that keeps its adapter from being evicted
+        self.status = SequenceStatus.WAITING
+        self.finish_reason: FinishReason | None = None
+        self.blocks: list[int] = []
+        self.num_cached = 0  # tokens whose K/V are in the cache
+        self.output_text = ""  # detokenized completion, cut at a stop string
+        self.detok_offsets = (0, 0)  # see Detokenizer
+        self.error: Exception | None = None  # why an aborted sequence failed (its adapter did not load)
+        self.num_preemptions = 0
+        self.generator: torch.Generator | None = None
+        if params.seed is not None:
+            self.generator = torch.Generator().manual_seed(params.seed)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def last_token(self) -> int:
+        return self.output_ids[-1] if self.output_ids else self.prompt_ids[-1]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status == SequenceStatus.FINISHED
+
+    def finish(self, reason: FinishReason) -> None:
+        self.status = SequenceStatus.FINISHED
+        self.finish_reason = reason

@@ -1,0 +1,85 @@
+"""Store URLs and engines: SQLite (WAL, fsync on commit) by default, PostgreSQL by URL."""
+
+import contextlib
+import os
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+from loraforge.errors import ConfigError
+from loraforge.paths import loraforge_home
+
+STORE_URL_ENV = "LORAFORGE_STORE_URL"
+
+
+def default_store_url() -> str:
+    return f"sqlite:///{loraforge_home() / 'store.db'}"
+
+
+def resolve_store_url(url: str | None = None) -> str:
+    """`url`, else `$LORAFORGE_STORE_URL`, else SQLite in `$LORAFORGE_HOME`; a bare path is a SQLite file."""
+    url = url or os.environ.get(STORE_URL_ENV) or default_store_url()
+    if "://" not in url:
+        return f"sqlite:///{Path(url).expanduser().resolve()}"
+    scheme, rest = url.split("://", 1)
+    # psycopg 3 is the driver we ship; plain postgres URLs (as libpq and most tools write them) map to it.
+    if scheme in ("postgres", "postgresql"):
+        return f"postgresql+psycopg://{rest}"
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden, for logs and error messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+SQLITE_SYNC_MODES = ("full", "normal")
+
+
+def make_engine(url: str, busy_timeout_s: float = 5.0, sqlite_sync: str = "full") -> Engine:
+    """An engine for a resolved store URL; raises ConfigError for an unsupported or malformed URL.
+
+    `sqlite_sync`: "full" fsyncs the WAL at every commit (a commit survives power loss); "normal" leaves it
+    to the OS (a commit survives the gateway's crash or SIGKILL, not a power cut); much faster on slow disks.
+    """
+    if sqlite_sync not in SQLITE_SYNC_MODES:
+        raise ConfigError(
+            f"SQLite sync mode must be one of {', '.join(SQLITE_SYNC_MODES)}, got {sqlite_sync!r}"
+        )
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ConfigError(f"store URL {url!r} is not a valid database URL: {exc}") from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url, parsed.database, busy_timeout_s, sqlite_sync)
+    if backend == "postgresql":
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=8,
+            connect_args={"connect_timeout": max(1, int(busy_timeout_s))},
+        )
+    raise ConfigError(f"store URL {redact(url)!r}: only sqlite:/// and postgresql:// stores are supported")
+
+
+def _sqlite_engine(url: str, database: str | None, busy_timeout_s: float, sync: str) -> Engine:
+    if not database or database == ":memory:":
+        raise ConfigError("store URL: an in-memory SQLite store would lose every call; give a file path")
+    # A directory that cannot be created now shows up as an unavailable store when connecting, which the
+    # gateway survives (it spools); failing here would stop it from starting at all.
+    with contextlib.suppress(OSError):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": busy_timeout_s, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={sync.upper()}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        cur.close()
+
+    return engine

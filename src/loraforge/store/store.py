@@ -1,0 +1,145 @@
+"""The store: open (and migrate) a database, write calls in batches, read calls, attach feedback."""
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, insert, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from loraforge.errors import LoraforgeError
+from loraforge.store.database import make_engine, redact, resolve_store_url
+from loraforge.store.models import Call, Feedback
+from loraforge.store.schema import upgrade
+
+
+class StoreUnavailableError(LoraforgeError):
+    """The database cannot be reached or written."""
+
+
+class CallNotFoundError(LoraforgeError):
+    """No call has the given id."""
+
+
+class Store:
+    """A handle on one store database; thread-safe (each operation takes its own connection)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        busy_timeout_s: float = 5.0,
+        sqlite_sync: str = "full",
+        migrate: bool = True,
+    ) -> None:
+        self.url = resolve_store_url(url)
+        self.engine: Engine = make_engine(self.url, busy_timeout_s=busy_timeout_s, sqlite_sync=sqlite_sync)
+        self.migrated = False
+        if migrate:
+            self.migrate()
+
+    def __repr__(self) -> str:
+        return f"Store({redact(self.url)!r})"
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def migrate(self) -> None:
+        """Upgrade the schema to head; raises StoreUnavailableError when the database cannot be reached."""
+        try:
+            upgrade(self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailableError(f"cannot open store {redact(self.url)}: {_short(exc)}") from exc
+        self.migrated = True
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def insert_calls(self, records: Sequence[dict[str, Any]]) -> None:
+        """Insert call records (dicts of Call columns) in one transaction: all are committed or none."""
+        if not records:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(insert(Call), [_call_row(r, self.dialect) for r in records])
+
+    def insert_missing_calls(self, records: Sequence[dict[str, Any]]) -> int:
+        """Insert the records whose id is not stored yet (idempotent replay); returns how many were new."""
+        if not records:
+            return 0
+        ids = [r["id"] for r in records]
+        with self.engine.begin() as conn:
+            existing = set(conn.scalars(select(Call.id).where(Call.id.in_(ids))))
+            new = {r["id"]: r for r in records if r["id"] not in existing}  # a spool may repeat an id
+            if new:
+                conn.execute(insert(Call), [_call_row(r, self.dialect) for r in new.values()])
+        return len(new)
+
+    def get_call(self, call_id: str) -> Call | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.get(Call, call_id)
+
+    def calls(self, task: str | None = None) -> list[Call]:
+        """All calls (of a task), oldest first."""
+        query = select(Call).order_by(Call.time, Call.id)
+        if task is not None:
+            query = query.where(Call.task == task)
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(query))
+
+    def count_calls(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).select_from(Call)) or 0)
+
+    def add_feedback(
+        self,
+        call_id: str,
+        score: float | None = None,
+        corrected_output: str | None = None,
+        comment: str | None = None,
+    ) -> Feedback:
+        """Attach feedback to a stored call; raises CallNotFoundError for an unknown id."""
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            if session.get(Call, call_id) is None:
+                raise CallNotFoundError(f"no call with id {call_id!r}")
+            fb = Feedback(call_id=call_id, score=score, corrected_output=corrected_output, comment=comment)
+            session.add(fb)
+        return fb
+
+    def feedback_for(self, call_id: str) -> list[Feedback]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            query = select(Feedback).where(Feedback.call_id == call_id).order_by(Feedback.time, Feedback.id)
+            return list(session.scalars(query))
+
+
+_CALL_COLUMNS = {c.name for c in Call.__table__.columns}
+
+
+def _call_row(record: dict[str, Any], dialect: str) -> dict[str, Any]:
+    """A Call row from a record; times arrive as datetimes or (from the spool) ISO strings."""
+    row = {k: v for k, v in record.items() if k in _CALL_COLUMNS}
+    if isinstance(row.get("time"), str):
+        row["time"] = datetime.fromisoformat(row["time"])
+    row.setdefault("tags", {})
+    for key in ("requested_model", "served_model", "task"):  # String(200): longer values would be refused
+        if isinstance(row.get(key), str):
+            row[key] = row[key][:200]
+    if dialect == "postgresql":
+        # PostgreSQL text and JSONB refuse NUL characters, which a client may well send; SQLite keeps them.
+        row = {k: _strip_nul(v) for k, v in row.items()}
+    return row
+
+
+def _strip_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {_strip_nul(k): _strip_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strip_nul(v) for v in value]
+    return value
+
+
+def _short(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]

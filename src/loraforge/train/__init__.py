@@ -1,0 +1,1 @@
+"""LoRA fine-tuning: the training loop, checkpoints, metrics and the run orchestration."""

@@ -1,0 +1,85 @@
+"""Training checkpoints: adapter weights (safetensors), optimizer/scheduler state and RNG, for `--resume`."""
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainerState:
+    """Where the loop is: enough to continue with the same data order."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed
+    tokens_seen: int = 0
+    best_eval_loss: float | None = None
+    evals_without_improvement: int = 0
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+def save_checkpoint(directory: Path, model, optimizer, scheduler, state: TrainerState) -> None:
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(
+        {k: v.contiguous().cpu() for k, v in trainable_state(model).items()}, tmp / "trainable.safetensors"
+    )
+    # Optimizer, scheduler and torch RNG (dropout) states hold only tensors and plain values,
+    # so they reload with weights_only=True (no arbitrary pickle).
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        tmp / "optimizer.pt",
+    )
+    (tmp / STATE_FILE).write_text(json.dumps(asdict(state)))
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    found = (
+        [p for p in checkpoints.glob("step-*") if (p / STATE_FILE).exists()] if checkpoints.exists() else []
+    )
+    return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def read_state(directory: Path) -> TrainerState:
+    return TrainerState(**json.loads((directory / STATE_FILE).read_text()))
+
+
+def load_checkpoint(directory: Path, model, optimizer, scheduler) -> TrainerState:
+    load_trainable_state(model, load_file(directory / "trainable.safetensors"))
+    saved = torch.load(directory / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    if saved["cuda_rng"]:
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    return read_state(directory)
+
+
+def prune_checkpoints(checkpoints: Path, keep: int = 2) -> None:
+    found = sorted(checkpoints.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    for old in found[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

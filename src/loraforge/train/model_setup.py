@@ -1,0 +1,79 @@
+"""Load the base model in the right dtype/device and wrap it with a fresh LoRA adapter (PEFT)."""
+
+from dataclasses import dataclass
+
+import torch
+
+from loraforge.config.schema import AdapterConfig, TrainerConfig
+from loraforge.errors import ConfigError
+from loraforge.models import ResolvedModel, pick_dtype
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: str
+    dtype: torch.dtype
+
+
+def choose_placement(trainer: TrainerConfig) -> Placement:
+    if trainer.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device is 'cuda' but no CUDA GPU is available")
+    device = (
+        "cuda"
+        if trainer.device == "cuda" or (trainer.device == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
+    if trainer.quantization == "4bit" and device != "cuda":
+        raise ConfigError("trainer.quantization '4bit' (QLoRA) needs a CUDA GPU; use 'none' on CPU")
+    return Placement(device=device, dtype=pick_dtype(trainer.precision, device))
+
+
+def lora_config(adapter: AdapterConfig):
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=adapter.target_modules,
+        bias="none",
+    )
+
+
+def load_base_for_training(model: ResolvedModel, trainer: TrainerConfig, placement: Placement):
+    """The frozen base: weights stored in the compute dtype (bf16 on AMX: that is what makes matmuls fast)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict = {"dtype": placement.dtype}
+    if trainer.quantization == "4bit":
+        try:
+            from transformers import BitsAndBytesConfig
+        except ImportError as exc:  # pragma: no cover - CUDA only
+            raise ConfigError(f"QLoRA needs bitsandbytes: pip install 'loraforge[cuda]' ({exc})") from None
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=placement.dtype,
+        )
+        kwargs["device_map"] = {"": 0}
+    base = AutoModelForCausalLM.from_pretrained(model.path, **kwargs)
+    if trainer.quantization == "4bit":
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    else:
+        base = base.to(placement.device)
+    base.config.use_cache = False
+    return base
+
+
+def add_lora(base, adapter: AdapterConfig):
+    """Wrap `base` with trainable LoRA weights, kept in fp32 (PEFT's default) for stable updates."""
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(base, lora_config(adapter))
+    except ValueError as exc:
+        raise ConfigError(f"adapter.target_modules: {exc}") from None

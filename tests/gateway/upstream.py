@@ -1,0 +1,127 @@
+"""A minimal OpenAI-compatible upstream for tests: echoes the prompt, streams, fails or stalls on demand."""
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+
+@dataclass
+class UpstreamControl:
+    """Knobs a test turns; `requests` keeps every body received (to check what the gateway forwarded)."""
+
+    url: str = ""  # the base URL, set once the server runs
+    fail_status: int | None = None
+    delay_s: float = 0.0
+    chunk_delay_s: float = 0.0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+
+
+def served_model(requested: str) -> str:
+    return f"{requested}-2026-01-01"
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def create_upstream(control: UpstreamControl) -> FastAPI:
+    app = FastAPI()
+
+    async def common(request: Request) -> dict[str, Any] | JSONResponse:
+        body = await request.json()
+        control.requests.append(body)
+        control.headers.append(dict(request.headers))
+        if control.delay_s:
+            await asyncio.sleep(control.delay_s)
+        if control.fail_status:
+            error = {"message": "upstream exploded", "type": "server_error", "param": None, "code": "boom"}
+            return JSONResponse({"error": error}, status_code=control.fail_status)
+        if "metadata" in body:  # like OpenAI without `store: true`
+            error = {
+                "message": "metadata is not allowed",
+                "type": "invalid_request_error",
+                "param": "metadata",
+            }
+            return JSONResponse({"error": error}, status_code=400)
+        return body
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await common(request)
+        if isinstance(body, JSONResponse):
+            return body
+        messages = body["messages"]
+        prompt = " ".join(str(m.get("content", "")) for m in messages)
+        reply = "echo: " + str(messages[-1].get("content", ""))
+        return _respond(body, "chat.completion", reply, words(prompt), control)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await common(request)
+        if isinstance(body, JSONResponse):
+            return body
+        prompt = body["prompt"] if isinstance(body["prompt"], str) else " ".join(body["prompt"])
+        return _respond(body, "text_completion", "echo: " + prompt, words(prompt), control)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": "stub-model", "object": "model", "owned_by": "tests"}]}
+
+    return app
+
+
+def _respond(body: dict[str, Any], kind: str, reply: str, prompt_tokens: int, control: UpstreamControl):
+    chat = kind == "chat.completion"
+    model = served_model(body["model"])
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": words(reply),
+        "total_tokens": prompt_tokens + words(reply),
+    }
+    created = int(time.time())
+    if not body.get("stream"):
+        choice = (
+            {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
+            if chat
+            else {"index": 0, "text": reply, "finish_reason": "stop"}
+        )
+        return {
+            "id": "up-1",
+            "object": kind,
+            "created": created,
+            "model": model,
+            "choices": [choice],
+            "usage": usage,
+        }
+
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+    async def events():
+        base = {"id": "up-1", "object": f"{kind}.chunk" if chat else kind, "created": created, "model": model}
+        pieces = reply.split(" ")
+        deltas = [p + (" " if i < len(pieces) - 1 else "") for i, p in enumerate(pieces)]
+        if chat:
+            first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            yield _sse({**base, "choices": [first]})
+        for piece in deltas:
+            if control.chunk_delay_s:
+                await asyncio.sleep(control.chunk_delay_s)
+            choice = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
+            yield _sse({**base, "choices": [{**choice, "finish_reason": None}]})
+        last = {"index": 0, "delta": {}} if chat else {"index": 0, "text": ""}
+        yield _sse({**base, "choices": [{**last, "finish_reason": "stop"}]})
+        if include_usage:
+            yield _sse({**base, "choices": [], "usage": usage})
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj)}\n\n"

@@ -1,0 +1,79 @@
+"""Batched LoRA equals a per-row reference: base rows, different adapters and ranks, fused projections."""
+
+import pytest
+import torch
+
+from loraforge.serve.engine.lora_math import PROJECTIONS, LoRABatch, LoRAWeights
+
+DIMS = {"hidden_size": 12, "q_size": 12, "kv_size": 4, "intermediate_size": 20}
+ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _random_adapter(rank: int, seed: int, modules=ALL):
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for layer in range(2):
+        for din, subs in PROJECTIONS.values():
+            for module, dout in subs:
+                if module in modules:
+                    a = torch.randn(rank, DIMS[din], generator=g, dtype=torch.float64)  # PEFT layouts
+                    b = torch.randn(DIMS[dout], rank, generator=g, dtype=torch.float64)
+                    out[(layer, module)] = (a, b, 0.5 + seed)
+    return out
+
+
+def _weights(cache_bytes: int):
+    w = LoRAWeights(
+        DIMS, num_layers=2, num_slots=5, dtype=torch.float64, device="cpu", cache_bytes=cache_bytes
+    )
+    adapters = {
+        1: _random_adapter(2, 1, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj")),
+        2: _random_adapter(8, 2),
+        3: _random_adapter(4, 3, ("v_proj", "up_proj")),
+    }
+    for slot, ad in adapters.items():  # rank grows 2 -> 8 after slot 1 is installed: slot 1 must survive it
+        w.ensure_rank(max(a.shape[0] for a, _, _ in ad.values()), sorted(s for s in adapters if s < slot))
+        w.install(slot, ad)
+    return w, adapters
+
+
+def _check(w, adapters, row_slots):
+    batch = LoRABatch.build(row_slots)
+    g = torch.Generator().manual_seed(0)
+    for proj, (din, subs) in PROJECTIONS.items():
+        x = torch.randn(len(row_slots), DIMS[din], generator=g, dtype=torch.float64)
+        width = sum(DIMS[d] for _, d in subs)
+        base = torch.randn(len(row_slots), width, generator=g, dtype=torch.float64)
+        out = base.clone()
+        w.add(1, proj, x, out, batch)
+        expected = base.clone()
+        for row, slot in enumerate(row_slots):
+            offset = 0
+            for module, dout in subs:
+                if slot and (1, module) in adapters[slot]:
+                    a, b, scale = adapters[slot][(1, module)]
+                    expected[row, offset : offset + DIMS[dout]] += scale * (x[row] @ a.T @ b.T)
+                offset += DIMS[dout]
+        torch.testing.assert_close(out, expected)
+        for row, slot in enumerate(row_slots):
+            if slot == 0:
+                assert torch.equal(out[row], base[row])  # base rows untouched
+    return batch
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 30])
+def test_grouped_bmm_equals_per_row_reference(cache_bytes):
+    w, adapters = _weights(cache_bytes)
+    batch = _check(w, adapters, [0, 2, 1, 1, 3, 0, 2, 2, 3])  # unsorted, uneven: gather/scatter path
+    assert batch.num_active == 3 and batch.start < 0
+    batch = _check(w, adapters, [0, 0, 1, 1, 2, 2, 3, 3])  # sorted, two rows each: views, no gather
+    assert batch.start == 2 and batch.rows_per_adapter == 2
+    assert (w._cache is not None) == bool(cache_bytes)
+
+
+def test_cached_copy_is_refreshed_when_a_slot_changes():
+    w, adapters = _weights(1 << 30)
+    _check(w, adapters, [1, 2, 3])
+    adapters[2] = _random_adapter(8, 42)
+    w.install(2, adapters[2])
+    _check(w, adapters, [1, 2, 3])

@@ -1,0 +1,60 @@
+"""Paged KV blocks and the scheduler: blocks follow lengths, budgets hold, preemption frees and resumes."""
+
+from loraforge.serve.engine.kv_cache import BlockManager
+from loraforge.serve.engine.scheduler import Scheduler
+from loraforge.serve.engine.sequence import SamplingParams, Sequence, SequenceStatus
+
+
+def _seq(n):
+    return Sequence(list(range(1, n + 1)), SamplingParams())
+
+
+def test_blocks_follow_sequence_length():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    s = _seq(5)
+    bm.allocate(s)
+    assert len(s.blocks) == 2 and bm.num_free == 6
+    for _ in range(3):  # tokens 6..8 fit in the second block
+        s.output_ids.append(0)
+        bm.append(s)
+    assert len(s.blocks) == 2
+    s.output_ids.append(0)
+    bm.append(s)
+    assert len(s.blocks) == 3 and bm.num_free == 5
+    bm.release(s)
+    assert bm.num_free == 8 and not s.blocks
+
+
+def test_prefill_respects_the_token_budget_and_seq_limit():
+    sched = Scheduler(BlockManager(100, 4), max_num_seqs=3, max_num_batched_tokens=10)
+    for n in (4, 4, 4, 4, 30):
+        sched.add(_seq(n))
+    batch, prefill = sched.schedule()
+    assert prefill and [len(s) for s in batch] == [4, 4]  # a third would exceed 10 tokens
+    batch, prefill = sched.schedule()
+    assert prefill and len(batch) == 1  # max_num_seqs = 3
+    batch, prefill = sched.schedule()
+    assert not prefill and len(batch) == 3
+
+
+def test_a_prompt_over_budget_runs_alone():
+    sched = Scheduler(BlockManager(100, 4), max_num_seqs=8, max_num_batched_tokens=10)
+    sched.add(_seq(30))
+    batch, prefill = sched.schedule()
+    assert prefill and len(batch) == 1
+
+
+def test_decode_preempts_the_newest_when_blocks_run_out():
+    sched = Scheduler(BlockManager(4, 4), max_num_seqs=8, max_num_batched_tokens=100)
+    a, b = _seq(8), _seq(8)
+    sched.add(a)
+    sched.add(b)
+    assert len(sched.schedule()[0]) == 2  # both prefilled: all 4 blocks used
+    a.output_ids.append(0)
+    b.output_ids.append(0)
+    batch, prefill = sched.schedule()  # each needs a 3rd block: b is preempted, its blocks go to a
+    assert not prefill and batch == [a] and b.status == SequenceStatus.WAITING and not b.blocks
+    assert sched.waiting[0] is b and sched.num_preemptions == 1
+    sched.finish(a)
+    batch, prefill = sched.schedule()
+    assert prefill and batch == [b] and len(b.blocks) == 3  # resumed with prompt + its output so far

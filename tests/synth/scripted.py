@@ -1,0 +1,146 @@
+"""A scripted OpenAI-compatible teacher: canned answers, errors and delays; every request is logged."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from loraforge.synth.teacher import TeacherClient, TeacherSettings
+
+MODEL = "scripted-teacher"
+
+
+@dataclass
+class Answer:
+    """A 200 chat completion with this content."""
+
+    content: str
+    finish_reason: str = "stop"
+    delay: float = 0.0
+
+
+@dataclass
+class Fail:
+    """An HTTP error status, with headers such as Retry-After."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+Action = Answer | Fail
+
+
+@dataclass
+class Logged:
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+    @property
+    def request_id(self) -> str | None:
+        return self.headers.get("x-request-id")
+
+    @property
+    def prompt(self) -> str:
+        """All message contents of the request, joined."""
+        return "\n".join(m["content"] for m in self.body["messages"])
+
+    @property
+    def user(self) -> str:
+        return [m for m in self.body["messages"] if m["role"] == "user"][-1]["content"]
+
+
+class ScriptedTeacher:
+    """Answers requests from a queue of actions, then from `responder`, else with 500 'script exhausted'."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.url = ""
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.script: deque[Action] = deque()
+            self.responder: Callable[[Logged], Action] | None = None
+            self.log: list[Logged] = []
+            self.in_flight = 0
+            self.max_in_flight = 0
+
+    def push(self, *actions: Action) -> None:
+        with self.lock:
+            self.script.extend(actions)
+
+    def next_action(self, logged: Logged) -> Action:
+        with self.lock:
+            self.log.append(logged)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            if self.script:
+                return self.script.popleft()
+            responder = self.responder
+        return responder(logged) if responder else Fail(500)
+
+    def done(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+
+def build_app(teacher: ScriptedTeacher) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": MODEL, "object": "model"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> JSONResponse:
+        body = await request.json()
+        action = teacher.next_action(Logged(body, dict(request.headers)))
+        try:
+            if action.delay:
+                await asyncio.sleep(action.delay)
+            if isinstance(action, Fail):
+                return JSONResponse({"error": {"message": "scripted"}}, action.status, headers=action.headers)
+            message = {"role": "assistant", "content": action.content}
+            choice = {"index": 0, "message": message, "finish_reason": action.finish_reason}
+            return JSONResponse(
+                {"id": "x", "object": "chat.completion", "model": body.get("model"), "choices": [choice]}
+            )
+        finally:
+            teacher.done()
+
+    return app
+
+
+class Sleeps:
+    """Records backoff delays instead of sleeping, so retry tests are fast and their delays exact."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+def make_client(server: ScriptedTeacher, sleeps: Sleeps | None = None, **overrides: Any) -> TeacherClient:
+    settings: dict[str, Any] = {"url": server.url, "model": MODEL, "backoff_base_s": 0.01, "jitter": 0.0}
+    settings |= {"timeout_s": 5.0, "max_retries": 3}
+    settings.update(overrides)
+    if sleeps is None:
+        return TeacherClient(TeacherSettings(**settings))
+    return TeacherClient(TeacherSettings(**settings), sleep=sleeps)
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound and released), for unreachable-teacher tests."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

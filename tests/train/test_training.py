@@ -1,0 +1,85 @@
+import json
+
+import pytest
+import torch
+
+from loraforge.train.run import run_training
+
+
+def losses(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row["train_loss"] for row in rows if "train_loss" in row}
+
+
+def test_training_reduces_loss_and_writes_the_run(make_config, tmp_path):
+    out = tmp_path / "run"
+    result = run_training(make_config(max_steps=30, eval_every=10), out, show_progress=False)
+    curve = losses(out)
+    assert len(curve) == 30
+    assert sum(list(curve.values())[-5:]) / 5 < 0.7 * sum(list(curve.values())[:3]) / 3
+    for name in [
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "config.yaml",
+        "eval.json",
+        "loss.png",
+        "README.md",
+        "metrics.jsonl",
+    ]:
+        assert (out / name).is_file(), name
+    evals = [
+        json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "eval_loss" in line
+    ]
+    assert [row["step"] for row in evals] == [10, 20, 30]
+    assert result["summary"]["steps"] == 30
+    assert set(result["eval"]["results"]["adapter"]) == {"accuracy", "macro_f1", "out_of_label_rate"}
+    assert "r=8" in (out / "README.md").read_text()
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_reproduces_the_uninterrupted_run(make_config, tmp_path):
+    config = make_config(max_steps=8, checkpoint_every=3)
+    run_training(config, tmp_path / "full", evaluate=False, show_progress=False)
+
+    def stop_at_4(state):
+        if state.step == 4:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_training(config, tmp_path / "cut", evaluate=False, show_progress=False, on_step=stop_at_4)
+    run_training(config, tmp_path / "cut", resume=True, evaluate=False, show_progress=False)
+    full, resumed = losses(tmp_path / "full"), losses(tmp_path / "cut")
+    assert sorted(resumed) == list(range(1, 9))  # steps after the checkpoint were logged again, once
+    for step in range(4, 9):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-5), step
+
+
+def test_early_stopping_stops_and_keeps_the_best(make_config, tmp_path):
+    # A huge learning rate makes validation loss worse after the first evaluation.
+    config = make_config(
+        max_steps=40, eval_every=2, early_stopping_patience=2, learning_rate=0.5, scheduler="constant"
+    )
+    result = run_training(config, tmp_path / "run", evaluate=False, show_progress=False)
+    assert result["summary"]["stopped_early"]
+    assert result["summary"]["steps"] < 40
+
+
+def test_saved_adapter_loads_in_plain_peft_with_identical_logits(make_config, tmp_path, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    ours = run_training(make_config(max_steps=5), out, evaluate=False, show_progress=False)["model"].eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    theirs = PeftModel.from_pretrained(base, out / "adapter").eval()
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
+    with torch.no_grad():
+        expected = ours(input_ids=ids).logits
+        got = theirs(input_ids=ids).logits
+    assert torch.equal(expected, got)
+    # and the adapter actually changes the model
+    with torch.no_grad(), theirs.disable_adapter():
+        assert not torch.allclose(theirs(input_ids=ids).logits, got)
