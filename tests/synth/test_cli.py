@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from loraforge.cli.main import main
+from loraforge.cli.synth import resolve_description
 from tests.synth.scripted import MODEL, Answer, Fail, free_port
 
 LABELS = ["card_arrival", "card_linking", "exchange_rate"]
@@ -165,3 +166,12 @@ def test_retry_then_success_through_the_cli(monkeypatch, capsys, tmp_path, files
     code, stdout, _ = cli(monkeypatch, capsys, *args, "--summary-json", summary_json)
     assert code == 0 and json.loads(summary_json.read_text())["retries"] == {"429": 1}
     assert "retried: 429" in stdout
+
+
+def test_task_description_is_text_or_a_file(tmp_path):
+    long_text = "Classify the message. " * 40  # longer than a file name may be
+    assert resolve_description(long_text) == long_text.strip()
+    assert resolve_description("Classify messages") == "Classify messages"
+    path = tmp_path / "task.txt"
+    path.write_text("  From a file.\n")
+    assert resolve_description(str(path)) == "From a file."

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from loraforge.errors import DataError
 from loraforge.synth.dedup import jaccard, normalize, shingles
 from loraforge.synth.generate import GenerateConfig, generate
 from loraforge.synth.prompts import GENERATE_VERSION, Seed
@@ -269,7 +270,13 @@ def test_request_budget_stops_a_useless_teacher(tmp_path, seeds, teacher_server)
 def test_resume_refuses_a_file_in_the_other_format(tmp_path, seeds, teacher_server):
     teacher_server.push(Answer(dumps(A)))
     run(config_for(tmp_path, seeds, n=1, fmt="flat"), make_client(teacher_server))
-    from loraforge.errors import DataError
-
     with pytest.raises(DataError, match="holds flat rows; resume with --format flat"):
         run(config_for(tmp_path, seeds, n=2), make_client(teacher_server))
+
+
+def test_label_names_and_placeholders_as_inputs_are_echoes(tmp_path, seeds, teacher_server):
+    teacher_server.push(
+        Answer(dumps(("exchange_rate", "exchange_rate"), ("<a new input>", "card_arrival"), B))
+    )
+    summary = run(config_for(tmp_path, seeds, n=1, per_request=3), make_client(teacher_server))
+    assert (summary.valid, summary.dropped) == (1, {"echo": 2})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from loraforge.errors import DataError
+from loraforge.errors import DataError, LoraforgeError
 from loraforge.synth.relabel import RelabelConfig, relabel
 from loraforge.synth.validation import OutputSpec
 from tests.synth.scripted import Answer, Fail, Sleeps, make_client
@@ -236,3 +236,11 @@ def test_resume_refuses_a_changed_input_file(tmp_path, teacher_server):
     write_jsonl(config.inputs, [{"text": "something else entirely"}, *PLAIN[1:]])
     with pytest.raises(DataError, match="changed since"):
         run(config, make_client(teacher_server))
+
+
+def test_output_must_not_overwrite_the_input(tmp_path, teacher_server):
+    config = plain_config(tmp_path)
+    config.out = config.inputs
+    with pytest.raises(LoraforgeError, match="is the input file"):
+        run(config, make_client(teacher_server))
+    assert teacher_server.log == []

@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -30,6 +29,7 @@ N = 50
 # to 160 tokens keep the whole test under 3 minutes. N stays 50: the run ends on this budget unless the
 # teacher is far better than a 135M model usually is; the printed summary says which.
 REQUEST_BUDGET = 10
+LABELS = 8
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +75,14 @@ def serve_url(tmp_path_factory) -> str:
 
 @pytest.mark.slow
 def test_banking77_generation_with_the_embedded_teacher(serve_url, tmp_path):
-    labels = load_labels(BANKING / "labels.json")
+    # The first LABELS Banking77 intents, two real seed examples each. With all 77 labels in the prompt the
+    # 135M model rarely follows it at all (measured: 0 usable examples in 10 requests); 8 give it a chance.
+    labels = load_labels(BANKING / "labels.json")[:LABELS]
     spec = OutputSpec(labels=labels)
+    train = [json.loads(line) for line in (BANKING / "train.jsonl").read_text().splitlines()]
+    seed_rows = [row for label in labels for row in [r for r in train if r["label"] == label][:2]]
     seeds_file = tmp_path / "seeds.jsonl"
-    sample = (Path(__file__).parent / "data" / "banking77_sample.jsonl").read_text().splitlines()[:8]
-    seeds_file.write_text("\n".join(sample) + "\n")
+    seeds_file.write_text("".join(json.dumps(row) + "\n" for row in seed_rows))
     test_texts = load_texts(BANKING / "test.jsonl", "test set")
     out = tmp_path / "banking_synth.jsonl"
     config = GenerateConfig(
@@ -91,12 +94,12 @@ def test_banking77_generation_with_the_embedded_teacher(serve_url, tmp_path):
         seeds=load_seeds(seeds_file, spec),
         test_texts=test_texts,
         per_request=3,
-        seeds_per_request=3,
+        seeds_per_request=4,
         concurrency=4,
         max_requests=REQUEST_BUDGET,
     )
     settings = TeacherSettings(
-        url=serve_url, model=TEACHER, temperature=0.8, max_tokens=160, timeout_s=170, max_retries=1
+        url=serve_url, model=TEACHER, temperature=0.5, max_tokens=160, timeout_s=170, max_retries=1
     )
 
     async def go():
@@ -126,3 +129,6 @@ def test_banking77_generation_with_the_embedded_teacher(serve_url, tmp_path):
             row["metadata"]["teacher_model"] == TEACHER and row["metadata"]["prompt_version"] == "generate-v1"
         )
     assert sum(summary.per_label.values()) == len(rows)
+    # Some answers must have been well-formed, in-label examples (kept, or caught as duplicates of seeds or
+    # earlier rows); in trial runs 16 of 30 were.
+    assert summary.valid + sum(summary.duplicates.values()) >= 1

@@ -1,6 +1,8 @@
 """Entry point of the `loraforge` CLI: one Typer app, one sub-module per command group."""
 
+import os
 import sys
+import warnings
 
 import typer
 
@@ -28,21 +30,13 @@ def _register_commands() -> None:
 
 def main() -> None:
     """Run the CLI; a user's mistake becomes one line on stderr and exit status 2, never a traceback."""
+    # Library progress bars and deprecation notices are noise next to our own progress output.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*gguf.*", category=UserWarning)
     _register_commands()
     try:
-        app(standalone_mode=False)
+        app()  # usage errors (bad options) are printed by click itself and exit 2
     except LoraforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
-        raise

@@ -16,7 +16,7 @@ def serve(
         None, "--adapter-dir", help="One PEFT folder per adapter; the folder name is the adapter name."
     ),
     host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="0 = any free port."),
     api_key: str | None = typer.Option(
         None, "--api-key", envvar="LORAFORGE_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1."
     ),

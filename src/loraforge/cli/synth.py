@@ -43,7 +43,7 @@ SUMMARY_JSON = typer.Option(None, "--summary-json", help="Also write the run sum
 def resolve_description(value: str) -> str:
     """`--task-description` is a file's contents when it names an existing file, else the text itself."""
     path = Path(value).expanduser()
-    if "\n" not in value and len(value) < 4096 and path.is_file():
+    if "\n" not in value and _is_file(path):
         text = path.read_text(encoding="utf-8").strip()
         if not text:
             raise LoraforgeError(f"task description file {path} is empty")
@@ -53,6 +53,13 @@ def resolve_description(value: str) -> str:
     if not value.strip():
         raise LoraforgeError("--task-description is empty")
     return value.strip()
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a long description is "File name too long": it is text, not a path
+        return False
 
 
 def build_spec(labels: Path | None, schema: Path | None) -> OutputSpec:

@@ -1,6 +1,7 @@
 """Read example records from JSONL, JSON, CSV or Parquet files."""
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from loraforge.errors import DataError
@@ -15,7 +16,7 @@ def read_records(path: str | Path) -> list[dict]:
         raise DataError(f"data file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return _read_jsonl(path)
+        return [row for _, row in iter_jsonl(path)]
     if suffix == ".json":
         rows = json.loads(path.read_text())
         if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
@@ -29,20 +30,21 @@ def read_records(path: str | Path) -> list[dict]:
     raise DataError(f"{path}: unsupported data format '{suffix}' (expected one of {', '.join(SUPPORTED)})")
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
+def iter_jsonl(path: Path, what: str = "data file") -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; a bad line is a DataError naming the file and line."""
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist")
     with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+        for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+                raise DataError(f"{what} {path}, line {line_no}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: each line must be a JSON object")
-            rows.append(row)
-    return rows
+                raise DataError(f"{what} {path}, line {line_no}: expected a JSON object")
+            yield line_no, row
 
 
 def is_chat_record(record: dict) -> bool:

@@ -24,14 +24,19 @@ class ParsedRequest:
     usage_injected: bool  # we asked for the usage chunk; the client did not, so it is not forwarded
 
 
-def parse_request(raw: bytes, endpoint: str, header_task: str | None) -> ParsedRequest:
-    """Raises GatewayError (400, naming the field) for a body an OpenAI endpoint would reject."""
+def _json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad_request(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise bad_request("request body must be a JSON object")
+    return body
+
+
+def parse_request(raw: bytes, endpoint: str, header_task: str | None) -> ParsedRequest:
+    """Raises GatewayError (400, naming the field) for a body an OpenAI endpoint would reject."""
+    body = _json_object(raw)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("`model` is required and must be a non-empty string", "model")
@@ -78,12 +83,7 @@ def _check_messages(messages: Any) -> None:
 
 def parse_feedback(raw: bytes) -> dict[str, Any]:
     """Validate a POST /v1/feedback body: call_id plus at least one of score, corrected_output, comment."""
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad_request(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise bad_request("request body must be a JSON object")
+    body = _json_object(raw)
     call_id = body.get("call_id")
     if not isinstance(call_id, str) or not call_id:
         raise bad_request("`call_id` is required and must be a string", "call_id")

@@ -86,7 +86,7 @@ async def generate(
         return summary
 
     index = build_index(config, [row.input for row in existing])
-    prompt_texts = generate_instruction_texts(config.description)
+    prompt_texts = generate_instruction_texts(config.description, config.spec)
     seed_order = list(config.seeds)
     random.Random(config.shuffle_seed).shuffle(seed_order)
     # Continue the seed/label rotation where the saved rows left off rather than re-asking the same prompts.

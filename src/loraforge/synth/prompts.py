@@ -88,10 +88,14 @@ def format_rule(spec: OutputSpec, k: int) -> str:
     return FORMAT_RULE.format(k=k, output=OUTPUT_PLACEHOLDERS[spec.kind])
 
 
-def generate_instruction_texts(description: str) -> list[str]:
-    """The fixed texts of the generation prompt; a generated input resembling one of them is a prompt echo."""
+def generate_instruction_texts(description: str, spec: OutputSpec) -> list[str]:
+    """Texts of the generation prompt other than seeds; a generated input resembling one is a prompt echo.
+
+    Labels are among them: a small teacher often writes a label name as the input.
+    """
     placeholders = [INPUT_PLACEHOLDER, *(p.strip('"') for p in OUTPUT_PLACEHOLDERS.values())]
-    return [description, GENERATE_SYSTEM, DIVERSITY_RULE, FORMAT_RULE.format(k=1, output=""), *placeholders]
+    fixed = [description, GENERATE_SYSTEM, DIVERSITY_RULE, FORMAT_RULE.format(k=1, output="")]
+    return fixed + placeholders + list(spec.labels or [])
 
 
 def relabel_rules(spec: OutputSpec) -> str:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loraforge.data.sources import iter_jsonl
 from loraforge.errors import DataError, LoraforgeError
 from loraforge.synth.prompts import Seed
 from loraforge.synth.validation import OutputSpec
@@ -15,23 +15,6 @@ from loraforge.synth.validation import OutputSpec
 FORMATS = ("chat", "flat")
 INPUT_FIELDS = ("input", "text", "prompt", "question")
 OUTPUT_FIELDS = ("output", "label", "completion", "answer")
-
-
-def iter_jsonl(path: Path, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; a bad line is a DataError naming the file and line."""
-    if not path.is_file():
-        raise DataError(f"{what} {path} does not exist")
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{what} {path}, line {line_no}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{what} {path}, line {line_no}: expected a JSON object")
-            yield line_no, row
 
 
 def message_text(content: Any) -> str:

@@ -84,6 +84,8 @@ async def relabel(
     """Label every input not yet in `config.out`; stops early (summary says why) on teacher failure."""
     if config.max_attempts < 1:
         raise LoraforgeError("--max-attempts must be at least 1")
+    if config.out.resolve() == config.inputs.resolve():
+        raise LoraforgeError(f"--out {config.out} is the input file; write the labeled rows to a new file")
     records = read_records(config.inputs, "input file", config.input_field)
     done = resume_state(config, records)
     summary = Summary("relabel", requested=len(records), already_saved=len(done), total_rows=len(done))

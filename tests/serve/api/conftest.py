@@ -1,6 +1,5 @@
 """A live server (uvicorn in a thread) on the tiny model, with a registry of 16 adapters."""
 
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -30,21 +29,15 @@ class LiveServer:
         self.thread.join(timeout=30)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(
     model_dir: Path, adapter_dir: Path | None, api_key: str | None = API_KEY, **kw
 ) -> LiveServer:
     max_waiting = kw.pop("max_waiting", 256)
     config = EngineConfig(model=str(model_dir), precision="fp32", adapter_dir=adapter_dir, **kw)
     engine = AsyncEngine(config, max_waiting=max_waiting)
-    port = free_port()
+    # Port 0: the OS picks a free port at bind time, so no other process can take it in between.
     server = uvicorn.Server(
-        uvicorn.Config(create_app(engine, api_key=api_key), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(create_app(engine, api_key=api_key), host="127.0.0.1", port=0, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -52,6 +45,7 @@ def start_server(
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
         time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
     return LiveServer(f"http://127.0.0.1:{port}", engine, server, thread)
 
 

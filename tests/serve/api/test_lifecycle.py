@@ -59,37 +59,30 @@ def test_serve_cli_rejects_user_mistakes_in_one_line(monkeypatch, capsys, tmp_pa
 
 
 def test_serve_cli_starts_a_server(tiny_model_dir, tmp_path):
+    import re
     import subprocess
 
-    from tests.serve.api.conftest import free_port
+    from tests.serve.conftest import write_random_adapter
 
-    port = free_port()
-    args = [
-        "serve",
-        "--model",
-        str(tiny_model_dir),
-        "--port",
-        str(port),
-        "--precision",
-        "fp32",
-        "--api-key",
-        "k",
-    ]
+    extra = write_random_adapter(tiny_model_dir, tmp_path / "extra-adapter", r=2)
+    args = ["serve", "--model", str(tiny_model_dir), "--port", "0", "--precision", "fp32", "--api-key", "k"]
+    args += ["--adapter", f"extra={extra}"]
     code = "from loraforge.cli.main import main; main()"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer k"})
-                break
-            except httpx.ConnectError:
-                assert proc.poll() is None, proc.stderr.read().decode()
-                time.sleep(0.2)
+        deadline, url = time.monotonic() + 60, None
+        while url is None:
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            found = [m for line in list(lines) if (m := re.search(r"Uvicorn running on (http://\S+)", line))]
+            url = found[0].group(1) if found else None
+            time.sleep(0.1)
+        r = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer k"})
         assert r.status_code == 200
         assert [m["id"] for m in r.json()["data"]] == [tiny_model_dir.name, "extra"]
+        assert httpx.get(f"{url}/v1/models").status_code == 401
     finally:
         proc.terminate()
         proc.wait(timeout=30)

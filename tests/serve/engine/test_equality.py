@@ -69,6 +69,22 @@ def test_small_token_budget_splits_prefills(tiny_model_dir, adapter_dir, referen
     assert [s.output_ids for s in got] == expected
 
 
+EVEN = ["alpha", "beta", "gamma", "delta", "alpha", "beta", "gamma", "delta"]
+
+
+@pytest.mark.parametrize("cache_bytes", [1 << 30, 0])
+def test_equal_groups_per_adapter_equal_hf_and_peft(tiny_model_dir, adapter_dir, reference, cache_bytes):
+    """Two requests per adapter and no base rows: decode groups are views of the batch (no gather)."""
+    ids, _ = reference
+    expected = hf_greedy(tiny_model_dir, ids, [adapter_dir / a for a in EVEN], MAX_NEW)
+    engine = _engine(tiny_model_dir, adapter_dir)
+    engine.lora.cache_bytes = (
+        cache_bytes  # 0: gather the adapters' weights per layer instead of once per batch
+    )
+    got = engine.generate(ids, SamplingParams(max_tokens=MAX_NEW, temperature=0), EVEN)
+    assert [s.output_ids for s in got] == expected
+
+
 @pytest.mark.slow
 def test_smollm2_mixed_batch_equals_hf_and_peft(tmp_path):
     from loraforge.models import load_tokenizer, resolve_model

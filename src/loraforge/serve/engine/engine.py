@@ -74,7 +74,14 @@ class Engine:
             "q_size": cfg.num_heads * cfg.head_dim,
             "kv_size": cfg.num_kv_heads * cfg.head_dim,
         }
-        self.lora = LoRAWeights(dims, cfg.num_layers, config.max_adapters + 1, self.dtype, config.device)
+        self.lora = LoRAWeights(
+            dims,
+            cfg.num_layers,
+            config.max_adapters + 1,
+            self.dtype,
+            config.device,
+            config.lora_batch_cache_bytes,
+        )
         self.adapters = AdapterManager(
             self.lora, dims, config.adapter_dir, config.max_adapters, config.max_adapter_bytes, on_ready
         )

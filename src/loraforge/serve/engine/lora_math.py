@@ -2,10 +2,11 @@
 
 All resident adapters live in stacked tensors, one slot per adapter, ranks zero-padded to a common R, with
 the scale folded into B. Each step the rows are grouped by adapter (rows of base-only sequences are left
-out) into a padded `[adapters, rows, d]` block, so every LoRA projection is two `bmm` calls over all the
-adapters of the batch at once (the SGMV idea of Punica/S-LoRA) — no Python loop over adapters, no merging.
-The fused QKV and gate-up projections share one shrink (A matrices concatenated along the rank) and expand
-each sub-projection into its slice of the output.
+out): when the batch is sorted by adapter and the groups are equal, a group is a view of the batch;
+otherwise rows are gathered into a padded `[adapters, rows, d]` block. Every LoRA projection is then
+batched matmuls over all the adapters of the batch at once (the SGMV idea of Punica/S-LoRA) — no Python
+loop over adapters, no merged weights. The fused QKV and gate-up projections share one shrink (their A
+matrices concatenated along the rank) and expand each sub-projection into its slice of the output.
 """
 
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ class LoRAWeights:
         num_slots: int,
         dtype: torch.dtype,
         device: str,
-        cache_bytes: int = 1 << 30,
+        cache_bytes: int = 512 << 20,
     ):
         self.dims, self.num_layers, self.num_slots = dims, num_layers, num_slots
         self.dtype, self.device = dtype, device
