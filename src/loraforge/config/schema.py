@@ -89,6 +89,9 @@ class EvaluationConfig(Section):
     labels: Path | None = Field(None, description="Label set: a JSON list or one label per line.")
     max_new_tokens: int = Field(64, gt=0, le=4096)
     batch_size: int = Field(32, gt=0)
+    constrain_to_labels: bool = Field(
+        False, description="Classification: decode only strings from the label set (needs `labels`)."
+    )
     split: Literal["test", "validation"] = "test"
     limit: int | None = Field(
         None, gt=0, description="Evaluate only the first N rows (after a seeded shuffle)."
@@ -98,6 +101,8 @@ class EvaluationConfig(Section):
     def _metrics_fit_task(self) -> "EvaluationConfig":
         from loraforge.evaluate.metrics import METRICS_BY_TASK
 
+        if self.constrain_to_labels and (self.task != "classification" or self.labels is None):
+            raise ValueError("constrain_to_labels needs task 'classification' and a `labels` file")
         allowed = METRICS_BY_TASK[self.task]
         for name in self.metrics or []:
             if name not in allowed:

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from loraforge.errors import ModelNotFoundError
+from loraforge.evaluate.constrained import LabelTrie, prefix_allowed_tokens
 from loraforge.models import load_causal_lm, load_tokenizer, pick_dtype, resolve_model
 
 
@@ -41,13 +42,18 @@ class GenerationModel:
         batch_size: int = 32,
         use_adapter: bool = True,
         on_batch=None,
+        allowed_outputs: list[str] | None = None,
     ) -> list[str]:
-        """Greedy completions of `prompts` (already templated), in input order, special tokens removed."""
+        """Greedy completions of `prompts` (already templated), in input order, special tokens removed.
+
+        With `allowed_outputs`, decoding is constrained so that every completion is one of those strings.
+        """
         encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         outputs: list[str] = [""] * len(prompts)
         pad_id = self.tokenizer.pad_token_id
         context = self.model.disable_adapter() if self.has_adapter and not use_adapter else nullcontext()
+        trie = LabelTrie(allowed_outputs, self.tokenizer) if allowed_outputs else None
         self.model.eval()
         with context:
             for start in range(0, len(order), batch_size):
@@ -66,6 +72,7 @@ class GenerationModel:
                     do_sample=False,
                     pad_token_id=pad_id,
                     eos_token_id=self.tokenizer.eos_token_id,
+                    prefix_allowed_tokens_fn=prefix_allowed_tokens(trie, width) if trie else None,
                 )
                 for row, i in enumerate(indices):
                     new_tokens = generated[row, width:]

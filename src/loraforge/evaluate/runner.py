@@ -65,6 +65,7 @@ def evaluate_records(
                 batch_size=config.batch_size,
                 use_adapter=use_adapter,
                 on_batch=lambda n, task=task: progress.advance(task, n),
+                allowed_outputs=labels if config.constrain_to_labels else None,
             )
             results[name] = compute_metrics(config.task, config.metrics, predictions, references, labels)
             for sample, prediction in zip(samples, predictions, strict=True):

@@ -1,5 +1,6 @@
 """The OpenAI-compatible HTTP API over the async engine."""
 
+import asyncio
 import json
 import secrets
 import time
@@ -265,7 +266,7 @@ def create_app(engine: AsyncEngine, api_key: str | None = None) -> FastAPI:
         future = manager.start_load(req.name)
         if future is not None:
             try:
-                await _wrap(future)
+                await asyncio.wrap_future(future)
             except Exception as exc:
                 manager.unload(req.name)
                 raise _from_engine_error(exc) from None
@@ -298,9 +299,3 @@ def create_app(engine: AsyncEngine, api_key: str | None = None) -> FastAPI:
         return {"id": name, "object": "adapter", "deleted": True}
 
     return app
-
-
-async def _wrap(future):
-    import asyncio
-
-    return await asyncio.wrap_future(future)

@@ -1,0 +1,40 @@
+import pytest
+
+from loraforge.evaluate.constrained import LabelTrie
+from loraforge.evaluate.generation import GenerationModel
+from loraforge.models import load_causal_lm, load_tokenizer, resolve_model
+
+LABELS = ["card_arrival", "card_linking", "exchange_rate", "transfer_failed"]
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model_dir):
+    resolved = resolve_model(str(tiny_model_dir))
+    return GenerationModel(load_causal_lm(resolved), load_tokenizer(resolved))
+
+
+def test_label_trie_walks_token_paths(generator):
+    tokenizer = generator.tokenizer
+    trie = LabelTrie(LABELS, tokenizer)
+    first_tokens = {tokenizer(label, add_special_tokens=False)["input_ids"][0] for label in LABELS}
+    assert set(trie.allowed_after([])) == first_tokens
+    full = tokenizer("exchange_rate", add_special_tokens=False)["input_ids"]
+    assert trie.allowed_after(full) == [tokenizer.eos_token_id]
+    assert trie.allowed_after([10_000]) == [tokenizer.eos_token_id]  # off the tree: stop
+
+
+def test_batched_generation_matches_one_by_one(generator):
+    prompts = [
+        generator.chat_prompt([{"role": "user", "content": text}]) for text in ["hi", "where is my card now?"]
+    ]
+    batched = generator.generate(prompts, max_new_tokens=8, batch_size=2)
+    single = [generator.generate([p], max_new_tokens=8)[0] for p in prompts]
+    assert batched == single
+
+
+def test_constrained_decoding_only_produces_labels(generator):
+    prompts = [generator.chat_prompt([{"role": "user", "content": f"message {i}"}]) for i in range(6)]
+    free = generator.generate(prompts, max_new_tokens=12)
+    constrained = generator.generate(prompts, max_new_tokens=12, allowed_outputs=LABELS)
+    assert all(output in LABELS for output in constrained)
+    assert not all(output in LABELS for output in free)  # a random model left alone does not spell labels
