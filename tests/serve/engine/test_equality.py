@@ -72,11 +72,16 @@ def test_small_token_budget_splits_prefills(tiny_model_dir, adapter_dir, referen
 EVEN = ["alpha", "beta", "gamma", "delta", "alpha", "beta", "gamma", "delta"]
 
 
-@pytest.mark.parametrize("cache_bytes", [1 << 30, 0])
-def test_equal_groups_per_adapter_equal_hf_and_peft(tiny_model_dir, adapter_dir, reference, cache_bytes):
-    """Two requests per adapter and no base rows: decode groups are views of the batch (no gather)."""
+@pytest.fixture(scope="module")
+def reference_even(tiny_model_dir, adapter_dir, reference):
     ids, _ = reference
-    expected = hf_greedy(tiny_model_dir, ids, [adapter_dir / a for a in EVEN], MAX_NEW)
+    return ids, hf_greedy(tiny_model_dir, ids, [adapter_dir / a for a in EVEN], MAX_NEW)
+
+
+@pytest.mark.parametrize("cache_bytes", [1 << 30, 0])
+def test_equal_groups_per_adapter_equal_hf_and_peft(tiny_model_dir, adapter_dir, reference_even, cache_bytes):
+    """Two requests per adapter and no base rows: decode groups are views of the batch (no gather)."""
+    ids, expected = reference_even
     engine = _engine(tiny_model_dir, adapter_dir)
     engine.lora.cache_bytes = (
         cache_bytes  # 0: gather the adapters' weights per layer instead of once per batch
