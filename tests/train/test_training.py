@@ -41,7 +41,7 @@ class Interrupt(Exception):
 
 
 def test_resume_reproduces_the_uninterrupted_run(make_config, tmp_path):
-    config = make_config(max_steps=8, checkpoint_every=3)
+    config = make_config(max_steps=8, checkpoint_every=3, eval_every=2)
     run_training(config, tmp_path / "full", evaluate=False, show_progress=False)
 
     def stop_at_4(state):
@@ -55,6 +55,37 @@ def test_resume_reproduces_the_uninterrupted_run(make_config, tmp_path):
     assert sorted(resumed) == list(range(1, 9))  # steps after the checkpoint were logged again, once
     for step in range(4, 9):
         assert resumed[step] == pytest.approx(full[step], rel=1e-5), step
+
+
+def test_resume_keeps_the_best_adapter_found_before_the_interruption(make_config, toy_data, tmp_path):
+    from safetensors.torch import load_file
+
+    # Validation targets are text the training data never shows, so the more the model fits train, the worse
+    # validation gets: the best adapter is an early one, which after an interruption only a checkpoint knows.
+    rows = [json.loads(line) for line in toy_data.open()]
+    wrong = [{**row, "label": "JSON {} [] ()"} for row in rows]
+    validation = tmp_path / "wrong.jsonl"
+    validation.write_text("".join(json.dumps(row) + "\n" for row in wrong[:16]))
+    config = make_config(max_steps=30, checkpoint_every=1, eval_every=1, learning_rate=1e-2)
+    config.data.validation = validation
+    run_training(config, tmp_path / "full", evaluate=False, show_progress=False)
+    evals = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").open() if "eval_loss" in line]
+    best_step = min(evals, key=lambda row: row["eval_loss"])["step"]
+    assert best_step <= 27
+
+    def interrupt_after_best(state):
+        if state.step == best_step + 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_training(
+            config, tmp_path / "cut", evaluate=False, show_progress=False, on_step=interrupt_after_best
+        )
+    run_training(config, tmp_path / "cut", resume=True, evaluate=False, show_progress=False)
+    full_adapter = load_file(tmp_path / "full" / "adapter" / "adapter_model.safetensors")
+    resumed_adapter = load_file(tmp_path / "cut" / "adapter" / "adapter_model.safetensors")
+    for name, value in full_adapter.items():
+        torch.testing.assert_close(resumed_adapter[name], value, rtol=1e-5, atol=1e-6)
 
 
 def test_early_stopping_stops_and_keeps_the_best(make_config, tmp_path):

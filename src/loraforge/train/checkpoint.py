@@ -34,13 +34,20 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
             params[name].copy_(value)
 
 
-def save_checkpoint(directory: Path, model, optimizer, scheduler, state: TrainerState) -> None:
+def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: value.contiguous().cpu() for name, value in tensors.items()}
+
+
+def save_checkpoint(
+    directory: Path, model, optimizer, scheduler, state: TrainerState, best: dict[str, torch.Tensor] | None
+) -> None:
+    """Everything `--resume` needs, including the best adapter so far (early stopping hands that one back)."""
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(
-        {k: v.contiguous().cpu() for k, v in trainable_state(model).items()}, tmp / "trainable.safetensors"
-    )
+    save_file(_contiguous(trainable_state(model)), tmp / "trainable.safetensors")
+    if best is not None:
+        save_file(_contiguous(best), tmp / "best.safetensors")
     # Optimizer, scheduler and torch RNG (dropout) states hold only tensors and plain values,
     # so they reload with weights_only=True (no arbitrary pickle).
     torch.save(
@@ -66,6 +73,11 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
 
 def read_state(directory: Path) -> TrainerState:
     return TrainerState(**json.loads((directory / STATE_FILE).read_text()))
+
+
+def load_best(directory: Path) -> dict[str, torch.Tensor] | None:
+    path = directory / "best.safetensors"
+    return load_file(path) if path.exists() else None
 
 
 def load_checkpoint(directory: Path, model, optimizer, scheduler) -> TrainerState:

@@ -14,6 +14,7 @@ from loraforge.data.tokenize import TokenizedExample
 from loraforge.train.checkpoint import (
     TrainerState,
     latest_checkpoint,
+    load_best,
     load_checkpoint,
     load_trainable_state,
     prune_checkpoints,
@@ -28,7 +29,8 @@ from loraforge.train.progress import TrainingProgress
 @dataclass
 class TrainResult:
     steps: int
-    tokens_seen: int
+    tokens_seen: int  # over the whole run, resumed parts included
+    session_tokens: int  # in this process, the ones `train_seconds` timed
     train_seconds: float
     final_train_loss: float | None
     best_eval_loss: float | None
@@ -36,7 +38,7 @@ class TrainResult:
 
     @property
     def tokens_per_second(self) -> float:
-        return self.tokens_seen / self.train_seconds if self.train_seconds else 0.0
+        return self.session_tokens / self.train_seconds if self.train_seconds else 0.0
 
 
 class LoraTrainer:
@@ -117,13 +119,14 @@ class LoraTrainer:
         on_step: Callable[[TrainerState], None] | None = None,
         show_progress: bool = True,
     ) -> TrainResult:
-        state = TrainerState()
+        state, best = TrainerState(), None
         checkpoint = latest_checkpoint(self.checkpoints) if resume else None
         if checkpoint is not None:
             state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
+            best = load_best(checkpoint)
         else:
             torch.manual_seed(self.config.seed)
-        best = trainable_state(self.model) if state.best_eval_loss is not None else None
+        tokens_before = state.tokens_seen
         causal_lm = self.model.get_base_model()
         stream = self._micro_batches(state)
         self.model.train()
@@ -184,6 +187,7 @@ class LoraTrainer:
                         self.optimizer,
                         self.scheduler,
                         state,
+                        best,
                     )
                     prune_checkpoints(self.checkpoints)
                 if on_step is not None:
@@ -198,6 +202,7 @@ class LoraTrainer:
         return TrainResult(
             steps=state.step,
             tokens_seen=state.tokens_seen,
+            session_tokens=state.tokens_seen - tokens_before,
             train_seconds=train_seconds,
             final_train_loss=last_loss,
             best_eval_loss=state.best_eval_loss,
