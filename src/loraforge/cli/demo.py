@@ -9,10 +9,10 @@ from loraforge.errors import ConfigError
 
 # Sized so the whole demo (conversion, training, two evaluations) takes well under 10 minutes on 2 CPU cores.
 DEMO_OVERRIDES = [
-    "data.max_train_examples=800",
+    "data.max_train_examples=600",
     "trainer.epochs=2",
     "trainer.eval_every=25",
-    "evaluation.limit=300",
+    "evaluation.limit=200",
 ]
 
 
