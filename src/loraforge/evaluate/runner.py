@@ -74,6 +74,7 @@ def evaluate_records(
         "task": config.task,
         "split": config.split,
         "rows": len(records),
+        "constrained_to_labels": config.constrain_to_labels,
         "results": results,
         "samples": samples,
     }
