@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from loraforge.train.run import run_training
+from loraforge.train.trainer import LoraTrainer
 
 
 def losses(run_dir):
@@ -88,14 +89,24 @@ def test_resume_keeps_the_best_adapter_found_before_the_interruption(make_config
         torch.testing.assert_close(resumed_adapter[name], value, rtol=1e-5, atol=1e-6)
 
 
-def test_early_stopping_stops_and_keeps_the_best(make_config, tmp_path):
-    # A huge learning rate makes validation loss worse after the first evaluation.
-    config = make_config(
-        max_steps=40, eval_every=2, early_stopping_patience=2, learning_rate=0.5, scheduler="constant"
-    )
+def test_early_stopping_stops_and_keeps_the_best(make_config, tmp_path, monkeypatch):
+    # Scripted validation losses: best at the 2nd evaluation (step 4), then two without improvement.
+    losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
+    snapshots = []
+
+    def scripted_loss(trainer):
+        snapshots.append({k: v.clone() for k, v in trainer.model.named_parameters() if v.requires_grad})
+        return next(losses)
+
+    monkeypatch.setattr(LoraTrainer, "evaluate_loss", scripted_loss)
+    config = make_config(max_steps=40, eval_every=2, early_stopping_patience=2)
     result = run_training(config, tmp_path / "run", evaluate=False, show_progress=False)
     assert result["summary"]["stopped_early"]
-    assert result["summary"]["steps"] < 40
+    assert result["summary"]["steps"] == 8
+    best = snapshots[1]
+    handed_back = {k: v for k, v in result["model"].named_parameters() if v.requires_grad}
+    assert all(torch.equal(handed_back[k], best[k]) for k in best)
+    assert not all(torch.equal(snapshots[-1][k], best[k]) for k in best)
 
 
 def test_saved_adapter_loads_in_plain_peft_with_identical_logits(make_config, tmp_path, tiny_model_dir):
@@ -104,7 +115,11 @@ def test_saved_adapter_loads_in_plain_peft_with_identical_logits(make_config, tm
 
     out = tmp_path / "run"
     ours = run_training(make_config(max_steps=5), out, evaluate=False, show_progress=False)["model"].eval()
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    # Same attention kernel as ours (the trainer picks eager on CPU), so only the adapter can differ.
+    attention = ours.get_base_model().config._attn_implementation
+    base = AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir, dtype=torch.float32, attn_implementation=attention
+    )
     theirs = PeftModel.from_pretrained(base, out / "adapter").eval()
     ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
     with torch.no_grad():

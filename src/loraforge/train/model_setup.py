@@ -7,6 +7,9 @@ import torch
 from loraforge.config.schema import AdapterConfig, TrainerConfig
 from loraforge.errors import ConfigError
 from loraforge.models import ResolvedModel, pick_dtype
+from loraforge.train.fast_dropout import use_fast_dropout
+
+EAGER_ATTENTION_MAX_LENGTH = 512
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,10 @@ def load_base_for_training(model: ResolvedModel, trainer: TrainerConfig, placeme
     from transformers import AutoModelForCausalLM
 
     kwargs: dict = {"dtype": placement.dtype}
+    if placement.device == "cpu" and trainer.max_seq_length <= EAGER_ATTENTION_MAX_LENGTH:
+        # Measured on a SmolLM2 training step (batches of ~60 tokens): eager attention is ~10-20% faster
+        # than SDPA on CPU, whose flash backward dominates at short lengths. Eager's T x T scores stay small.
+        kwargs["attn_implementation"] = "eager"
     if trainer.quantization == "4bit":
         try:
             from transformers import BitsAndBytesConfig
@@ -74,6 +81,9 @@ def add_lora(base, adapter: AdapterConfig):
     from peft import get_peft_model
 
     try:
-        return get_peft_model(base, lora_config(adapter))
+        model = get_peft_model(base, lora_config(adapter))
     except ValueError as exc:
         raise ConfigError(f"adapter.target_modules: {exc}") from None
+    if next(base.parameters()).device.type == "cpu":
+        use_fast_dropout(model)  # CUDA's fused dropout kernel is already cheap
+    return model

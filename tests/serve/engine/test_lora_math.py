@@ -67,7 +67,9 @@ def test_grouped_bmm_equals_per_row_reference(cache_bytes):
     batch = _check(w, adapters, [0, 2, 1, 1, 3, 0, 2, 2, 3])  # unsorted, uneven: gather/scatter path
     assert batch.num_active == 3 and batch.start < 0
     batch = _check(w, adapters, [0, 0, 1, 1, 2, 2, 3, 3])  # sorted, two rows each: views, no gather
-    assert batch.start == 2 and batch.rows_per_adapter == 2
+    assert batch.start == 2 and batch.rows_per_adapter == 2 and batch.gather_index is None
+    batch = _check(w, adapters, [0, 1, 2, 2, 2, 3, 3])  # sorted, uneven (a prefill): gathered back out
+    assert batch.start == 1 and batch.unpad_index is not None and batch.scatter_index is None
     assert (w._cache is not None) == bool(cache_bytes)
 
 
@@ -77,3 +79,38 @@ def test_cached_copy_is_refreshed_when_a_slot_changes():
     adapters[2] = _random_adapter(8, 42)
     w.install(2, adapters[2])
     _check(w, adapters, [1, 2, 3])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_kernels_equal_the_batched_matmuls(dtype):
+    from loraforge.serve.engine.lora_kernels import cpu_lora_kernels
+
+    if cpu_lora_kernels() is None:
+        pytest.skip("no C++ toolchain: the engine uses batched matmuls only")
+    with_kernels = LoRAWeights(DIMS, num_layers=2, num_slots=5, dtype=dtype, device="cpu", cache_bytes=0)
+    assert with_kernels.kernels is not None
+    reference = LoRAWeights(DIMS, num_layers=2, num_slots=5, dtype=torch.float64, device="cpu")
+    adapters = {1: _random_adapter(2, 1, ("q_proj", "v_proj", "down_proj")), 2: _random_adapter(8, 2)}
+    adapters[3] = _random_adapter(4, 3, ("v_proj", "up_proj"))
+    for w in (with_kernels, reference):
+        w.ensure_rank(8, [])
+        for slot, ad in adapters.items():
+            w.install(slot, ad)
+    g = torch.Generator().manual_seed(0)
+    # Decode (one row each), uneven groups of up to five rows (more than one block of 4), base rows first.
+    for row_slots in ([1, 2, 3], [0, 1, 2, 2, 3, 3, 3, 3, 3], [0, 0, 2]):
+        batch = LoRABatch.build(row_slots)
+        assert batch.row_start is not None
+        for proj, (din, subs) in PROJECTIONS.items():
+            x = torch.randn(len(row_slots), DIMS[din], generator=g, dtype=torch.float64)
+            base = torch.randn(
+                len(row_slots), sum(DIMS[d] for _, d in subs), generator=g, dtype=torch.float64
+            )
+            expected = base.clone()
+            reference.add(1, proj, x, expected, batch)
+            out = base.to(dtype)
+            with_kernels.add(1, proj, x.to(dtype), out, batch)
+            tol = 1e-4 if dtype == torch.float32 else 0.05
+            torch.testing.assert_close(
+                out.double(), expected, rtol=tol, atol=tol * expected.abs().max().item()
+            )
