@@ -185,11 +185,8 @@ class LoRAWeights:
         R, n, m = self.rank, batch.num_active, batch.rows_per_adapter
         if self.kernels is not None and batch.row_start is not None and m <= KERNEL_MAX_ROWS:
             # Decode-sized groups: the C++ kernels read each adapter's weights once from its slot.
-            h = self.kernels.shrink(x, self.A[proj][layer], batch.slots, batch.row_start)
-            offset = 0
-            for j, b in enumerate(self.B[proj]):
-                self.kernels.expand_add(h, j * R, b[layer], batch.slots, batch.row_start, out, offset)
-                offset += b.shape[-1]
+            bs = [b[layer] for b in self.B[proj]]
+            self.kernels.lora_add(x, self.A[proj][layer], bs, batch.slots, batch.row_start, out)
             return
         cached = self._gathered(batch)
         if cached is not None:

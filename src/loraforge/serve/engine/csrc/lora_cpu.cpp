@@ -93,6 +93,8 @@ void expand_rows(const float* hr, int64_t h_stride, const T* w, int64_t R, int64
     float acc[ROWS][kWidth] = {};
     for (int64_t k = 0; k < R; ++k) {
       const T* wk = w + k * N + n0;
+      // R rows are read side by side, one block each: fetch this row's block after next ahead of time.
+      __builtin_prefetch(wk + 2 * kWidth);
       float wv[kWidth] = {};
       if (width == kWidth) {
         for (int64_t t = 0; t < kWidth; ++t) wv[t] = to_float(wk[t]);
@@ -173,7 +175,21 @@ void expand_add(torch::Tensor h, int64_t col, torch::Tensor b, torch::Tensor slo
   else TORCH_CHECK(false, "lora_cpu: bf16 or fp32 only");
 }
 
+// One projection of one layer: shrink once, then expand into each sub-projection's slice of `out`
+// (q/k/v, gate/up), saving the Python round trips of separate calls.
+void lora_add(torch::Tensor x, torch::Tensor a, std::vector<torch::Tensor> bs, torch::Tensor slots,
+              torch::Tensor row_start, torch::Tensor out) {
+  torch::Tensor h = shrink(x, a, slots, row_start);
+  int64_t offset = 0, col = 0;
+  for (const auto& b : bs) {
+    expand_add(h, col, b, slots, row_start, out, offset);
+    offset += b.size(2);
+    col += b.size(1);
+  }
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("lora_add", &lora_add, "out += (x @ A[slot]^T) @ B_j[slot] per row group, for each sub-projection j");
   m.def("shrink", &shrink, "h = x @ A[slot]^T per row group (fp32 result)");
   m.def("expand_add", &expand_add, "out[:, offset:] += h[:, col:col+R] @ B[slot] per row group, in place");
 }
