@@ -29,7 +29,7 @@ def _cpu_tag() -> str:
 
 @cache
 def cpu_lora_kernels():
-    """The compiled module (`shrink`, `expand_add`), or None where it cannot be built."""
+    """The compiled module (`lora_add`), or None where it cannot be built."""
     if os.environ.get("LORAFORGE_NO_KERNELS"):
         return None
     try:

@@ -152,8 +152,6 @@ void check(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& 
   TORCH_CHECK(row_start.size(0) == slots.size(0) + 1, "lora_cpu: row_start needs one entry per group + 1");
 }
 
-}  // namespace
-
 torch::Tensor shrink(torch::Tensor x, torch::Tensor a, torch::Tensor slots, torch::Tensor row_start) {
   check(x, a, slots, row_start);
   TORCH_CHECK(x.size(1) == a.size(2), "lora_cpu: x and A disagree on d_in");
@@ -175,6 +173,8 @@ void expand_add(torch::Tensor h, int64_t col, torch::Tensor b, torch::Tensor slo
   else TORCH_CHECK(false, "lora_cpu: bf16 or fp32 only");
 }
 
+}  // namespace
+
 // One projection of one layer: shrink once, then expand into each sub-projection's slice of `out`
 // (q/k/v, gate/up), saving the Python round trips of separate calls.
 void lora_add(torch::Tensor x, torch::Tensor a, std::vector<torch::Tensor> bs, torch::Tensor slots,
@@ -190,6 +190,4 @@ void lora_add(torch::Tensor x, torch::Tensor a, std::vector<torch::Tensor> bs, t
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lora_add", &lora_add, "out += (x @ A[slot]^T) @ B_j[slot] per row group, for each sub-projection j");
-  m.def("shrink", &shrink, "h = x @ A[slot]^T per row group (fp32 result)");
-  m.def("expand_add", &expand_add, "out[:, offset:] += h[:, col:col+R] @ B[slot] per row group, in place");
 }
