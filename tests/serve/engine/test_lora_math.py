@@ -5,7 +5,8 @@ import torch
 
 from loraforge.serve.engine.lora_math import PROJECTIONS, LoRABatch, LoRAWeights
 
-DIMS = {"hidden_size": 12, "q_size": 12, "kv_size": 4, "intermediate_size": 20}
+# intermediate 84 = one full 64-column block of B plus a partial one
+DIMS = {"hidden_size": 12, "q_size": 12, "kv_size": 4, "intermediate_size": 84}
 ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 

@@ -18,7 +18,7 @@ class EngineConfig:
     adapter_dir: Path | None = None  # registry: one PEFT folder per adapter, folder name = adapter name
     max_adapters: int = 128  # resident adapters (LRU beyond this)
     max_adapter_bytes: int = 8 << 30  # resident adapter bytes (LRU beyond this)
-    # Batched-matmul LoRA path (CUDA; CPU without the C++ kernels, or prefill groups over KERNEL_MAX_ROWS):
+    # Batched-matmul LoRA path (CUDA; CPU without the C++ kernels):
     # a copy of the batch's adapters, kept while the batch's set of adapters does not change, saves
     # re-gathering their weights in every layer of every step; it costs this much memory at most.
     lora_batch_cache_bytes: int = 512 << 20

@@ -3,7 +3,8 @@
 // torch.bmm over [adapters, 2 rows, d] blocks spends most of its time on per-block overhead here.
 //
 //   shrink:  h[r, j]              = x[r, :] . A[slot(g), j, :]    A: [slots, K, d_in]   (PEFT's lora_A layout)
-//   expand:  out[r, off:off+N]   += h[r, col:col+R] @ B[slot(g)]  B: [slots, R, N]      (lora_B transposed)
+//   expand:  out[r, off:off+N]   += h[r, col:col+R] @ B[slot(g)]  B: [slots, N / 64, R, 64]
+//            (lora_B transposed, in blocks of 64 output columns: one contiguous read per block)
 //
 // Rows of a group are contiguous (the model runner sorts its batch by adapter): group g owns rows
 // [row_start[g], row_start[g+1]). Accumulation is in fp32 whatever the storage type. Plain loops over
@@ -20,7 +21,7 @@ namespace {
 
 constexpr int64_t kRows = 4;     // rows of a group processed together
 constexpr int64_t kDot = 32;     // shrink: d_in block
-constexpr int64_t kWidth = 64;   // expand: output block
+constexpr int64_t kWidth = 64;   // expand: output block, the block width of B's layout
 
 inline float to_float(float v) { return v; }
 inline float to_float(c10::BFloat16 v) {
@@ -85,22 +86,17 @@ void shrink_impl(const torch::Tensor& x, const torch::Tensor& a, const torch::Te
   });
 }
 
-// out[r, off:off+N] += h[r, :R] @ B for ROWS rows of one group, in output blocks held in registers.
+// out[r, off:off+N] += h[r, :R] @ B for ROWS rows of one group, one 64-column block of B at a time.
 template <int ROWS, typename T>
 void expand_rows(const float* hr, int64_t h_stride, const T* w, int64_t R, int64_t N, T* o, int64_t o_stride) {
   for (int64_t n0 = 0; n0 < N; n0 += kWidth) {
     const int64_t width = std::min(kWidth, N - n0);
+    const T* block = w + (n0 / kWidth) * R * kWidth;  // [R, 64], contiguous
     float acc[ROWS][kWidth] = {};
     for (int64_t k = 0; k < R; ++k) {
-      const T* wk = w + k * N + n0;
-      // R rows are read side by side, one block each: fetch this row's block after next ahead of time.
-      __builtin_prefetch(wk + 2 * kWidth);
-      float wv[kWidth] = {};
-      if (width == kWidth) {
-        for (int64_t t = 0; t < kWidth; ++t) wv[t] = to_float(wk[t]);
-      } else {
-        for (int64_t t = 0; t < width; ++t) wv[t] = to_float(wk[t]);
-      }
+      const T* wk = block + k * kWidth;
+      float wv[kWidth];
+      for (int64_t t = 0; t < kWidth; ++t) wv[t] = to_float(wk[t]);  // padding columns are zero
       for (int r = 0; r < ROWS; ++r) {
         const float s = hr[r * h_stride + k];
         for (int64_t t = 0; t < kWidth; ++t) acc[r][t] += s * wv[t];
@@ -114,9 +110,9 @@ void expand_rows(const float* hr, int64_t h_stride, const T* w, int64_t R, int64
 }
 
 template <typename T>
-void expand_impl(const torch::Tensor& h, int64_t col, const torch::Tensor& b, const torch::Tensor& slots,
-                 const torch::Tensor& row_start, torch::Tensor& out, int64_t offset) {
-  const int64_t R = b.size(1), N = b.size(2), groups = slots.size(0), K = h.size(1);
+void expand_impl(const torch::Tensor& h, int64_t col, const torch::Tensor& b, int64_t N,
+                 const torch::Tensor& slots, const torch::Tensor& row_start, torch::Tensor& out, int64_t offset) {
+  const int64_t R = b.size(2), groups = slots.size(0), K = h.size(1);
   const float* hp = h.data_ptr<float>();
   const T* bp = b.data_ptr<T>();
   T* op = out.data_ptr<T>();
@@ -141,11 +137,11 @@ void expand_impl(const torch::Tensor& h, int64_t col, const torch::Tensor& b, co
   });
 }
 
-void check(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& slots,
+void check(const torch::Tensor& x, const torch::Tensor& w, int64_t w_dim, const torch::Tensor& slots,
            const torch::Tensor& row_start) {
   TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "lora_cpu: CPU tensors only");
   TORCH_CHECK(x.scalar_type() == w.scalar_type(), "lora_cpu: activations and weights differ in dtype");
-  TORCH_CHECK(w.dim() == 3 && w.is_contiguous(), "lora_cpu: weights must be a contiguous [slots, ., .]");
+  TORCH_CHECK(w.dim() == w_dim && w.is_contiguous(), "lora_cpu: weights must be contiguous, ", w_dim, "-d");
   TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "lora_cpu: activations must be [rows, d] with unit stride");
   TORCH_CHECK(slots.scalar_type() == torch::kLong && row_start.scalar_type() == torch::kLong,
               "lora_cpu: slots and row_start must be int64");
@@ -153,7 +149,7 @@ void check(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& 
 }
 
 torch::Tensor shrink(torch::Tensor x, torch::Tensor a, torch::Tensor slots, torch::Tensor row_start) {
-  check(x, a, slots, row_start);
+  check(x, a, 3, slots, row_start);
   TORCH_CHECK(x.size(1) == a.size(2), "lora_cpu: x and A disagree on d_in");
   const auto rs = row_start.accessor<int64_t, 1>();
   auto h = torch::empty({rs[slots.size(0)] - rs[0], a.size(1)}, x.options().dtype(torch::kFloat));
@@ -163,13 +159,14 @@ torch::Tensor shrink(torch::Tensor x, torch::Tensor a, torch::Tensor slots, torc
   return h;
 }
 
-void expand_add(torch::Tensor h, int64_t col, torch::Tensor b, torch::Tensor slots, torch::Tensor row_start,
-                torch::Tensor out, int64_t offset) {
-  check(out, b, slots, row_start);
+void expand_add(torch::Tensor h, int64_t col, torch::Tensor b, int64_t N, torch::Tensor slots,
+                torch::Tensor row_start, torch::Tensor out, int64_t offset) {
+  check(out, b, 4, slots, row_start);
   TORCH_CHECK(h.scalar_type() == torch::kFloat && h.is_contiguous(), "lora_cpu: h must be contiguous fp32");
-  TORCH_CHECK(offset + b.size(2) <= out.size(1) && col + b.size(1) <= h.size(1), "lora_cpu: out of range");
-  if (out.scalar_type() == torch::kBFloat16) expand_impl<c10::BFloat16>(h, col, b, slots, row_start, out, offset);
-  else if (out.scalar_type() == torch::kFloat) expand_impl<float>(h, col, b, slots, row_start, out, offset);
+  TORCH_CHECK(b.size(3) == kWidth && b.size(1) * kWidth >= N, "lora_cpu: B must be [slots, N / 64, R, 64]");
+  TORCH_CHECK(offset + N <= out.size(1) && col + b.size(2) <= h.size(1), "lora_cpu: out of range");
+  if (out.scalar_type() == torch::kBFloat16) expand_impl<c10::BFloat16>(h, col, b, N, slots, row_start, out, offset);
+  else if (out.scalar_type() == torch::kFloat) expand_impl<float>(h, col, b, N, slots, row_start, out, offset);
   else TORCH_CHECK(false, "lora_cpu: bf16 or fp32 only");
 }
 
@@ -177,14 +174,15 @@ void expand_add(torch::Tensor h, int64_t col, torch::Tensor b, torch::Tensor slo
 
 // One projection of one layer: shrink once, then expand into each sub-projection's slice of `out`
 // (q/k/v, gate/up), saving the Python round trips of separate calls.
-void lora_add(torch::Tensor x, torch::Tensor a, std::vector<torch::Tensor> bs, torch::Tensor slots,
-              torch::Tensor row_start, torch::Tensor out) {
+void lora_add(torch::Tensor x, torch::Tensor a, std::vector<torch::Tensor> bs, std::vector<int64_t> widths,
+              torch::Tensor slots, torch::Tensor row_start, torch::Tensor out) {
+  TORCH_CHECK(bs.size() == widths.size(), "lora_cpu: one width per B");
   torch::Tensor h = shrink(x, a, slots, row_start);
   int64_t offset = 0, col = 0;
-  for (const auto& b : bs) {
-    expand_add(h, col, b, slots, row_start, out, offset);
-    offset += b.size(2);
-    col += b.size(1);
+  for (size_t j = 0; j < bs.size(); ++j) {
+    expand_add(h, col, bs[j], widths[j], slots, row_start, out, offset);
+    offset += widths[j];
+    col += bs[j].size(2);
   }
 }
 
