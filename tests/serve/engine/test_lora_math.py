@@ -84,9 +84,9 @@ def test_cached_copy_is_refreshed_when_a_slot_changes():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cpu_kernels_equal_the_batched_matmuls(dtype):
-    from loraforge.serve.engine.lora_kernels import cpu_lora_kernels
+    from loraforge.serve.engine.cpu_kernels import cpu_kernels
 
-    if cpu_lora_kernels() is None:
+    if cpu_kernels() is None:
         pytest.skip("no C++ toolchain: the engine uses batched matmuls only")
     with_kernels = LoRAWeights(DIMS, num_layers=2, num_slots=5, dtype=dtype, device="cpu", cache_bytes=0)
     assert with_kernels.kernels is not None

@@ -1,6 +1,7 @@
 """Attention over the paged KV cache: causal self-attention for prefills, cached attention for decodes."""
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,9 @@ class AttentionMetadata:
     unpad_index: torch.Tensor | None = None  # [tokens] index into the padded [sequences * max_len]
     # decode: one new token per sequence
     block_tables: torch.Tensor | None = None  # [sequences, max_blocks]
+    context_lens: torch.Tensor | None = None  # [sequences] tokens in the cache, the new one included
+    kernels: Any = None  # the C++ CPU kernels (cpu_kernels.py): attention read in place from the cache
+    # without kernels, the PyTorch path gathers whole blocks and masks what lies past each sequence's end
     mask: torch.Tensor | None = None  # [sequences, 1, 1, max_blocks * block_size], True = attend
     context_len: int = 0  # single-sequence decode: exact length, so no mask is needed
 
@@ -39,6 +43,11 @@ def attention(
         out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=True)
         out = out.transpose(1, 2).reshape(-1, q.shape[1], q.shape[2])
         return out if meta.pad_index is None else out[meta.unpad_index]
+    if meta.kernels is not None:
+        scale = q.shape[-1] ** -0.5
+        return meta.kernels.decode_attention(
+            q, kv.k[layer], kv.v[layer], meta.block_tables, meta.context_lens, scale
+        )
     kc, vc = kv.gather(layer, meta.block_tables)
     if meta.mask is None:
         kc, vc = kc[:, : meta.context_len], vc[:, : meta.context_len]

@@ -6,9 +6,10 @@ out): when the batch is sorted by adapter and the groups are equal, a group is a
 otherwise rows are gathered into a padded `[adapters, rows, d]` block (and, when sorted, gathered back
 out of it: a scatter-add is ~10x slower on CPU). Every LoRA projection is then
 batched matmuls over all the adapters of the batch at once (the SGMV idea of Punica/S-LoRA) — no Python
-loop over adapters, no merged weights. On CPU, sorted batches go to C++ kernels instead (csrc/lora_cpu.cpp),
-which read each adapter's weights in place in its slot and need no gather: about 3x faster than the batched
-matmuls at 32 adapters x 2 rows (decode), as fast at 32 x 60 rows (prefill) before counting the gather. The fused QKV and gate-up projections share one shrink
+loop over adapters, no merged weights. On CPU, sorted batches go to C++ kernels instead
+(csrc/lora_cpu.cpp), which read each adapter's weights in place in its slot and need no gather: about 3x
+faster than the batched matmuls at 32 adapters x 2 rows (decode), as fast at 32 x 60 rows (prefill) before
+counting the gather. The fused QKV and gate-up projections share one shrink
 (their A matrices concatenated along the rank) and expand each sub-projection into its slice of the output.
 """
 
@@ -111,9 +112,9 @@ class LoRAWeights:
         self.B: dict[str, list[torch.Tensor]] = {}
         self.kernels = None
         if device == "cpu" and dtype in (torch.bfloat16, torch.float32):
-            from loraforge.serve.engine.lora_kernels import cpu_lora_kernels
+            from loraforge.serve.engine.cpu_kernels import cpu_kernels
 
-            self.kernels = cpu_lora_kernels()
+            self.kernels = cpu_kernels()
 
     def ensure_rank(self, rank: int, live_slots: list[int]) -> None:
         """Grow the common rank R when an adapter needs it (reallocate the stacks, keep live slots)."""
@@ -183,18 +184,18 @@ class LoRAWeights:
         if batch.num_active * self.slot_bytes > self.cache_bytes:
             return None
         idx = batch.slots
-        self._cache = {
-            p: (self.A[p][:, idx], [self._dense_b(b[:, idx], self.dims[d]) for b, (_, d) in zip(self.B[p], subs)])
-            for p, (_, subs) in PROJECTIONS.items()
-        }
+        self._cache = {p: (self.A[p][:, idx], self._dense_bs(p, lambda b: b[:, idx])) for p in PROJECTIONS}
         self._cache_key = key
         return self._cache
 
-    @staticmethod
-    def _dense_b(blocked: torch.Tensor, out_size: int) -> torch.Tensor:
-        """`[..., d_out / 64, R, 64]` blocks -> `[..., R, d_out]`, for the batched matmuls."""
-        *lead, nb, r, w = blocked.shape
-        return blocked.transpose(-3, -2).reshape(*lead, r, nb * w)[..., :out_size].contiguous()
+    def _dense_bs(self, proj: str, select) -> list[torch.Tensor]:
+        """`select(B)` of each sub-projection, from `[..., d_out / 64, R, 64]` blocks to `[..., R, d_out]`
+        (the batched matmuls' layout)."""
+        out = []
+        for b, (_, d) in zip(self.B[proj], PROJECTIONS[proj][1], strict=True):
+            *lead, nb, r, w = (blocked := select(b)).shape
+            out.append(blocked.transpose(-3, -2).reshape(*lead, r, nb * w)[..., : self.dims[d]].contiguous())
+        return out
 
     def add(self, layer: int, proj: str, x: torch.Tensor, out: torch.Tensor, batch: LoRABatch) -> None:
         """`out[t] += (x[t] @ A_slot(t)) @ B_slot(t)` for every row t that has an adapter."""
@@ -210,7 +211,7 @@ class LoRAWeights:
             a, bs = cached[proj][0][layer], [b[layer] for b in cached[proj][1]]
         else:
             a = self.A[proj][layer][batch.slots]
-            bs = [self._dense_b(b[layer][batch.slots], self.dims[d]) for b, (_, d) in zip(self.B[proj], subs)]
+            bs = self._dense_bs(proj, lambda b: b[layer][batch.slots])
         if batch.gather_index is None:  # equal groups: views of the batch
             xs = x[batch.start :].view(n, m, x.shape[1])
         else:

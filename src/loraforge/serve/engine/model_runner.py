@@ -3,6 +3,7 @@
 import torch
 
 from loraforge.serve.engine.attention import AttentionMetadata
+from loraforge.serve.engine.cpu_kernels import cpu_kernels
 from loraforge.serve.engine.kv_cache import KVCache
 from loraforge.serve.engine.llama import Llama
 from loraforge.serve.engine.lora_math import LoRABatch, LoRAWeights
@@ -14,6 +15,9 @@ class ModelRunner:
     def __init__(self, model: Llama, kv: KVCache, lora: LoRAWeights, device: str = "cpu"):
         self.model, self.kv, self.lora, self.device = model, kv, lora, device
         self.block_size = kv.block_size
+        self.kernels = None
+        if device == "cpu" and kv.k.dtype in (torch.bfloat16, torch.float32):
+            self.kernels = cpu_kernels()
 
     def _slot(self, seq: Sequence, pos: int) -> int:
         return seq.blocks[pos // self.block_size] * self.block_size + pos % self.block_size
@@ -60,13 +64,14 @@ class ModelRunner:
             slot_mapping=torch.tensor(slots, device=self.device),
             last_token_index=torch.arange(len(seqs), device=self.device),
             block_tables=tables,
+            context_lens=torch.tensor([len(s) for s in seqs], device=self.device),
+            kernels=self.kernels,
         )
         if len(seqs) == 1:
             meta.context_len = len(seqs[0])
-        else:
+        elif self.kernels is None:
             span = torch.arange(max_blocks * self.block_size, device=self.device)
-            lens = torch.tensor([len(s) for s in seqs], device=self.device)
-            meta.mask = (span[None, :] < lens[:, None])[:, None, None, :]
+            meta.mask = (span[None, :] < meta.context_lens[:, None])[:, None, None, :]
         return ids, positions, [s.lora_slot for s in seqs], meta
 
     def run(self, seqs: list[Sequence], is_prefill: bool) -> list[int]:

@@ -185,7 +185,3 @@ void lora_add(torch::Tensor x, torch::Tensor a, std::vector<torch::Tensor> bs, s
     col += bs[j].size(2);
   }
 }
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("lora_add", &lora_add, "out += (x @ A[slot]^T) @ B_j[slot] per row group, for each sub-projection j");
-}

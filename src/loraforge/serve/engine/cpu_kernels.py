@@ -1,10 +1,13 @@
-"""Loads the C++ multi-adapter LoRA kernels (csrc/lora_cpu.cpp) once, compiling them on first use.
+"""Loads the engine's C++ CPU kernels (csrc/*.cpp) once, compiling them on first use.
+
+- `lora_add` (csrc/lora_cpu.cpp): multi-adapter LoRA for a batch sorted by adapter.
+- `decode_attention` (csrc/attention_cpu.cpp): one-token attention read in place from the paged KV cache.
 
 torch caches the build under ~/.cache/torch_extensions, so only the first engine start on a machine pays the
-~30-60 s compile. The build is tuned for the host CPU (-march=native), so its name carries a digest of the
-CPU's feature flags: a home directory shared with another kind of CPU gets its own build. Without a C++
-toolchain the engine falls back to batched matmuls (`torch.bmm`), correct but slower;
-`LORAFORGE_NO_KERNELS=1` forces that fallback.
+~1 minute compile. The build is tuned for the host CPU (-march=native), so its name carries a digest of the
+CPU's feature flags: a home directory shared with another kind of CPU gets its own build.
+Without a C++ toolchain the engine falls back to plain PyTorch (batched matmuls, gathered attention), correct
+but slower; `LORAFORGE_NO_KERNELS=1` forces that fallback.
 """
 
 import hashlib
@@ -14,10 +17,10 @@ from functools import cache
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-SOURCE = Path(__file__).parent / "csrc" / "lora_cpu.cpp"
+SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.cpp"))
 
 
-def _cpu_tag() -> str:
+def _build_tag() -> str:
     try:
         flags = next(
             line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
@@ -28,8 +31,8 @@ def _cpu_tag() -> str:
 
 
 @cache
-def cpu_lora_kernels():
-    """The compiled module (`lora_add`), or None where it cannot be built."""
+def cpu_kernels():
+    """The compiled module (`lora_add`, `decode_attention`), or None where it cannot be built."""
     if os.environ.get("LORAFORGE_NO_KERNELS"):
         return None
     try:
@@ -42,14 +45,14 @@ def cpu_lora_kernels():
     try:
         from torch.utils.cpp_extension import load
 
-        log.info("loading the LoRA CPU kernels (compiled on first use, ~1 minute)")
+        log.info("loading the engine's CPU kernels (compiled on first use, ~1 minute)")
         return load(
-            name=f"loraforge_lora_cpu_{_cpu_tag()}",
-            sources=[str(SOURCE)],
+            name=f"loraforge_cpu_kernels_{_build_tag()}",
+            sources=[str(s) for s in SOURCES],
             extra_cflags=["-O3", "-march=native", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )
     except Exception as exc:  # no compiler, no ninja, no headers: slower, still correct
-        log.warning("LoRA CPU kernels unavailable (%s); using torch.bmm", exc)
+        log.warning("engine CPU kernels unavailable (%s); using plain PyTorch", exc)
         return None

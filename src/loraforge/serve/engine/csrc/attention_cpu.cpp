@@ -1,0 +1,195 @@
+// Decode attention straight from the paged KV cache on CPU: one query token per sequence, its context read
+// in place through the block table. The PyTorch path gathers every sequence's whole context into a fresh
+// tensor in every layer of every step (a copy as big as the cache in use) before two batched matmuls; this
+// reads each cached K/V row once and keeps scores, softmax and the weighted sum of V in fp32 registers
+// (online softmax over one cache block at a time, as in flash-decoding).
+//
+//   q `[batch, heads, D]`, k/v cache `[blocks, block_size, kv_heads, D]`, block_tables `[batch, max_blocks]`,
+//   context_lens `[batch]` -> `[batch, heads, D]`. Query heads h*G .. h*G+G-1 share kv head h (GQA, as in HF).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+inline float as_float(float v) { return v; }
+inline float as_float(c10::BFloat16 v) {
+  uint32_t bits = static_cast<uint32_t>(v.x) << 16;  // bf16 is the top half of an fp32
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+constexpr int64_t kLanes = 16;  // one AVX-512 register of fp32: partial sums kept per lane, summed at the end
+
+// exp(x) for x <= 0 (scores minus their running max), vectorizable, unlike std::exp without -ffast-math:
+// 2^(x log2 e) = 2^n * 2^f with n = round(.), |f| <= 1/2, 2^f by its degree-7 Taylor series (relative error
+// ~1e-8, below fp32 rounding). Inputs below -87 are clamped (exp(-87) ~ 1.6e-38, a weight of ~0 anyway).
+inline void exp_in_place(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float y = std::max(x[i], -87.0f) * 1.4426950408889634f;
+    const float r = (y + 12582912.0f) - 12582912.0f;  // round to nearest: 1.5 * 2^23 pushes out the fraction
+    const float f = y - r;
+    float p = 1.525273380405984e-05f;
+    p = p * f + 1.5403530393381608e-04f;
+    p = p * f + 1.3333558146428443e-03f;
+    p = p * f + 9.618129107628477e-03f;
+    p = p * f + 5.550410866482158e-02f;
+    p = p * f + 2.402265069591007e-01f;
+    p = p * f + 6.931471805599453e-01f;
+    p = p * f + 1.0f;
+    const int32_t bits = (static_cast<int32_t>(r) + 127) << 23;  // 2^n as an fp32, n >= -126
+    float scale;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    x[i] = p * scale;
+  }
+}
+
+// q . k over D elements: kLanes partial sums (so the compiler vectorizes without reassociating), then a tail.
+inline __attribute__((always_inline)) float dot(const float* q, const float* k, int64_t D) {
+  const int64_t body = D - D % kLanes;
+  float part[kLanes] = {};
+  for (int64_t d0 = 0; d0 < body; d0 += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) part[l] += q[d0 + l] * k[d0 + l];
+  float s = 0.0f;
+  for (int64_t l = 0; l < kLanes; ++l) s += part[l];
+  for (int64_t d = body; d < D; ++d) s += q[d] * k[d];
+  return s;
+}
+
+// Per-thread working memory, sized once per parallel chunk.
+struct Scratch {
+  std::vector<float> q, scores, acc, row, row_max, row_sum;
+  Scratch(int64_t heads, int64_t kv_heads, int64_t D, int64_t block_size)
+      : q(heads * D), scores(heads * block_size), acc(heads * D), row(kv_heads * D), row_max(heads),
+        row_sum(heads) {}
+};
+
+template <typename T>
+inline void prefetch_block(const T* p, int64_t elements) {
+  for (int64_t i = 0; i < elements; i += 64 / sizeof(T)) __builtin_prefetch(p + i);
+}
+
+// One sequence, all heads (its cached rows hold every kv head side by side: one contiguous read per token),
+// over `len` tokens; s.q holds its queries, already scaled. Query head j uses kv head j / G.
+// kD is the head size when known at compile time (0: use `head_dim`): the loops over it are a few vectors
+// long, and compiled for a runtime size they spend more time on loop set-up than on arithmetic.
+template <typename T, int64_t kD>
+void attend(Scratch& s, int64_t heads, int64_t G, int64_t head_dim, int64_t kv_heads, const T* k, const T* v,
+            const int64_t* table, int64_t block_size, int64_t len, T* out) {
+  const int64_t D = kD ? kD : head_dim, token = kv_heads * D, block = block_size * token;
+  float* scores = s.scores.data();
+  float* acc = s.acc.data();
+  float* row = s.row.data();
+  // The first block's correction exp(lowest - max) underflows to 0, wiping the (zero) accumulators.
+  std::fill(s.row_max.begin(), s.row_max.end(), std::numeric_limits<float>::lowest());
+  std::fill(s.row_sum.begin(), s.row_sum.end(), 0.0f);
+  std::fill(acc, acc + heads * D, 0.0f);
+  for (int64_t start = 0; start < len; start += block_size) {
+    const int64_t n = std::min(block_size, len - start);
+    const T* kb = k + table[start / block_size] * block;
+    const T* vb = v + table[start / block_size] * block;
+    if (start + block_size < len) {  // blocks lie anywhere in the cache: fetch the next one meanwhile
+      const int64_t next = table[start / block_size + 1] * block;
+      const int64_t rows = std::min(block_size, len - start - block_size) * token;
+      prefetch_block(k + next, rows);
+      prefetch_block(v + next, rows);
+    }
+    for (int64_t t = 0; t < n; ++t) {
+      const T* kt = kb + t * token;
+      for (int64_t i = 0; i < token; ++i) row[i] = as_float(kt[i]);
+      for (int64_t j = 0; j < heads; ++j) scores[j * block_size + t] = dot(s.q.data() + j * D, row + (j / G) * D, D);
+    }
+    for (int64_t j = 0; j < heads; ++j) {
+      float* sj = scores + j * block_size;
+      const float new_max = std::max(s.row_max[j], *std::max_element(sj, sj + n));
+      float correction = s.row_max[j] - new_max;
+      exp_in_place(&correction, 1);
+      for (int64_t t = 0; t < n; ++t) sj[t] -= new_max;
+      exp_in_place(sj, n);
+      float sum = 0.0f;
+      for (int64_t t = 0; t < n; ++t) sum += sj[t];
+      s.row_sum[j] = s.row_sum[j] * correction + sum;
+      s.row_max[j] = new_max;
+      float* aj = acc + j * D;
+      for (int64_t d = 0; d < D; ++d) aj[d] *= correction;
+    }
+    for (int64_t t = 0; t < n; ++t) {
+      const T* vt = vb + t * token;
+      for (int64_t i = 0; i < token; ++i) row[i] = as_float(vt[i]);
+      for (int64_t j = 0; j < heads; ++j) {
+        const float p = scores[j * block_size + t];
+        const float* vj = row + (j / G) * D;
+        float* aj = acc + j * D;
+        for (int64_t d = 0; d < D; ++d) aj[d] += p * vj[d];
+      }
+    }
+  }
+  for (int64_t j = 0; j < heads; ++j)
+    for (int64_t d = 0; d < D; ++d) out[j * D + d] = static_cast<T>(acc[j * D + d] / s.row_sum[j]);
+}
+
+template <typename T>
+void decode_attention_impl(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
+                           const torch::Tensor& block_tables, const torch::Tensor& context_lens, double scale,
+                           torch::Tensor& out) {
+  const int64_t batch = q.size(0), heads = q.size(1), D = q.size(2);
+  const int64_t block_size = k_cache.size(1), kv_heads = k_cache.size(2), G = heads / kv_heads;
+  const T* qp = q.data_ptr<T>();
+  const T* kp = k_cache.data_ptr<T>();
+  const T* vp = v_cache.data_ptr<T>();
+  const int64_t* tables = block_tables.data_ptr<int64_t>();
+  const int64_t* lens = context_lens.data_ptr<int64_t>();
+  T* op = out.data_ptr<T>();
+  const int64_t table_stride = block_tables.stride(0);
+  at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+    Scratch scratch(heads, kv_heads, D, block_size);
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* qb = qp + b * heads * D;
+      for (int64_t i = 0; i < heads * D; ++i) scratch.q[i] = as_float(qb[i]) * static_cast<float>(scale);
+      const int64_t* table = tables + b * table_stride;
+      T* o = op + b * heads * D;
+      switch (D) {
+        case 64: attend<T, 64>(scratch, heads, G, D, kv_heads, kp, vp, table, block_size, lens[b], o); break;
+        case 128: attend<T, 128>(scratch, heads, G, D, kv_heads, kp, vp, table, block_size, lens[b], o); break;
+        default: attend<T, 0>(scratch, heads, G, D, kv_heads, kp, vp, table, block_size, lens[b], o);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
+                               torch::Tensor block_tables, torch::Tensor context_lens, double scale) {
+  TORCH_CHECK(q.dim() == 3 && q.is_contiguous(), "decode_attention: q must be a contiguous [batch, heads, D]");
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
+                  k_cache.sizes() == v_cache.sizes(),
+              "decode_attention: k/v caches must be contiguous [blocks, block_size, kv_heads, D]");
+  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type(),
+              "decode_attention: q and the cache differ in dtype");
+  TORCH_CHECK(k_cache.size(3) == q.size(2) && q.size(1) % k_cache.size(2) == 0,
+              "decode_attention: head sizes of q and the cache disagree");
+  TORCH_CHECK(block_tables.scalar_type() == torch::kLong && context_lens.scalar_type() == torch::kLong &&
+                  block_tables.dim() == 2 && block_tables.stride(1) == 1 && context_lens.is_contiguous() &&
+                  block_tables.size(0) == q.size(0) && context_lens.size(0) == q.size(0),
+              "decode_attention: block_tables [batch, max_blocks] and context_lens [batch], int64");
+  TORCH_CHECK(context_lens.numel() == 0 ||
+                  (context_lens.min().item<int64_t>() > 0 &&
+                   context_lens.max().item<int64_t>() <= block_tables.size(1) * k_cache.size(1)),
+              "decode_attention: context lengths must be in [1, max_blocks * block_size]");
+  auto out = torch::empty_like(q);
+  if (q.scalar_type() == torch::kBFloat16)
+    decode_attention_impl<c10::BFloat16>(q, k_cache, v_cache, block_tables, context_lens, scale, out);
+  else if (q.scalar_type() == torch::kFloat)
+    decode_attention_impl<float>(q, k_cache, v_cache, block_tables, context_lens, scale, out);
+  else
+    TORCH_CHECK(false, "decode_attention: bf16 or fp32 only");
+  return out;
+}

@@ -1,0 +1,14 @@
+// The Python module of the CPU kernels: one build of every csrc/*.cpp file.
+#include <torch/extension.h>
+
+#include <vector>
+
+void lora_add(torch::Tensor x, torch::Tensor a, std::vector<torch::Tensor> bs, std::vector<int64_t> widths,
+              torch::Tensor slots, torch::Tensor row_start, torch::Tensor out);
+torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
+                               torch::Tensor block_tables, torch::Tensor context_lens, double scale);
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("lora_add", &lora_add, "out += (x @ A[slot]^T) @ B_j[slot] per row group, for each sub-projection j");
+  m.def("decode_attention", &decode_attention, "one-token attention over the paged KV cache, in place");
+}

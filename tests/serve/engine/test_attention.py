@@ -1,0 +1,63 @@
+"""Decode attention read in place from the paged cache (C++ kernel) equals the gathered PyTorch path."""
+
+import pytest
+import torch
+
+from loraforge.serve.engine.attention import decode_attention
+from loraforge.serve.engine.cpu_kernels import cpu_kernels
+from loraforge.serve.engine.kv_cache import KVCache
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 24])  # 64: the compiled-size path; 24: the runtime-size path
+def test_kernel_equals_gathered_attention(dtype, head_dim):
+    kernels = cpu_kernels()
+    if kernels is None:
+        pytest.skip("no C++ toolchain: the engine uses the gathered PyTorch attention only")
+    g = torch.Generator().manual_seed(0)
+    heads, kv_heads, block_size, num_blocks = 6, 2, 4, 40
+    kv = KVCache(2, num_blocks, block_size, kv_heads, head_dim, torch.float32)
+    kv.k.normal_(generator=g)
+    kv.v.normal_(generator=g)
+    # Lengths: one token, a block exactly, a block and one, several blocks; tables scattered, zero-padded.
+    lens = torch.tensor([1, 4, 5, 13])
+    tables = torch.zeros(len(lens), 4, dtype=torch.long)
+    free = torch.randperm(num_blocks, generator=g).tolist()
+    for b, n in enumerate(lens.tolist()):
+        for i in range(-(-n // block_size)):
+            tables[b, i] = free.pop()
+    q = torch.randn(len(lens), heads, head_dim, generator=g)
+    kc, vc = kv.gather(1, tables)
+    mask = (torch.arange(tables.shape[1] * block_size)[None, :] < lens[:, None])[:, None, None, :]
+    expected = decode_attention(q.double(), kc.double(), vc.double(), mask)
+
+    got = kernels.decode_attention(
+        q.to(dtype), kv.k[1].to(dtype), kv.v[1].to(dtype), tables, lens, head_dim**-0.5
+    )
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol)
+    # A long context: many blocks, so the running max and sum are rescaled many times.
+    long_kv = KVCache(1, 64, 16, kv_heads, head_dim, torch.float32)
+    long_kv.k.normal_(generator=g).mul_(3)  # sharper softmax
+    long_kv.v.normal_(generator=g)
+    long_tables = torch.randperm(64, generator=g)[:60].view(1, 60)
+    long_lens = torch.tensor([947])
+    kc, vc = long_kv.gather(0, long_tables)
+    mask = (torch.arange(960)[None, :] < long_lens[:, None])[:, None, None, :]
+    q1 = q[:1]
+    expected = decode_attention(q1.double(), kc.double(), vc.double(), mask)
+    got = kernels.decode_attention(
+        q1.to(dtype), long_kv.k[0].to(dtype), long_kv.v[0].to(dtype), long_tables, long_lens, head_dim**-0.5
+    )
+    torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol)
+
+
+def test_kernel_rejects_lengths_past_the_block_table():
+    kernels = cpu_kernels()
+    if kernels is None:
+        pytest.skip("no C++ toolchain")
+    kv = KVCache(1, 4, 4, 1, 8, torch.float32)
+    q = torch.zeros(1, 2, 8)
+    with pytest.raises(RuntimeError, match="context lengths"):
+        table = torch.zeros(1, 2, dtype=torch.long)  # 2 blocks of 4: at most 8 tokens
+        kernels.decode_attention(q, kv.k[0], kv.v[0], table, torch.tensor([9]), 1.0)
