@@ -2,10 +2,11 @@
 
 - `lora_add` (csrc/lora_cpu.cpp): multi-adapter LoRA for a batch sorted by adapter.
 - `decode_attention` (csrc/attention_cpu.cpp): one-token attention read in place from the paged KV cache.
+- `small_linear` (csrc/linear_cpu.cpp): the base model's linear layers for decode batches of 1-4 rows.
 
 torch caches the build under ~/.cache/torch_extensions, so only the first engine start on a machine pays the
 ~1 minute compile. The build is tuned for the host CPU (-march=native), so its name carries a digest of the
-CPU's feature flags: a home directory shared with another kind of CPU gets its own build.
+CPU's feature flags (a home directory shared with another kind of CPU gets its own build) and of the sources.
 Without a C++ toolchain the engine falls back to plain PyTorch (batched matmuls, gathered attention), correct
 but slower; `LORAFORGE_NO_KERNELS=1` forces that fallback.
 """
@@ -17,22 +18,27 @@ from functools import cache
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.cpp"))
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = sorted(CSRC.glob("*.cpp"))
 
 
 def _build_tag() -> str:
+    """Digest of the CPU's flags and of every source and header (torch's own check misses headers)."""
     try:
         flags = next(
             line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
         )
     except (OSError, StopIteration):
         flags = ""
-    return hashlib.sha1(flags.encode()).hexdigest()[:8]
+    digest = hashlib.sha1(flags.encode())
+    for path in sorted(CSRC.iterdir()):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:8]
 
 
 @cache
 def cpu_kernels():
-    """The compiled module (`lora_add`, `decode_attention`), or None where it cannot be built."""
+    """The compiled module, or None where it cannot be built."""
     if os.environ.get("LORAFORGE_NO_KERNELS"):
         return None
     try:

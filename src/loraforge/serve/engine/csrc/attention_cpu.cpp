@@ -16,15 +16,11 @@
 #include <limits>
 #include <vector>
 
+#include "dot_rows.h"
+
 namespace {
 
-inline float as_float(float v) { return v; }
-inline float as_float(c10::BFloat16 v) {
-  uint32_t bits = static_cast<uint32_t>(v.x) << 16;  // bf16 is the top half of an fp32
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
+using loraforge::to_float;
 
 constexpr int64_t kLanes = 16;  // one AVX-512 register of fp32: partial sums kept per lane, summed at the end
 
@@ -103,7 +99,7 @@ void attend(Scratch& s, int64_t heads, int64_t G, int64_t head_dim, int64_t kv_h
     }
     for (int64_t t = 0; t < n; ++t) {
       const T* kt = kb + t * token;
-      for (int64_t i = 0; i < token; ++i) row[i] = as_float(kt[i]);
+      for (int64_t i = 0; i < token; ++i) row[i] = to_float(kt[i]);
       for (int64_t j = 0; j < heads; ++j) scores[j * block_size + t] = dot(s.q.data() + j * D, row + (j / G) * D, D);
     }
     for (int64_t j = 0; j < heads; ++j) {
@@ -122,7 +118,7 @@ void attend(Scratch& s, int64_t heads, int64_t G, int64_t head_dim, int64_t kv_h
     }
     for (int64_t t = 0; t < n; ++t) {
       const T* vt = vb + t * token;
-      for (int64_t i = 0; i < token; ++i) row[i] = as_float(vt[i]);
+      for (int64_t i = 0; i < token; ++i) row[i] = to_float(vt[i]);
       for (int64_t j = 0; j < heads; ++j) {
         const float p = scores[j * block_size + t];
         const float* vj = row + (j / G) * D;
@@ -152,7 +148,7 @@ void decode_attention_impl(const torch::Tensor& q, const torch::Tensor& k_cache,
     Scratch scratch(heads, kv_heads, D, block_size);
     for (int64_t b = b0; b < b1; ++b) {
       const T* qb = qp + b * heads * D;
-      for (int64_t i = 0; i < heads * D; ++i) scratch.q[i] = as_float(qb[i]) * static_cast<float>(scale);
+      for (int64_t i = 0; i < heads * D; ++i) scratch.q[i] = to_float(qb[i]) * static_cast<float>(scale);
       const int64_t* table = tables + b * table_stride;
       T* o = op + b * heads * D;
       switch (D) {

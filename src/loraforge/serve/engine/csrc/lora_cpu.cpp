@@ -14,47 +14,18 @@
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
-#include <cstring>
 #include <vector>
+
+#include "dot_rows.h"
 
 namespace {
 
+using loraforge::dot_rows;
+using loraforge::kDot;
+using loraforge::to_float;
+
 constexpr int64_t kRows = 4;     // rows of a group processed together
-constexpr int64_t kDot = 32;     // shrink: d_in block
 constexpr int64_t kWidth = 64;   // expand: output block, the block width of B's layout
-
-inline float to_float(float v) { return v; }
-inline float to_float(c10::BFloat16 v) {
-  // bf16 is the top half of an fp32: a shift, which vectorizes (c10's conversion does not).
-  uint32_t bits = static_cast<uint32_t>(v.x) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
-
-// h[r, j] for ROWS rows of one group: one pass over A, partial sums in registers.
-template <int ROWS, typename T>
-void shrink_rows(const float* xf, const T* w, int64_t K, int64_t d_in, float* h, int64_t h_stride) {
-  const int64_t body = d_in - d_in % kDot;
-  for (int64_t j = 0; j < K; ++j) {
-    const T* wj = w + j * d_in;
-    float acc[ROWS][kDot] = {};
-    for (int64_t k0 = 0; k0 < body; k0 += kDot) {
-      float wv[kDot];
-      for (int64_t t = 0; t < kDot; ++t) wv[t] = to_float(wj[k0 + t]);
-      for (int r = 0; r < ROWS; ++r) {
-        const float* xr = xf + r * d_in + k0;
-        for (int64_t t = 0; t < kDot; ++t) acc[r][t] += xr[t] * wv[t];
-      }
-    }
-    for (int r = 0; r < ROWS; ++r) {
-      float sum = 0.0f;
-      for (int64_t t = 0; t < kDot; ++t) sum += acc[r][t];
-      for (int64_t k = body; k < d_in; ++k) sum += xf[r * d_in + k] * to_float(wj[k]);
-      h[r * h_stride + j] = sum;
-    }
-  }
-}
 
 template <typename T>
 void shrink_impl(const torch::Tensor& x, const torch::Tensor& a, const torch::Tensor& slots,
@@ -76,10 +47,10 @@ void shrink_impl(const torch::Tensor& x, const torch::Tensor& a, const torch::Te
           for (int64_t k = 0; k < d_in; ++k) xf[r * d_in + k] = to_float(xp[(r0 + r) * x_stride + k]);
         float* hr = hp + (r0 - first) * K;
         switch (rows) {
-          case 1: shrink_rows<1>(xf.data(), w, K, d_in, hr, K); break;
-          case 2: shrink_rows<2>(xf.data(), w, K, d_in, hr, K); break;
-          case 3: shrink_rows<3>(xf.data(), w, K, d_in, hr, K); break;
-          default: shrink_rows<4>(xf.data(), w, K, d_in, hr, K); break;
+          case 1: dot_rows<1>(xf.data(), w, K, d_in, hr, K); break;
+          case 2: dot_rows<2>(xf.data(), w, K, d_in, hr, K); break;
+          case 3: dot_rows<3>(xf.data(), w, K, d_in, hr, K); break;
+          default: dot_rows<4>(xf.data(), w, K, d_in, hr, K); break;
         }
       }
     }

@@ -1,0 +1,49 @@
+// Shared by the CPU kernels: bf16/fp32 loads as fp32, and a few rows of activations dotted with every row of
+// a weight matrix (LoRA's shrink, and the base model's linear layers at decode batch sizes).
+#pragma once
+
+#include <c10/util/BFloat16.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace loraforge {
+
+constexpr int64_t kDot = 32;  // the d_in block: kDot fp32 partial sums per row, summed at the end
+
+inline float to_float(float v) { return v; }
+inline float to_float(c10::BFloat16 v) {
+  // bf16 is the top half of an fp32: a shift, which vectorizes (c10's conversion does not).
+  uint32_t bits = static_cast<uint32_t>(v.x) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+// out[r * out_stride + j] = x[r, :] . w[j, :] for ROWS rows of x (already fp32) and `count` rows of w, in one
+// pass over w: each row of w is read once for all ROWS rows, the partial sums stay in registers. Out may be
+// fp32 or the storage type (rounded once, from the fp32 sum).
+template <int ROWS, typename T, typename Out>
+void dot_rows(const float* x, const T* w, int64_t count, int64_t d_in, Out* out, int64_t out_stride) {
+  const int64_t body = d_in - d_in % kDot;
+  for (int64_t j = 0; j < count; ++j) {
+    const T* wj = w + j * d_in;
+    float acc[ROWS][kDot] = {};
+    for (int64_t k0 = 0; k0 < body; k0 += kDot) {
+      float wv[kDot];
+      for (int64_t t = 0; t < kDot; ++t) wv[t] = to_float(wj[k0 + t]);
+      for (int r = 0; r < ROWS; ++r) {
+        const float* xr = x + r * d_in + k0;
+        for (int64_t t = 0; t < kDot; ++t) acc[r][t] += xr[t] * wv[t];
+      }
+    }
+    for (int r = 0; r < ROWS; ++r) {
+      float sum = 0.0f;
+      for (int64_t t = 0; t < kDot; ++t) sum += acc[r][t];
+      for (int64_t k = body; k < d_in; ++k) sum += x[r * d_in + k] * to_float(wj[k]);
+      out[r * out_stride + j] = static_cast<Out>(sum);
+    }
+  }
+}
+
+}  // namespace loraforge
