@@ -8,7 +8,12 @@ from loraforge.serve.engine.sequence import Sequence
 
 
 class KVCache:
-    """K and V for every layer: `[layers, blocks, block_size, kv_heads, head_dim]`, slots addressed flat."""
+    """K and V for every layer in fixed-size blocks; a token's slot is `block * block_size + offset`.
+
+    V is `[layers, blocks, block_size, kv_heads, head_dim]` (token rows). K is stored transposed within each
+    block, `[layers, blocks, kv_heads, head_dim, block_size]`: decode attention then computes a query's
+    scores against a whole block as multiply-adds into a vector over the block's tokens (as vLLM's paged
+    attention kernels lay keys out), with no per-token horizontal sum."""
 
     def __init__(
         self,
@@ -20,9 +25,12 @@ class KVCache:
         dtype: torch.dtype,
         device: str = "cpu",
     ):
-        shape = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k = torch.zeros(
+            (num_layers, num_blocks, num_kv_heads, head_dim, block_size), dtype=dtype, device=device
+        )
+        self.v = torch.zeros(
+            (num_layers, num_blocks, block_size, num_kv_heads, head_dim), dtype=dtype, device=device
+        )
         self.block_size = block_size
         self.num_blocks = num_blocks
 
@@ -39,16 +47,17 @@ class KVCache:
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store K/V of new tokens (`[tokens, kv_heads, head_dim]`) at flat slot ids."""
-        n, kvh, d = self.k.shape[1] * self.k.shape[2], self.k.shape[3], self.k.shape[4]
-        self.k[layer].view(n, kvh, d).index_copy_(0, slots, k)
+        # Advanced indices around slices: the indexed result is [tokens, kv_heads, head_dim], like k.
+        self.k[layer][slots // self.block_size, :, :, slots % self.block_size] = k
+        n, kvh, d = self.v.shape[1] * self.v.shape[2], self.v.shape[3], self.v.shape[4]
         self.v[layer].view(n, kvh, d).index_copy_(0, slots, v)
 
     def gather(self, layer: int, block_tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V of whole sequences via block tables: `[batch, blocks * block_size, kv_heads, head_dim]`."""
         b, nb = block_tables.shape
-        k = self.k[layer][block_tables].view(b, nb * self.block_size, *self.k.shape[3:])
-        v = self.v[layer][block_tables].view(b, nb * self.block_size, *self.v.shape[3:])
-        return k, v
+        shape = (b, nb * self.block_size, *self.v.shape[3:])
+        k = self.k[layer][block_tables].permute(0, 1, 4, 2, 3).reshape(shape)  # keys back to token rows
+        return k, self.v[layer][block_tables].view(shape)
 
 
 class BlockManager:

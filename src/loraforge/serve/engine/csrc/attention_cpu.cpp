@@ -4,8 +4,9 @@
 // reads each cached K/V row once and keeps scores, softmax and the weighted sum of V in fp32 registers
 // (online softmax over one cache block at a time, as in flash-decoding).
 //
-//   q `[batch, heads, D]`, k/v cache `[blocks, block_size, kv_heads, D]`, block_tables `[batch, max_blocks]`,
-//   context_lens `[batch]` -> `[batch, heads, D]`. Query heads h*G .. h*G+G-1 share kv head h (GQA, as in HF).
+//   q `[batch, heads, D]`, k cache `[blocks, kv_heads, D, block_size]` (keys transposed within a block),
+//   v cache `[blocks, block_size, kv_heads, D]`, block_tables `[batch, max_blocks]`, context_lens `[batch]`
+//   -> `[batch, heads, D]`. Query heads h*G .. h*G+G-1 share kv head h (GQA, as in HF).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -61,10 +62,10 @@ inline __attribute__((always_inline)) float dot(const float* q, const float* k, 
 
 // Per-thread working memory, sized once per parallel chunk.
 struct Scratch {
-  std::vector<float> q, scores, acc, row, row_max, row_sum;
-  Scratch(int64_t heads, int64_t kv_heads, int64_t D, int64_t block_size)
-      : q(heads * D), scores(heads * block_size), acc(heads * D), row(kv_heads * D), row_max(heads),
-        row_sum(heads) {}
+  std::vector<float> q, scores, acc, key_row, value_row, row_max, row_sum;
+  Scratch(int64_t heads, int64_t D, int64_t block_size)
+      : q(heads * D), scores(heads * block_size), acc(heads * D), key_row(block_size), value_row(D),
+        row_max(heads), row_sum(heads) {}
 };
 
 template <typename T>
@@ -72,38 +73,127 @@ inline void prefetch_block(const T* p, int64_t elements) {
   for (int64_t i = 0; i < elements; i += 64 / sizeof(T)) __builtin_prefetch(p + i);
 }
 
-// One sequence, all heads (its cached rows hold every kv head side by side: one contiguous read per token),
-// over `len` tokens; s.q holds its queries, already scaled. Query head j uses kv head j / G.
-// kD is the head size when known at compile time (0: use `head_dim`): the loops over it are a few vectors
-// long, and compiled for a runtime size they spend more time on loop set-up than on arithmetic.
-template <typename T, int64_t kD>
+// Scores of GC query heads (GC <= 4) against one block of kB keys of their kv head (`kd`: [kD, kB], keys
+// transposed), into scores [GC, kB]. The GC x kB sums stay in registers, in two sets (even and odd d) so
+// that consecutive multiply-adds do not wait on each other.
+template <int GC, int64_t kD, int64_t kB, typename T>
+void block_scores(const float* q, const T* kd, float* scores) {
+  float acc[2][GC][kB] = {};
+  for (int64_t d = 0; d < kD; ++d) {
+    float key[kB];
+    for (int64_t t = 0; t < kB; ++t) key[t] = to_float(kd[d * kB + t]);
+    for (int g = 0; g < GC; ++g) {
+      const float qd = q[g * kD + d];
+      for (int64_t t = 0; t < kB; ++t) acc[d & 1][g][t] += qd * key[t];
+    }
+  }
+  for (int g = 0; g < GC; ++g)
+    for (int64_t t = 0; t < kB; ++t) scores[g * kB + t] = acc[0][g][t] + acc[1][g][t];
+}
+
+// acc [GC, kD] += p [GC, n] @ the block's first n value rows of one kv head (`vh`, rows `stride` apart),
+// with the accumulators held in registers across the block's tokens.
+template <int GC, int64_t kD, int64_t kB, typename T>
+void block_values(const float* p, const T* vh, int64_t stride, int64_t n, float* acc) {
+  float a[GC][kD];
+  for (int g = 0; g < GC; ++g)
+    for (int64_t d = 0; d < kD; ++d) a[g][d] = acc[g * kD + d];
+  for (int64_t t = 0; t < n; ++t) {
+    float value[kD];
+    for (int64_t d = 0; d < kD; ++d) value[d] = to_float(vh[t * stride + d]);
+    for (int g = 0; g < GC; ++g) {
+      const float pg = p[g * kB + t];
+      for (int64_t d = 0; d < kD; ++d) a[g][d] += pg * value[d];
+    }
+  }
+  for (int g = 0; g < GC; ++g)
+    for (int64_t d = 0; d < kD; ++d) acc[g * kD + d] = a[g][d];
+}
+
+// Query heads [j0, j0 + count) in groups of up to 4, the register-blocked helpers' compile-time width.
+template <int64_t kD, int64_t kB, typename T>
+void heads_scores(const float* q, const T* kd, float* scores, int64_t j0, int64_t count) {
+  for (int64_t j = j0; j < j0 + count; j += 4) {
+    switch (std::min<int64_t>(4, j0 + count - j)) {
+      case 1: block_scores<1, kD, kB>(q + j * kD, kd, scores + j * kB); break;
+      case 2: block_scores<2, kD, kB>(q + j * kD, kd, scores + j * kB); break;
+      case 3: block_scores<3, kD, kB>(q + j * kD, kd, scores + j * kB); break;
+      default: block_scores<4, kD, kB>(q + j * kD, kd, scores + j * kB); break;
+    }
+  }
+}
+
+template <int64_t kD, int64_t kB, typename T>
+void heads_values(const float* scores, const T* vh, int64_t stride, int64_t n, float* acc, int64_t j0,
+                  int64_t count) {
+  for (int64_t j = j0; j < j0 + count; j += 4) {
+    switch (std::min<int64_t>(4, j0 + count - j)) {
+      case 1: block_values<1, kD, kB>(scores + j * kB, vh, stride, n, acc + j * kD); break;
+      case 2: block_values<2, kD, kB>(scores + j * kB, vh, stride, n, acc + j * kD); break;
+      case 3: block_values<3, kD, kB>(scores + j * kB, vh, stride, n, acc + j * kD); break;
+      default: block_values<4, kD, kB>(scores + j * kB, vh, stride, n, acc + j * kD); break;
+    }
+  }
+}
+
+// The same two steps for any head and block size (loops bounded at run time, sums in memory).
+template <typename T>
+void scores_any_size(const float* q, const T* kd, int64_t D, int64_t B, float* scores, int64_t j0,
+                     int64_t count, float* key) {
+  std::fill(scores + j0 * B, scores + (j0 + count) * B, 0.0f);
+  for (int64_t d = 0; d < D; ++d) {
+    for (int64_t t = 0; t < B; ++t) key[t] = to_float(kd[d * B + t]);
+    for (int64_t j = j0; j < j0 + count; ++j)
+      for (int64_t t = 0; t < B; ++t) scores[j * B + t] += q[j * D + d] * key[t];
+  }
+}
+
+template <typename T>
+void values_any_size(const float* scores, const T* vh, int64_t stride, int64_t n, int64_t D, int64_t B,
+                     float* acc, int64_t j0, int64_t count, float* value) {
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t d = 0; d < D; ++d) value[d] = to_float(vh[t * stride + d]);
+    for (int64_t j = j0; j < j0 + count; ++j)
+      for (int64_t d = 0; d < D; ++d) acc[j * D + d] += scores[j * B + t] * value[d];
+  }
+}
+
+// One sequence, all heads, over `len` cached tokens; s.q holds its queries, already scaled. Query head j
+// uses kv head j / G. Keys are stored transposed per block ([kv_heads, D, block_size]), so q . k for a whole
+// block is D multiply-adds of q[d] into a vector over the block's tokens (no per-token horizontal sums);
+// values are token rows ([block_size, kv_heads, D]), added into the heads' accumulators.
+// kD and kBlock are the head and block sizes when known at compile time (0: use the runtime ones): the
+// loops over them are a few vectors long, and compiled for a runtime size they spend more time on loop
+// set-up than on arithmetic.
+template <typename T, int64_t kD, int64_t kBlock>
 void attend(Scratch& s, int64_t heads, int64_t G, int64_t head_dim, int64_t kv_heads, const T* k, const T* v,
             const int64_t* table, int64_t block_size, int64_t len, T* out) {
-  const int64_t D = kD ? kD : head_dim, token = kv_heads * D, block = block_size * token;
+  const int64_t D = kD ? kD : head_dim, B = kBlock ? kBlock : block_size, block = B * kv_heads * D;
   float* scores = s.scores.data();
   float* acc = s.acc.data();
-  float* row = s.row.data();
   // The first block's correction exp(lowest - max) underflows to 0, wiping the (zero) accumulators.
   std::fill(s.row_max.begin(), s.row_max.end(), std::numeric_limits<float>::lowest());
   std::fill(s.row_sum.begin(), s.row_sum.end(), 0.0f);
   std::fill(acc, acc + heads * D, 0.0f);
-  for (int64_t start = 0; start < len; start += block_size) {
-    const int64_t n = std::min(block_size, len - start);
-    const T* kb = k + table[start / block_size] * block;
-    const T* vb = v + table[start / block_size] * block;
-    if (start + block_size < len) {  // blocks lie anywhere in the cache: fetch the next one meanwhile
-      const int64_t next = table[start / block_size + 1] * block;
-      const int64_t rows = std::min(block_size, len - start - block_size) * token;
-      prefetch_block(k + next, rows);
-      prefetch_block(v + next, rows);
+  for (int64_t start = 0; start < len; start += B) {
+    const int64_t n = std::min(B, len - start);
+    const T* kb = k + table[start / B] * block;
+    const T* vb = v + table[start / B] * block;
+    if (start + B < len) {  // blocks lie anywhere in the cache: fetch the next one meanwhile
+      const int64_t next = table[start / B + 1] * block;
+      prefetch_block(k + next, block);
+      prefetch_block(v + next, block);
     }
-    for (int64_t t = 0; t < n; ++t) {
-      const T* kt = kb + t * token;
-      for (int64_t i = 0; i < token; ++i) row[i] = to_float(kt[i]);
-      for (int64_t j = 0; j < heads; ++j) scores[j * block_size + t] = dot(s.q.data() + j * D, row + (j / G) * D, D);
+    // Scores of all B slots (slots past n hold stale but finite values and are never used).
+    for (int64_t h = 0; h < kv_heads; ++h) {
+      if constexpr (kD != 0 && kBlock != 0) {
+        heads_scores<kD, kBlock>(s.q.data(), kb + h * D * B, scores, h * G, G);
+      } else {
+        scores_any_size(s.q.data(), kb + h * D * B, D, B, scores, h * G, G, s.key_row.data());
+      }
     }
     for (int64_t j = 0; j < heads; ++j) {
-      float* sj = scores + j * block_size;
+      float* sj = scores + j * B;
       const float new_max = std::max(s.row_max[j], *std::max_element(sj, sj + n));
       float correction = s.row_max[j] - new_max;
       exp_in_place(&correction, 1);
@@ -116,14 +206,11 @@ void attend(Scratch& s, int64_t heads, int64_t G, int64_t head_dim, int64_t kv_h
       float* aj = acc + j * D;
       for (int64_t d = 0; d < D; ++d) aj[d] *= correction;
     }
-    for (int64_t t = 0; t < n; ++t) {
-      const T* vt = vb + t * token;
-      for (int64_t i = 0; i < token; ++i) row[i] = to_float(vt[i]);
-      for (int64_t j = 0; j < heads; ++j) {
-        const float p = scores[j * block_size + t];
-        const float* vj = row + (j / G) * D;
-        float* aj = acc + j * D;
-        for (int64_t d = 0; d < D; ++d) aj[d] += p * vj[d];
+    for (int64_t h = 0; h < kv_heads; ++h) {
+      if constexpr (kD != 0 && kBlock != 0) {
+        heads_values<kD, kBlock>(scores, vb + h * D, kv_heads * D, n, acc, h * G, G);
+      } else {
+        values_any_size(scores, vb + h * D, kv_heads * D, n, D, B, acc, h * G, G, s.value_row.data());
       }
     }
   }
@@ -136,7 +223,7 @@ void decode_attention_impl(const torch::Tensor& q, const torch::Tensor& k_cache,
                            const torch::Tensor& block_tables, const torch::Tensor& context_lens, double scale,
                            torch::Tensor& out) {
   const int64_t batch = q.size(0), heads = q.size(1), D = q.size(2);
-  const int64_t block_size = k_cache.size(1), kv_heads = k_cache.size(2), G = heads / kv_heads;
+  const int64_t kv_heads = k_cache.size(1), block_size = k_cache.size(3), G = heads / kv_heads;
   const T* qp = q.data_ptr<T>();
   const T* kp = k_cache.data_ptr<T>();
   const T* vp = v_cache.data_ptr<T>();
@@ -145,17 +232,18 @@ void decode_attention_impl(const torch::Tensor& q, const torch::Tensor& k_cache,
   T* op = out.data_ptr<T>();
   const int64_t table_stride = block_tables.stride(0);
   at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
-    Scratch scratch(heads, kv_heads, D, block_size);
+    Scratch scratch(heads, D, block_size);
     for (int64_t b = b0; b < b1; ++b) {
       const T* qb = qp + b * heads * D;
       for (int64_t i = 0; i < heads * D; ++i) scratch.q[i] = to_float(qb[i]) * static_cast<float>(scale);
       const int64_t* table = tables + b * table_stride;
       T* o = op + b * heads * D;
-      switch (D) {
-        case 64: attend<T, 64>(scratch, heads, G, D, kv_heads, kp, vp, table, block_size, lens[b], o); break;
-        case 128: attend<T, 128>(scratch, heads, G, D, kv_heads, kp, vp, table, block_size, lens[b], o); break;
-        default: attend<T, 0>(scratch, heads, G, D, kv_heads, kp, vp, table, block_size, lens[b], o);
-      }
+      if (D == 64 && block_size == 16)
+        attend<T, 64, 16>(scratch, heads, G, D, kv_heads, kp, vp, table, block_size, lens[b], o);
+      else if (D == 128 && block_size == 16)
+        attend<T, 128, 16>(scratch, heads, G, D, kv_heads, kp, vp, table, block_size, lens[b], o);
+      else
+        attend<T, 0, 0>(scratch, heads, G, D, kv_heads, kp, vp, table, block_size, lens[b], o);
     }
   });
 }
@@ -165,12 +253,14 @@ void decode_attention_impl(const torch::Tensor& q, const torch::Tensor& k_cache,
 torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
                                torch::Tensor block_tables, torch::Tensor context_lens, double scale) {
   TORCH_CHECK(q.dim() == 3 && q.is_contiguous(), "decode_attention: q must be a contiguous [batch, heads, D]");
-  TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
-                  k_cache.sizes() == v_cache.sizes(),
-              "decode_attention: k/v caches must be contiguous [blocks, block_size, kv_heads, D]");
+  TORCH_CHECK(k_cache.dim() == 4 && v_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
+                  k_cache.size(0) == v_cache.size(0) && k_cache.size(1) == v_cache.size(2) &&
+                  k_cache.size(2) == v_cache.size(3) && k_cache.size(3) == v_cache.size(1),
+              "decode_attention: caches must be contiguous k [blocks, kv_heads, D, block_size] and "
+              "v [blocks, block_size, kv_heads, D]");
   TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type(),
               "decode_attention: q and the cache differ in dtype");
-  TORCH_CHECK(k_cache.size(3) == q.size(2) && q.size(1) % k_cache.size(2) == 0,
+  TORCH_CHECK(k_cache.size(2) == q.size(2) && q.size(1) % k_cache.size(1) == 0,
               "decode_attention: head sizes of q and the cache disagree");
   TORCH_CHECK(block_tables.scalar_type() == torch::kLong && context_lens.scalar_type() == torch::kLong &&
                   block_tables.dim() == 2 && block_tables.stride(1) == 1 && context_lens.is_contiguous() &&
@@ -178,7 +268,7 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Te
               "decode_attention: block_tables [batch, max_blocks] and context_lens [batch], int64");
   TORCH_CHECK(context_lens.numel() == 0 ||
                   (context_lens.min().item<int64_t>() > 0 &&
-                   context_lens.max().item<int64_t>() <= block_tables.size(1) * k_cache.size(1)),
+                   context_lens.max().item<int64_t>() <= block_tables.size(1) * k_cache.size(3)),
               "decode_attention: context lengths must be in [1, max_blocks * block_size]");
   auto out = torch::empty_like(q);
   if (q.scalar_type() == torch::kBFloat16)
