@@ -114,7 +114,7 @@ class Llama(torch.nn.Module):
         self.cfg = cfg
         self.embed = weights.pop("embed")
         self.lm_head = weights.pop("lm_head", self.embed)
-        self.norm = weights.pop("norm")
+        self.final_norm = weights.pop("norm")
         self.layers = [
             {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(f"{i}.")}
             for i in range(cfg.num_layers)
@@ -122,9 +122,21 @@ class Llama(torch.nn.Module):
         self.inv_freq = rope_inv_freq(cfg).to(self.embed.device)
         self.q_size = cfg.num_heads * cfg.head_dim
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
-        self.kernels = None  # C++ CPU kernels (cpu_kernels.py): faster linear layers for a few rows
+        self.kernels = None  # C++ CPU kernels (cpu_kernels.py): small-batch linear, RMSNorm, SiLU-mul
         if self.embed.device.type == "cpu" and self.embed.dtype in (torch.bfloat16, torch.float32):
             self.kernels = cpu_kernels()
+
+    def norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.kernels is not None:  # one pass instead of eight ops; the same roundings
+            return self.kernels.rms_norm(x, weight, self.cfg.rms_norm_eps)
+        return rms_norm(x, weight, self.cfg.rms_norm_eps)
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """`silu(gate) * up` for the fused `[gate | up]` projection."""
+        if self.kernels is not None:
+            return self.kernels.silu_mul(gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """`x @ weight.T (+ bias)`. A decode step of a few sequences only streams the weights: on CPU the
@@ -180,7 +192,7 @@ class Llama(torch.nn.Module):
         cos, sin = self.rope(positions, h.dtype)
         use_lora = lora is not None and lora_weights is not None and lora.num_active > 0
         for i, layer in enumerate(self.layers):
-            x = rms_norm(h, layer["ln1"], cfg.rms_norm_eps)
+            x = self.norm(h, layer["ln1"])
             qkv = self.linear(x, layer["qkv"], layer.get("qkv_bias"))
             if use_lora:
                 lora_weights.add(i, "qkv", x, qkv, lora)
@@ -193,17 +205,16 @@ class Llama(torch.nn.Module):
             if use_lora:
                 lora_weights.add(i, "o", a, o, lora)
             h = h + o
-            x = rms_norm(h, layer["ln2"], cfg.rms_norm_eps)
+            x = self.norm(h, layer["ln2"])
             gu = self.linear(x, layer["gate_up"])
             if use_lora:
                 lora_weights.add(i, "gate_up", x, gu, lora)
-            gate, up = gu.chunk(2, dim=-1)
-            m = F.silu(gate) * up
+            m = self.silu_mul(gu)
             d = self.linear(m, layer["down"])
             if use_lora:
                 lora_weights.add(i, "down", m, d, lora)
             h = h + d
-        return rms_norm(h[meta.last_token_index], self.norm, cfg.rms_norm_eps)
+        return self.norm(h[meta.last_token_index], self.final_norm)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.linear(hidden, self.lm_head).float()

@@ -8,9 +8,13 @@ void lora_add(torch::Tensor x, torch::Tensor a, std::vector<torch::Tensor> bs, s
 torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
                                torch::Tensor block_tables, torch::Tensor context_lens, double scale);
 torch::Tensor small_linear(torch::Tensor x, torch::Tensor w);
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps);
+torch::Tensor silu_mul(torch::Tensor gate_up);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lora_add", &lora_add, "out += (x @ A[slot]^T) @ B_j[slot] per row group, for each sub-projection j");
   m.def("small_linear", &small_linear, "x @ w^T for 1-4 rows of x, reading w once (decode of a few sequences)");
+  m.def("rms_norm", &rms_norm, "RMSNorm in one pass, rounding like transformers' Llama");
+  m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused [gate | up], rounding like transformers' Llama");
   m.def("decode_attention", &decode_attention, "one-token attention over the paged KV cache, in place");
 }

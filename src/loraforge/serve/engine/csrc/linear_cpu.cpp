@@ -7,7 +7,7 @@
 
 #include <vector>
 
-#include "dot_rows.h"
+#include "common.h"
 
 namespace {
 

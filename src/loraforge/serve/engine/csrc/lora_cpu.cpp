@@ -16,7 +16,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "dot_rows.h"
+#include "common.h"
 
 namespace {
 

@@ -1,0 +1,52 @@
+"""The CPU kernels for RMSNorm and SiLU-mul equal the model's PyTorch code (which rounds like HF)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from loraforge.serve.engine.cpu_kernels import cpu_kernels
+from loraforge.serve.engine.llama import rms_norm
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    k = cpu_kernels()
+    if k is None:
+        pytest.skip("no C++ toolchain: the model uses its PyTorch code only")
+    return k
+
+
+# bf16: the kernels round where the PyTorch code rounds, so at most one bf16 step apart (summation order).
+TOLERANCE = {torch.float32: 1e-6, torch.bfloat16: 1e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_rms_norm_equals_pytorch(kernels, dtype, rows):
+    g = torch.Generator().manual_seed(rows)
+    x = (torch.randn(rows, 100, generator=g) * 3).to(dtype)  # 100: six 16-wide blocks and a tail
+    w = torch.randn(100, generator=g).to(dtype)
+    expected = rms_norm(x, w, 1e-5)
+    got = kernels.rms_norm(x, w, 1e-5)
+    assert got.dtype == dtype
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(got.float(), expected.float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_mul_equals_pytorch(kernels, dtype):
+    g = torch.Generator().manual_seed(0)
+    gate_up = (torch.randn(3, 2 * 70, generator=g) * 4).to(dtype)
+    gate_up[0, :4] = torch.tensor([-200.0, -88.0, 88.0, 120.0])  # far tails: exp is clamped there
+    gate, up = gate_up.chunk(2, dim=-1)
+    expected = F.silu(gate) * up
+    got = kernels.silu_mul(gate_up)
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(got.float(), expected.float(), rtol=tol, atol=tol)
+
+
+def test_kernels_reject_odd_widths(kernels):
+    with pytest.raises(RuntimeError, match="2 \\* d"):
+        kernels.silu_mul(torch.zeros(2, 5))
+    with pytest.raises(RuntimeError, match="weight"):
+        kernels.rms_norm(torch.zeros(2, 8), torch.zeros(7), 1e-5)
