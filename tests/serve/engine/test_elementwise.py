@@ -1,11 +1,11 @@
-"""The CPU kernels for RMSNorm and SiLU-mul equal the model's PyTorch code (which rounds like HF)."""
+"""The CPU kernels for RMSNorm, SiLU-mul and RoPE equal the model's PyTorch code (which rounds like HF)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from loraforge.serve.engine.cpu_kernels import cpu_kernels
-from loraforge.serve.engine.llama import rms_norm
+from loraforge.serve.engine.llama import apply_rope, rms_norm
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +50,19 @@ def test_kernels_reject_odd_widths(kernels):
         kernels.silu_mul(torch.zeros(2, 5))
     with pytest.raises(RuntimeError, match="weight"):
         kernels.rms_norm(torch.zeros(2, 8), torch.zeros(7), 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_qk_equals_pytorch(kernels, dtype):
+    heads, kv_heads, dim, tokens = 4, 2, 10, 3
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=g).to(dtype)
+    angles = torch.rand(tokens, 1, dim // 2, generator=g) * 50
+    emb = torch.cat((angles, angles), dim=-1)
+    cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
+    q = apply_rope(qkv[:, : heads * dim].reshape(tokens, heads, dim), cos, sin)
+    k = apply_rope(qkv[:, heads * dim : (heads + kv_heads) * dim].reshape(tokens, kv_heads, dim), cos, sin)
+    got_q, got_k = kernels.rope_qk(qkv, cos.squeeze(1), sin.squeeze(1), heads, kv_heads)
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(got_q.float(), q.float(), rtol=tol, atol=tol)
+    torch.testing.assert_close(got_k.float(), k.float(), rtol=tol, atol=tol)

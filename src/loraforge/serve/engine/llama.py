@@ -131,6 +131,17 @@ class Llama(torch.nn.Module):
             return self.kernels.rms_norm(x, weight, self.cfg.rms_norm_eps)
         return rms_norm(x, weight, self.cfg.rms_norm_eps)
 
+    def rope_qk(
+        self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """q `[tokens, heads, dim]` and k `[tokens, kv_heads, dim]` of the fused projection, rotated."""
+        cfg = self.cfg
+        if self.kernels is not None:
+            return self.kernels.rope_qk(qkv, cos.squeeze(1), sin.squeeze(1), cfg.num_heads, cfg.num_kv_heads)
+        q, k = qkv[:, : self.q_size], qkv[:, self.q_size : self.q_size + self.kv_size]
+        q = apply_rope(q.reshape(-1, cfg.num_heads, cfg.head_dim), cos, sin)
+        return q, apply_rope(k.reshape(-1, cfg.num_kv_heads, cfg.head_dim), cos, sin)
+
     def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
         """`silu(gate) * up` for the fused `[gate | up]` projection."""
         if self.kernels is not None:
@@ -196,10 +207,8 @@ class Llama(torch.nn.Module):
             qkv = self.linear(x, layer["qkv"], layer.get("qkv_bias"))
             if use_lora:
                 lora_weights.add(i, "qkv", x, qkv, lora)
-            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-            q = apply_rope(q.view(-1, cfg.num_heads, cfg.head_dim), cos, sin)
-            k = apply_rope(k.view(-1, cfg.num_kv_heads, cfg.head_dim), cos, sin)
-            v = v.view(-1, cfg.num_kv_heads, cfg.head_dim)
+            q, k = self.rope_qk(qkv, cos, sin)
+            v = qkv[:, self.q_size + self.kv_size :].view(-1, cfg.num_kv_heads, cfg.head_dim)
             a = attention(q, k, v, i, meta, kv).reshape(-1, self.q_size)
             o = self.linear(a, layer["o"])
             if use_lora:

@@ -4,6 +4,7 @@
 //
 //   rms_norm:  weight * to_dtype(x * rsqrt(mean(x^2) + eps)), statistics in fp32
 //   silu_mul:  to_dtype(silu(gate)) * up, for gate_up = [gate | up] (the fused gate-up projection)
+//   rope_qk:   q, k of a fused [q | k | v] projection rotated (rotate-half RoPE): x * cos + rotate_half(x) * sin
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -71,6 +72,27 @@ void silu_mul_impl(const torch::Tensor& gate_up, torch::Tensor& out) {
   });
 }
 
+// Rotate-half RoPE of `heads` heads of D values from `in` (row stride in_stride) into contiguous `out`.
+template <typename T>
+void rope_heads(const T* in, int64_t in_stride, int64_t rows, int64_t heads, int64_t D, const T* cos,
+                const T* sin, T* out) {
+  const int64_t half = D / 2;
+  at::parallel_for(0, rows, 8, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* c = cos + r * D;
+      const T* s = sin + r * D;
+      for (int64_t h = 0; h < heads; ++h) {
+        const T* x = in + r * in_stride + h * D;
+        T* o = out + (r * heads + h) * D;
+        for (int64_t i = 0; i < D; ++i) {
+          const float rotated = i < half ? -to_float(x[i + half]) : to_float(x[i - half]);
+          o[i] = static_cast<T>(round_to<T>(to_float(x[i]) * to_float(c[i])) + round_to<T>(rotated * to_float(s[i])));
+        }
+      }
+    }
+  });
+}
+
 void check_rows(const torch::Tensor& x, const char* name) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.stride(1) == 1, name, ": x must be a CPU [rows, d] with unit stride");
   TORCH_CHECK(x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kFloat, name, ": bf16 or fp32 only");
@@ -96,4 +118,31 @@ torch::Tensor silu_mul(torch::Tensor gate_up) {
   if (gate_up.scalar_type() == torch::kBFloat16) silu_mul_impl<c10::BFloat16>(gate_up, out);
   else silu_mul_impl<float>(gate_up, out);
   return out;
+}
+
+std::tuple<torch::Tensor, torch::Tensor> rope_qk(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin,
+                                                int64_t heads, int64_t kv_heads) {
+  check_rows(qkv, "rope_qk");
+  const int64_t rows = qkv.size(0), D = cos.size(1);
+  TORCH_CHECK(cos.sizes() == sin.sizes() && cos.dim() == 2 && cos.size(0) == rows && cos.is_contiguous() &&
+                  sin.is_contiguous() && cos.scalar_type() == qkv.scalar_type() &&
+                  sin.scalar_type() == qkv.scalar_type() && D % 2 == 0,
+              "rope_qk: cos and sin must be contiguous [rows, head_dim] of qkv's dtype");
+  TORCH_CHECK(qkv.size(1) >= (heads + kv_heads) * D, "rope_qk: qkv is narrower than its q and k heads");
+  auto q = torch::empty({rows, heads, D}, qkv.options());
+  auto k = torch::empty({rows, kv_heads, D}, qkv.options());
+  if (qkv.scalar_type() == torch::kBFloat16) {
+    using T = c10::BFloat16;
+    const T* in = qkv.data_ptr<T>();
+    rope_heads<T>(in, qkv.stride(0), rows, heads, D, cos.data_ptr<T>(), sin.data_ptr<T>(), q.data_ptr<T>());
+    rope_heads<T>(in + heads * D, qkv.stride(0), rows, kv_heads, D, cos.data_ptr<T>(), sin.data_ptr<T>(),
+                  k.data_ptr<T>());
+  } else {
+    const float* in = qkv.data_ptr<float>();
+    rope_heads<float>(in, qkv.stride(0), rows, heads, D, cos.data_ptr<float>(), sin.data_ptr<float>(),
+                      q.data_ptr<float>());
+    rope_heads<float>(in + heads * D, qkv.stride(0), rows, kv_heads, D, cos.data_ptr<float>(),
+                      sin.data_ptr<float>(), k.data_ptr<float>());
+  }
+  return {q, k};
 }
