@@ -3,6 +3,8 @@
 - `lora_add` (csrc/lora_cpu.cpp): multi-adapter LoRA for a batch sorted by adapter.
 - `decode_attention` (csrc/attention_cpu.cpp): one-token attention read in place from the paged KV cache.
 - `small_linear` (csrc/linear_cpu.cpp): the base model's linear layers for decode batches of 1-4 rows.
+- `rms_norm`, `silu_mul`, `rope_qk` (csrc/elementwise_cpu.cpp): the model's per-token operations in one
+  pass each, rounding where transformers' Llama rounds (bit-equal to the PyTorch code in bf16).
 
 torch caches the build under ~/.cache/torch_extensions, so only the first engine start on a machine pays the
 ~1 minute compile. The build is tuned for the host CPU (-march=native), so its name carries a digest of the
