@@ -4,16 +4,12 @@ import pytest
 import torch
 
 from loraforge.serve.engine.attention import decode_attention
-from loraforge.serve.engine.cpu_kernels import cpu_kernels
 from loraforge.serve.engine.kv_cache import KVCache
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [64, 24])  # 64: the compiled-size path; 24: the runtime-size path
-def test_kernel_equals_gathered_attention(dtype, head_dim):
-    kernels = cpu_kernels()
-    if kernels is None:
-        pytest.skip("no C++ toolchain: the engine uses the gathered PyTorch attention only")
+def test_kernel_equals_gathered_attention(kernels, dtype, head_dim):
     g = torch.Generator().manual_seed(0)
     heads, kv_heads, block_size, num_blocks = 6, 2, 4, 40
     kv = KVCache(2, num_blocks, block_size, kv_heads, head_dim, torch.float32)
@@ -52,10 +48,7 @@ def test_kernel_equals_gathered_attention(dtype, head_dim):
     torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol)
 
 
-def test_kernel_rejects_lengths_past_the_block_table():
-    kernels = cpu_kernels()
-    if kernels is None:
-        pytest.skip("no C++ toolchain")
+def test_kernel_rejects_lengths_past_the_block_table(kernels):
     kv = KVCache(1, 4, 4, 1, 8, torch.float32)
     q = torch.zeros(1, 2, 8)
     with pytest.raises(RuntimeError, match="context lengths"):

@@ -4,17 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from loraforge.serve.engine.cpu_kernels import cpu_kernels
 from loraforge.serve.engine.llama import apply_rope, rms_norm
-
-
-@pytest.fixture(scope="module")
-def kernels():
-    k = cpu_kernels()
-    if k is None:
-        pytest.skip("no C++ toolchain: the model uses its PyTorch code only")
-    return k
-
 
 # bf16: the kernels round where the PyTorch code rounds, so at most one bf16 step apart (summation order).
 TOLERANCE = {torch.float32: 1e-6, torch.bfloat16: 1e-2}

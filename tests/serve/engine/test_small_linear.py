@@ -4,16 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from loraforge.serve.engine.cpu_kernels import cpu_kernels
-
-
-@pytest.fixture(scope="module")
-def kernels():
-    k = cpu_kernels()
-    if k is None:
-        pytest.skip("no C++ toolchain: the engine uses torch's linear only")
-    return k
-
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4])
