@@ -122,7 +122,7 @@ class Llama(torch.nn.Module):
         self.inv_freq = rope_inv_freq(cfg).to(self.embed.device)
         self.q_size = cfg.num_heads * cfg.head_dim
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
-        self.kernels = None  # C++ CPU kernels (cpu_kernels.py): small-batch linear, RMSNorm, SiLU-mul
+        self.kernels = None  # C++ CPU kernels (cpu_kernels.py): small-batch linear, RMSNorm, RoPE, SiLU-mul
         if self.embed.device.type == "cpu" and self.embed.dtype in (torch.bfloat16, torch.float32):
             self.kernels = cpu_kernels()
 
@@ -151,7 +151,7 @@ class Llama(torch.nn.Module):
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """`x @ weight.T (+ bias)`. A decode step of a few sequences only streams the weights: on CPU the
-        kernel does that at about twice the bandwidth of torch's matmul (benchmarks/serve_throughput.py)."""
+        kernel does that at about twice the bandwidth of torch's matmul (benchmarks/cpu_kernels.py)."""
         if self.kernels is not None and x.shape[0] <= SMALL_BATCH_ROWS:
             out = self.kernels.small_linear(x, weight)
             return out if bias is None else out + bias
