@@ -19,6 +19,8 @@ import os
 from functools import cache
 from pathlib import Path
 
+import torch
+
 log = logging.getLogger(__name__)
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = sorted(CSRC.glob("*.cpp"))
@@ -64,3 +66,10 @@ def cpu_kernels():
     except Exception as exc:  # no compiler, no ninja, no headers: slower, still correct
         log.warning("engine CPU kernels unavailable (%s); using plain PyTorch", exc)
         return None
+
+
+def kernels_for(device: str | torch.device, dtype: torch.dtype):
+    """The CPU kernels where they apply (CPU tensors in bf16 or fp32), else None."""
+    if torch.device(device).type != "cpu" or dtype not in (torch.bfloat16, torch.float32):
+        return None
+    return cpu_kernels()

@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 from loraforge.errors import ModelNotFoundError
 from loraforge.serve.engine.attention import AttentionMetadata, attention
-from loraforge.serve.engine.cpu_kernels import cpu_kernels
+from loraforge.serve.engine.cpu_kernels import kernels_for
 from loraforge.serve.engine.kv_cache import KVCache
 from loraforge.serve.engine.lora_math import LoRABatch, LoRAWeights
 
@@ -122,9 +122,8 @@ class Llama(torch.nn.Module):
         self.inv_freq = rope_inv_freq(cfg).to(self.embed.device)
         self.q_size = cfg.num_heads * cfg.head_dim
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
-        self.kernels = None  # C++ CPU kernels (cpu_kernels.py): small-batch linear, RMSNorm, RoPE, SiLU-mul
-        if self.embed.device.type == "cpu" and self.embed.dtype in (torch.bfloat16, torch.float32):
-            self.kernels = cpu_kernels()
+        # C++ CPU kernels (cpu_kernels.py): small-batch linear, RMSNorm, RoPE, SiLU-mul, decode attention
+        self.kernels = kernels_for(self.embed.device, self.embed.dtype)
 
     def norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.kernels is not None:  # one pass instead of eight ops; the same roundings

@@ -18,6 +18,8 @@ from itertools import accumulate
 
 import torch
 
+from loraforge.serve.engine.cpu_kernels import kernels_for
+
 # Fused projection -> (input size attribute, [(PEFT module name, output size attribute)])
 PROJECTIONS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "qkv": ("hidden_size", [("q_proj", "q_size"), ("k_proj", "kv_size"), ("v_proj", "kv_size")]),
@@ -110,11 +112,7 @@ class LoRAWeights:
         self.rank = 0
         self.A: dict[str, torch.Tensor] = {}
         self.B: dict[str, list[torch.Tensor]] = {}
-        self.kernels = None
-        if device == "cpu" and dtype in (torch.bfloat16, torch.float32):
-            from loraforge.serve.engine.cpu_kernels import cpu_kernels
-
-            self.kernels = cpu_kernels()
+        self.kernels = kernels_for(device, dtype)
 
     def ensure_rank(self, rank: int, live_slots: list[int]) -> None:
         """Grow the common rank R when an adapter needs it (reallocate the stacks, keep live slots)."""

@@ -3,7 +3,6 @@
 import torch
 
 from loraforge.serve.engine.attention import AttentionMetadata
-from loraforge.serve.engine.cpu_kernels import cpu_kernels
 from loraforge.serve.engine.kv_cache import KVCache
 from loraforge.serve.engine.llama import Llama
 from loraforge.serve.engine.lora_math import LoRABatch, LoRAWeights
@@ -15,9 +14,7 @@ class ModelRunner:
     def __init__(self, model: Llama, kv: KVCache, lora: LoRAWeights, device: str = "cpu"):
         self.model, self.kv, self.lora, self.device = model, kv, lora, device
         self.block_size = kv.block_size
-        self.kernels = None
-        if device == "cpu" and kv.k.dtype in (torch.bfloat16, torch.float32):
-            self.kernels = cpu_kernels()
+        self.kernels = model.kernels  # the model's, which match the cache's device and dtype
 
     def _slot(self, seq: Sequence, pos: int) -> int:
         return seq.blocks[pos // self.block_size] * self.block_size + pos % self.block_size
