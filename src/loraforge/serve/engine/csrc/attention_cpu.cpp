@@ -23,6 +23,7 @@ namespace {
 
 using loraforge::exp_in_place;
 using loraforge::to_float;
+using loraforge::with_count;
 
 constexpr int64_t kLanes = 16;  // one AVX-512 register of fp32: partial sums kept per lane, summed at the end
 
@@ -92,12 +93,9 @@ void block_values(const float* p, const T* vh, int64_t stride, int64_t n, float*
 template <int64_t kD, int64_t kB, typename T>
 void heads_scores(const float* q, const T* kd, float* scores, int64_t j0, int64_t count) {
   for (int64_t j = j0; j < j0 + count; j += 4) {
-    switch (std::min<int64_t>(4, j0 + count - j)) {
-      case 1: block_scores<1, kD, kB>(q + j * kD, kd, scores + j * kB); break;
-      case 2: block_scores<2, kD, kB>(q + j * kD, kd, scores + j * kB); break;
-      case 3: block_scores<3, kD, kB>(q + j * kD, kd, scores + j * kB); break;
-      default: block_scores<4, kD, kB>(q + j * kD, kd, scores + j * kB); break;
-    }
+    with_count(j0 + count - j, [&](auto g) {
+      block_scores<decltype(g)::value, kD, kB>(q + j * kD, kd, scores + j * kB);
+    });
   }
 }
 
@@ -105,12 +103,9 @@ template <int64_t kD, int64_t kB, typename T>
 void heads_values(const float* scores, const T* vh, int64_t stride, int64_t n, float* acc, int64_t j0,
                   int64_t count) {
   for (int64_t j = j0; j < j0 + count; j += 4) {
-    switch (std::min<int64_t>(4, j0 + count - j)) {
-      case 1: block_values<1, kD, kB>(scores + j * kB, vh, stride, n, acc + j * kD); break;
-      case 2: block_values<2, kD, kB>(scores + j * kB, vh, stride, n, acc + j * kD); break;
-      case 3: block_values<3, kD, kB>(scores + j * kB, vh, stride, n, acc + j * kD); break;
-      default: block_values<4, kD, kB>(scores + j * kB, vh, stride, n, acc + j * kD); break;
-    }
+    with_count(j0 + count - j, [&](auto g) {
+      block_values<decltype(g)::value, kD, kB>(scores + j * kB, vh, stride, n, acc + j * kD);
+    });
   }
 }
 
@@ -230,6 +225,9 @@ void decode_attention_impl(const torch::Tensor& q, const torch::Tensor& k_cache,
 
 torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
                                torch::Tensor block_tables, torch::Tensor context_lens, double scale) {
+  TORCH_CHECK(q.device().is_cpu() && k_cache.device().is_cpu() && v_cache.device().is_cpu() &&
+                  block_tables.device().is_cpu() && context_lens.device().is_cpu(),
+              "decode_attention: CPU tensors only");
   TORCH_CHECK(q.dim() == 3 && q.is_contiguous(), "decode_attention: q must be a contiguous [batch, heads, D]");
   TORCH_CHECK(k_cache.dim() == 4 && v_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
                   k_cache.size(0) == v_cache.size(0) && k_cache.size(1) == v_cache.size(2) &&
@@ -244,9 +242,9 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Te
                   block_tables.dim() == 2 && block_tables.stride(1) == 1 && context_lens.is_contiguous() &&
                   block_tables.size(0) == q.size(0) && context_lens.size(0) == q.size(0),
               "decode_attention: block_tables [batch, max_blocks] and context_lens [batch], int64");
-  TORCH_CHECK(context_lens.numel() == 0 ||
-                  (context_lens.min().item<int64_t>() > 0 &&
-                   context_lens.max().item<int64_t>() <= block_tables.size(1) * k_cache.size(3)),
+  const int64_t* lens = context_lens.data_ptr<int64_t>();
+  const int64_t capacity = block_tables.size(1) * k_cache.size(3);
+  TORCH_CHECK(std::all_of(lens, lens + context_lens.numel(), [=](int64_t n) { return n > 0 && n <= capacity; }),
               "decode_attention: context lengths must be in [1, max_blocks * block_size]");
   auto out = torch::empty_like(q);
   if (q.scalar_type() == torch::kBFloat16)

@@ -1,12 +1,14 @@
-// Shared by the CPU kernels: bf16/fp32 loads as fp32; a few rows of activations dotted with every row of a
-// weight matrix (LoRA's shrink, and the base model's linear layers at decode batch sizes); a vectorizable exp.
+// Shared by the CPU kernels: bf16/fp32 loads as fp32; a dispatch to code compiled for 1-4 rows; a few rows of
+// activations dotted with every row of a weight matrix (LoRA's shrink, and the base model's linear layers at
+// decode batch sizes); a vectorizable exp.
 #pragma once
 
 #include <c10/util/BFloat16.h>
 
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace loraforge {
 
@@ -19,6 +21,18 @@ inline float to_float(c10::BFloat16 v) {
   float f;
   std::memcpy(&f, &bits, sizeof(f));
   return f;
+}
+
+// f(std::integral_constant<int, n>{}) for n = count, 1 to 4 (more counts as 4): the kernels' row and head
+// loops are compiled for each count, so their partial sums live in registers.
+template <typename F>
+inline void with_count(int64_t count, F&& f) {
+  switch (count) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    default: f(std::integral_constant<int, 4>{}); break;
+  }
 }
 
 // out[r * out_stride + j] = x[r, :] . w[j, :] for ROWS rows of x (already fp32) and `count` rows of w, in one

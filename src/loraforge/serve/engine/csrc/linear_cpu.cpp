@@ -13,6 +13,7 @@ namespace {
 
 using loraforge::dot_rows;
 using loraforge::to_float;
+using loraforge::with_count;
 
 constexpr int64_t kMaxRows = 4;
 constexpr int64_t kGrain = 64;  // rows of W per parallel task: a few KB to 100s of KB of weights each
@@ -29,12 +30,7 @@ void small_linear_impl(const torch::Tensor& x, const torch::Tensor& w, torch::Te
   at::parallel_for(0, N, kGrain, [&](int64_t n0, int64_t n1) {
     const T* wn = wp + n0 * K;
     T* on = op + n0;
-    switch (M) {
-      case 1: dot_rows<1>(xf.data(), wn, n1 - n0, K, on, N); break;
-      case 2: dot_rows<2>(xf.data(), wn, n1 - n0, K, on, N); break;
-      case 3: dot_rows<3>(xf.data(), wn, n1 - n0, K, on, N); break;
-      default: dot_rows<4>(xf.data(), wn, n1 - n0, K, on, N); break;
-    }
+    with_count(M, [&](auto n) { dot_rows<decltype(n)::value>(xf.data(), wn, n1 - n0, K, on, N); });
   });
 }
 

@@ -23,6 +23,7 @@ namespace {
 using loraforge::dot_rows;
 using loraforge::kDot;
 using loraforge::to_float;
+using loraforge::with_count;
 
 constexpr int64_t kRows = 4;     // rows of a group processed together
 constexpr int64_t kWidth = 64;   // expand: output block, the block width of B's layout
@@ -46,12 +47,7 @@ void shrink_impl(const torch::Tensor& x, const torch::Tensor& a, const torch::Te
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t k = 0; k < d_in; ++k) xf[r * d_in + k] = to_float(xp[(r0 + r) * x_stride + k]);
         float* hr = hp + (r0 - first) * K;
-        switch (rows) {
-          case 1: dot_rows<1>(xf.data(), w, K, d_in, hr, K); break;
-          case 2: dot_rows<2>(xf.data(), w, K, d_in, hr, K); break;
-          case 3: dot_rows<3>(xf.data(), w, K, d_in, hr, K); break;
-          default: dot_rows<4>(xf.data(), w, K, d_in, hr, K); break;
-        }
+        with_count(rows, [&](auto n) { dot_rows<decltype(n)::value>(xf.data(), w, K, d_in, hr, K); });
       }
     }
   });
@@ -97,12 +93,7 @@ void expand_impl(const torch::Tensor& h, int64_t col, const torch::Tensor& b, in
         const int64_t rows = std::min(kRows, rs[g + 1] - r0);
         const float* hr = hp + (r0 - first) * K + col;
         T* o = op + r0 * o_stride + offset;
-        switch (rows) {
-          case 1: expand_rows<1>(hr, K, w, R, N, o, o_stride); break;
-          case 2: expand_rows<2>(hr, K, w, R, N, o, o_stride); break;
-          case 3: expand_rows<3>(hr, K, w, R, N, o, o_stride); break;
-          default: expand_rows<4>(hr, K, w, R, N, o, o_stride); break;
-        }
+        with_count(rows, [&](auto n) { expand_rows<decltype(n)::value>(hr, K, w, R, N, o, o_stride); });
       }
     }
   });
