@@ -2,6 +2,8 @@
 
 import contextlib
 import os
+import sqlite3
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -76,10 +78,31 @@ def _sqlite_engine(url: str, database: str | None, busy_timeout_s: float, sync: 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn, _record) -> None:
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        _enable_wal(cur, busy_timeout_s)
         cur.execute(f"PRAGMA synchronous={sync.upper()}")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         cur.close()
 
     return engine
+
+
+def _enable_wal(cur: sqlite3.Cursor, timeout_s: float) -> None:
+    """Switch the file to WAL (persistent, so only its first opener does it), retrying while it is busy.
+
+    SQLite does not call the busy handler for a journal-mode change: when several connections open a new
+    file at once, all but one get "database is locked" straight away, so they wait and look again.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.001
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
