@@ -4,10 +4,11 @@
      vs the batched matmuls (torch.bmm over the adapters of the batch)
   2. decode attention of one step: 30 layers, 64 sequences, 80-160 cached tokens each, blocks scattered
      over the cache (decode_attention) vs gathering each context and two batched matmuls
-  3. every linear layer of one decode step plus the LM head, 1/2/4 rows (small_linear) vs F.linear
+  3. every linear layer of one decode step plus the LM head, 1/2/4/64 rows: F.linear vs oneDNN with the
+     weights packed at load (linear.packed_linear) vs the matrix-vector kernel (small_linear, <= 4 rows)
 
 Random weights (the kernels' speed does not depend on their values), bf16, best of --repeats alternating
-rounds. Each row prints both times and torch's time divided by the kernel's.
+rounds. Each row prints the times, and torch's time divided by each other's.
 
     .venv/bin/python benchmarks/cpu_kernels.py
 """
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from loraforge.serve.engine.attention import decode_attention
 from loraforge.serve.engine.cpu_kernels import cpu_kernels
 from loraforge.serve.engine.kv_cache import KVCache
+from loraforge.serve.engine.linear import pack, packed_linear
 from loraforge.serve.engine.lora_math import PROJECTIONS, LoRABatch, LoRAWeights
 
 DIMS = {"hidden_size": 576, "q_size": 576, "kv_size": 192, "intermediate_size": 1536}
@@ -92,10 +94,15 @@ def linear_case(kernels, rows: int, repeats: int) -> dict[str, float]:
     weights = [torch.randn(n, k).bfloat16() for n, k in shapes]
     xs = {k: torch.randn(rows, k).bfloat16() for k in (576, 1536)}
 
-    def run(linear):
-        return lambda: [linear(xs[w.shape[1]], w) for w in weights]
+    packed = [pack(w) for w in weights]
 
-    return best_ms({"torch": run(F.linear), "kernel": run(kernels.small_linear)}, repeats)
+    def run(linear, ws):
+        return lambda: [linear(xs[w.shape[1]], w) for w in ws]
+
+    fns = {"torch": run(F.linear, weights), "packed": run(packed_linear, packed)}
+    if rows <= 4:
+        fns["kernel"] = run(kernels.small_linear, weights)
+    return best_ms(fns, repeats)
 
 
 def main() -> None:
@@ -112,15 +119,14 @@ def main() -> None:
         ("2. decode attention, 64 seqs, one step", attention_case(kernels, args.repeats)),
     ]
     rows += [
-        (f"3. linear layers + LM head, {n} row(s)", linear_case(kernels, n, args.repeats)) for n in (1, 2, 4)
+        (f"3. linear layers + LM head, {n} row(s)", linear_case(kernels, n, args.repeats))
+        for n in (1, 2, 4, 64)
     ]
     print(f"\ncpu_kernels: SmolLM2-135M shapes, bf16, {args.threads} threads, best of {args.repeats}\n")
     width = max(len(name) for name, _ in rows)
     for name, t in rows:
-        print(
-            f"{name.ljust(width)} | torch {t['torch']:6.1f} ms | kernel {t['kernel']:6.1f} ms"
-            f" | {t['torch'] / t['kernel']:.1f}x"
-        )
+        others = [f"{k} {ms:6.1f} ms ({t['torch'] / ms:.1f}x)" for k, ms in t.items() if k != "torch"]
+        print(" | ".join([name.ljust(width), f"torch {t['torch']:6.1f} ms", *others]))
 
 
 if __name__ == "__main__":

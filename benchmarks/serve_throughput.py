@@ -235,10 +235,9 @@ def main() -> None:
         b1_engine = max(b1_engine, engine_batch1_decode(engine, ids[0], max_tokens))
         b1_hf = max(b1_hf, hf_batch1(hf_model, ids[0], max_tokens))
     del hf_model
-    base_mib = sum(t.numel() * t.element_size() for layer in engine.model.layers for t in layer.values()) / (
-        1 << 20
-    )
-    base_mib += engine.model.lm_head.numel() * engine.model.lm_head.element_size() / (1 << 20)
+    m = engine.model
+    linears = [m.lm_head] + [lin for ly in m.layers for lin in (ly.qkv, ly.o, ly.gate_up, ly.down)]
+    base_mib = sum(lin.weight.numel() * lin.weight.element_size() for lin in linears) / (1 << 20)
     cold_ms, cold_total = cold_load_ms(engine, ids[0], names[n_adapters : n_adapters + 5])
     del engine
 

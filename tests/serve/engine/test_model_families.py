@@ -67,4 +67,4 @@ def test_variant_matches_transformers(tiny_model_dir, tmp_path, variant):
     if variant == "qwen2":
         assert engine.model.cfg.qkv_bias
     if variant == "llama3-untied":
-        assert engine.model.lm_head is not engine.model.embed
+        assert engine.model.lm_head.weight is not engine.model.embed

@@ -2,7 +2,7 @@
 
 - `lora_add` (csrc/lora_cpu.cpp): multi-adapter LoRA for a batch sorted by adapter.
 - `decode_attention` (csrc/attention_cpu.cpp): one-token attention read in place from the paged KV cache.
-- `small_linear` (csrc/linear_cpu.cpp): the base model's linear layers for decode batches of 1-4 rows.
+- `small_linear` (csrc/linear_cpu.cpp): linear layers for decode batches of 1-2 rows (see linear.py).
 - `rms_norm`, `silu_mul`, `rope_qk` (csrc/elementwise_cpu.cpp): the model's per-token operations in one
   pass each, rounding where transformers' Llama rounds (bit-equal to the PyTorch code in bf16).
 

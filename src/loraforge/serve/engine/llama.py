@@ -17,10 +17,10 @@ from loraforge.errors import ModelNotFoundError
 from loraforge.serve.engine.attention import AttentionMetadata, attention
 from loraforge.serve.engine.cpu_kernels import kernels_for
 from loraforge.serve.engine.kv_cache import KVCache
+from loraforge.serve.engine.linear import Linear
 from loraforge.serve.engine.lora_math import LoRABatch, LoRAWeights
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
-SMALL_BATCH_ROWS = 4  # up to this many rows, linear layers use the CPU kernel's matrix-vector product
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,18 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * xf.to(x.dtype)
 
 
+@dataclass
+class Layer:
+    """One decoder layer's weights: the two RMSNorm scales and the four (fused) projections."""
+
+    ln1: torch.Tensor
+    qkv: Linear
+    o: Linear
+    ln2: torch.Tensor
+    gate_up: Linear
+    down: Linear
+
+
 class Llama(torch.nn.Module):
     """Weights as plain tensors; `forward` runs a flat batch of tokens from many sequences."""
 
@@ -113,17 +125,24 @@ class Llama(torch.nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = weights.pop("embed")
-        self.lm_head = weights.pop("lm_head", self.embed)
         self.final_norm = weights.pop("norm")
+        # C++ CPU kernels (cpu_kernels.py): small-batch linear, RMSNorm, RoPE, SiLU-mul, decode attention
+        self.kernels = kernels = kernels_for(self.embed.device, self.embed.dtype)
+        self.lm_head = Linear(weights.pop("lm_head", self.embed), kernels=kernels)
         self.layers = [
-            {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(f"{i}.")}
+            Layer(
+                ln1=weights.pop(f"{i}.ln1"),
+                qkv=Linear(weights.pop(f"{i}.qkv"), weights.pop(f"{i}.qkv_bias", None), kernels),
+                o=Linear(weights.pop(f"{i}.o"), kernels=kernels),
+                ln2=weights.pop(f"{i}.ln2"),
+                gate_up=Linear(weights.pop(f"{i}.gate_up"), kernels=kernels),
+                down=Linear(weights.pop(f"{i}.down"), kernels=kernels),
+            )
             for i in range(cfg.num_layers)
         ]
         self.inv_freq = rope_inv_freq(cfg).to(self.embed.device)
         self.q_size = cfg.num_heads * cfg.head_dim
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
-        # C++ CPU kernels (cpu_kernels.py): small-batch linear, RMSNorm, RoPE, SiLU-mul, decode attention
-        self.kernels = kernels_for(self.embed.device, self.embed.dtype)
 
     def norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.kernels is not None:  # one pass instead of eight ops; the same roundings
@@ -147,14 +166,6 @@ class Llama(torch.nn.Module):
             return self.kernels.silu_mul(gate_up)
         gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate) * up
-
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """`x @ weight.T (+ bias)`. A decode step of a few sequences only streams the weights: on CPU the
-        kernel does that at about twice the bandwidth of torch's matmul (benchmarks/cpu_kernels.py)."""
-        if self.kernels is not None and x.shape[0] <= SMALL_BATCH_ROWS:
-            out = self.kernels.small_linear(x, weight)
-            return out if bias is None else out + bias
-        return F.linear(x, weight, bias)
 
     @classmethod
     def load(cls, path: Path, dtype: torch.dtype, device: str = "cpu") -> "Llama":
@@ -202,30 +213,30 @@ class Llama(torch.nn.Module):
         cos, sin = self.rope(positions, h.dtype)
         use_lora = lora is not None and lora_weights is not None and lora.num_active > 0
         for i, layer in enumerate(self.layers):
-            x = self.norm(h, layer["ln1"])
-            qkv = self.linear(x, layer["qkv"], layer.get("qkv_bias"))
+            x = self.norm(h, layer.ln1)
+            qkv = layer.qkv(x)
             if use_lora:
                 lora_weights.add(i, "qkv", x, qkv, lora)
             q, k = self.rope_qk(qkv, cos, sin)
             v = qkv[:, self.q_size + self.kv_size :].view(-1, cfg.num_kv_heads, cfg.head_dim)
             a = attention(q, k, v, i, meta, kv).reshape(-1, self.q_size)
-            o = self.linear(a, layer["o"])
+            o = layer.o(a)
             if use_lora:
                 lora_weights.add(i, "o", a, o, lora)
             h = h + o
-            x = self.norm(h, layer["ln2"])
-            gu = self.linear(x, layer["gate_up"])
+            x = self.norm(h, layer.ln2)
+            gu = layer.gate_up(x)
             if use_lora:
                 lora_weights.add(i, "gate_up", x, gu, lora)
             m = self.silu_mul(gu)
-            d = self.linear(m, layer["down"])
+            d = layer.down(m)
             if use_lora:
                 lora_weights.add(i, "down", m, d, lora)
             h = h + d
         return self.norm(h[meta.last_token_index], self.final_norm)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.linear(hidden, self.lm_head).float()
+        return self.lm_head(hidden).float()
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

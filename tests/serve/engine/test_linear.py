@@ -1,0 +1,58 @@
+"""A base-model linear layer gives torch's `F.linear` result in each of its forms (packed oneDNN, kernel)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from loraforge.serve.engine import linear as linear_mod
+from loraforge.serve.engine.linear import Linear
+
+
+def _inputs(rows: int, dtype: torch.dtype, bias: bool):
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 96, generator=g).to(dtype)
+    w = torch.randn(200, 96, generator=g).to(dtype)
+    b = torch.randn(200, generator=g).to(dtype) if bias else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("rows", [3, 17, 64])
+def test_packed_bf16_is_bit_identical_to_f_linear(rows, bias):
+    x, w, b = _inputs(rows, torch.bfloat16, bias)
+    layer = Linear(w, b)
+    assert layer.packed is not None
+    assert torch.equal(layer(x), F.linear(x, w, b))
+
+
+@pytest.mark.parametrize("rows", [1, 5, 64])
+def test_packed_fp32_matches_f_linear(rows):
+    x, w, b = _inputs(rows, torch.float32, True)
+    torch.testing.assert_close(Linear(w, b)(x), F.linear(x, w, b), rtol=1e-5, atol=1e-4)
+
+
+def test_few_rows_take_the_kernel_and_more_rows_the_packed_weight(kernels, monkeypatch):
+    x, w, b = _inputs(64, torch.float32, True)
+    calls = []
+
+    class SpyKernels:
+        def small_linear(self, x, w):
+            calls.append("kernel")
+            return kernels.small_linear(x, w)
+
+    def spy_packed(x, packed, bias):
+        calls.append("packed")
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+    monkeypatch.setattr(linear_mod, "packed_linear", spy_packed)
+    layer = Linear(w, b, SpyKernels())
+    for rows in (1, linear_mod.SMALL_BATCH_ROWS, linear_mod.SMALL_BATCH_ROWS + 1, 64):
+        torch.testing.assert_close(layer(x[:rows]), F.linear(x[:rows], w, b), rtol=1e-5, atol=1e-4)
+    assert calls == ["kernel", "kernel", "packed", "packed"]
+
+
+def test_no_packing_where_onednn_does_not_apply():
+    x, w, b = _inputs(8, torch.float16, True)
+    layer = Linear(w, b)
+    assert layer.packed is None
+    assert torch.equal(layer(x), F.linear(x, w, b))
