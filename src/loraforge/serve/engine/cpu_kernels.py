@@ -3,6 +3,8 @@
 - `lora_add` (csrc/lora_cpu.cpp): multi-adapter LoRA for a batch sorted by adapter.
 - `decode_attention` (csrc/attention_cpu.cpp): one-token attention read in place from the paged KV cache.
 - `small_linear` (csrc/linear_cpu.cpp): linear layers for decode batches of 1-2 rows (see linear.py).
+- `kv_write` (csrc/kv_cache_cpu.cpp): new tokens' K and V into the paged cache, in one pass.
+- `argmax_rows` (csrc/sampling_cpu.cpp): greedy decoding's argmax, rows in parallel, in the model's dtype.
 - `rms_norm`, `silu_mul`, `rope_qk` (csrc/elementwise_cpu.cpp): the model's per-token operations in one
   pass each, rounding where transformers' Llama rounds (bit-equal to the PyTorch code in bf16).
 

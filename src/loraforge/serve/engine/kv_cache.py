@@ -4,6 +4,7 @@ from collections import deque
 
 import torch
 
+from loraforge.serve.engine.cpu_kernels import kernels_for
 from loraforge.serve.engine.sequence import Sequence
 
 
@@ -33,6 +34,7 @@ class KVCache:
         )
         self.block_size = block_size
         self.num_blocks = num_blocks
+        self.kernels = kernels_for(self.k.device, dtype)  # C++ write (csrc/kv_cache_cpu.cpp) on CPU
 
     @staticmethod
     def bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype) -> int:
@@ -47,6 +49,9 @@ class KVCache:
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store K/V of new tokens (`[tokens, kv_heads, head_dim]`) at flat slot ids."""
+        if self.kernels is not None:  # one pass instead of ~6 ops a layer
+            self.kernels.kv_write(self.k[layer], self.v[layer], slots, k, v)
+            return
         # Advanced indices around slices: the indexed result is [tokens, kv_heads, head_dim], like k.
         self.k[layer][slots // self.block_size, :, :, slots % self.block_size] = k
         n, kvh, d = self.v.shape[1] * self.v.shape[2], self.v.shape[3], self.v.shape[4]

@@ -236,7 +236,7 @@ class Llama(torch.nn.Module):
         return self.norm(h[meta.last_token_index], self.final_norm)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+        return self.lm_head(hidden)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -86,10 +86,10 @@ class ModelRunner:
             lora,
             self.lora,
         )
-        logits = self.model.logits(hidden).cpu()
+        logits = self.model.logits(hidden).cpu()  # model dtype: the sampler converts only what it samples
         for seq in batch:
             seq.num_cached = len(seq)
-        tokens = sample(logits, batch)
+        tokens = sample(logits, batch, self.kernels)
         out = [0] * len(seqs)
         for pos, i in enumerate(order):
             out[i] = tokens[pos]

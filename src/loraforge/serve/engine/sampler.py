@@ -5,13 +5,19 @@ import torch
 from loraforge.serve.engine.sequence import Sequence
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
-    """`logits` `[rows, vocab]` (fp32), one row per sequence."""
-    out = logits.argmax(dim=-1).tolist()
+def sample(logits: torch.Tensor, seqs: list[Sequence], kernels=None) -> list[int]:
+    """`logits` `[rows, vocab]` on CPU (the model's dtype), one row per sequence; `kernels` from cpu_kernels.
+
+    Greedy rows take the argmax of the logits as they are (exact: fp32 holds every bf16 value); only the
+    rows that sample are converted to fp32."""
+    if kernels is not None:  # rows in parallel, read in place
+        out = kernels.argmax_rows(logits).tolist()
+    else:
+        out = logits.float().argmax(dim=-1).tolist()
     sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
     if not sampled:
         return out
-    rows = logits[sampled]
+    rows = logits[sampled].float()
     params = [seqs[i].params for i in sampled]
     temps = torch.tensor([p.temperature for p in params], dtype=rows.dtype)[:, None]
     rows = rows / temps

@@ -8,6 +8,8 @@ void lora_add(torch::Tensor x, torch::Tensor a, std::vector<torch::Tensor> bs, s
 torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
                                torch::Tensor block_tables, torch::Tensor context_lens, double scale);
 torch::Tensor small_linear(torch::Tensor x, torch::Tensor w);
+void kv_write(torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots, torch::Tensor k, torch::Tensor v);
+torch::Tensor argmax_rows(torch::Tensor logits);
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps);
 torch::Tensor silu_mul(torch::Tensor gate_up);
 std::tuple<torch::Tensor, torch::Tensor> rope_qk(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin,
@@ -19,5 +21,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "RMSNorm in one pass, rounding like transformers' Llama");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused [gate | up], rounding like transformers' Llama");
   m.def("rope_qk", &rope_qk, "q and k of a fused qkv projection, rotated (rotate-half RoPE)");
+  m.def("kv_write", &kv_write, "store new tokens' K (transposed blocks) and V at flat slot ids of one layer");
+  m.def("argmax_rows", &argmax_rows, "first index of each row's maximum, like torch.argmax(-1)");
   m.def("decode_attention", &decode_attention, "one-token attention over the paged KV cache, in place");
 }
