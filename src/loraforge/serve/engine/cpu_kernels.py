@@ -9,7 +9,7 @@
   pass each, rounding where transformers' Llama rounds (bit-equal to the PyTorch code in bf16).
 
 torch caches the build under ~/.cache/torch_extensions, so only the first engine start on a machine pays the
-~1 minute compile. The build is tuned for the host CPU (-march=native), so its name carries a digest of the
+~2 minute compile. The build is tuned for the host CPU (-march=native), so its name carries a digest of the
 CPU's feature flags (a home directory shared with another kind of CPU gets its own build) and of the sources.
 Without a C++ toolchain the engine falls back to plain PyTorch (batched matmuls, gathered attention), correct
 but slower; `LORAFORGE_NO_KERNELS=1` forces that fallback.
@@ -57,7 +57,7 @@ def cpu_kernels():
     try:
         from torch.utils.cpp_extension import load
 
-        log.info("loading the engine's CPU kernels (compiled on first use, ~1 minute)")
+        log.info("loading the engine's CPU kernels (compiled on first use, ~2 minutes)")
         return load(
             name=f"loraforge_cpu_kernels_{_build_tag()}",
             sources=[str(s) for s in SOURCES],
