@@ -56,3 +56,17 @@ def test_rope_qk_equals_pytorch(kernels, dtype):
     tol = TOLERANCE[dtype]
     torch.testing.assert_close(got_q.float(), q.float(), rtol=tol, atol=tol)
     torch.testing.assert_close(got_k.float(), k.float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_add_rms_norm_is_the_residual_add_then_rms_norm(kernels, dtype):
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(64, 100, generator=g).to(dtype)  # 100: six 16-wide lanes and a tail of 4
+    delta = torch.randn(64, 100, generator=g).to(dtype)
+    weight = torch.randn(100, generator=g).to(dtype)
+    expected_h = h + delta
+    expected = rms_norm(expected_h, weight, 1e-5)
+    got = kernels.add_rms_norm(h, delta, weight, 1e-5)
+    assert torch.equal(h, expected_h)  # updated in place, rounded like torch's add
+    tol = TOLERANCE[dtype]  # the sum of squares is in another order than torch's
+    torch.testing.assert_close(got.float(), expected.float(), rtol=tol, atol=tol)

@@ -149,6 +149,13 @@ class Llama(torch.nn.Module):
             return self.kernels.rms_norm(x, weight, self.cfg.rms_norm_eps)
         return rms_norm(x, weight, self.cfg.rms_norm_eps)
 
+    def add_norm(self, h: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """`h += delta` in place (the residual stream), then RMSNorm of h: one pass with the kernels."""
+        if self.kernels is not None:
+            return self.kernels.add_rms_norm(h, delta, weight, self.cfg.rms_norm_eps)
+        h.add_(delta)
+        return rms_norm(h, weight, self.cfg.rms_norm_eps)
+
     def rope_qk(
         self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,11 +216,11 @@ class Llama(torch.nn.Module):
     ) -> torch.Tensor:
         """Hidden states of the last token of each sequence: `[sequences, hidden]`."""
         cfg = self.cfg
-        h = self.embed[input_ids]
+        h = self.embed[input_ids]  # a copy: the residual stream, updated in place below
         cos, sin = self.rope(positions, h.dtype)
         use_lora = lora is not None and lora_weights is not None and lora.num_active > 0
+        x = self.norm(h, self.layers[0].ln1)
         for i, layer in enumerate(self.layers):
-            x = self.norm(h, layer.ln1)
             qkv = layer.qkv(x)
             if use_lora:
                 lora_weights.add(i, "qkv", x, qkv, lora)
@@ -223,8 +230,7 @@ class Llama(torch.nn.Module):
             o = layer.o(a)
             if use_lora:
                 lora_weights.add(i, "o", a, o, lora)
-            h = h + o
-            x = self.norm(h, layer.ln2)
+            x = self.add_norm(h, o, layer.ln2)
             gu = layer.gate_up(x)
             if use_lora:
                 lora_weights.add(i, "gate_up", x, gu, lora)
@@ -232,7 +238,10 @@ class Llama(torch.nn.Module):
             d = layer.down(m)
             if use_lora:
                 lora_weights.add(i, "down", m, d, lora)
-            h = h + d
+            if i + 1 < len(self.layers):  # the residual add fused with the next layer's first norm
+                x = self.add_norm(h, d, self.layers[i + 1].ln1)
+            else:
+                h.add_(d)
         return self.norm(h[meta.last_token_index], self.final_norm)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ torch::Tensor small_linear(torch::Tensor x, torch::Tensor w);
 void kv_write(torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots, torch::Tensor k, torch::Tensor v);
 torch::Tensor argmax_rows(torch::Tensor logits);
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps);
+torch::Tensor add_rms_norm(torch::Tensor x, torch::Tensor delta, torch::Tensor weight, double eps);
 torch::Tensor silu_mul(torch::Tensor gate_up);
 std::tuple<torch::Tensor, torch::Tensor> rope_qk(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin,
                                                 int64_t heads, int64_t kv_heads);
@@ -19,6 +20,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lora_add", &lora_add, "out += (x @ A[slot]^T) @ B_j[slot] per row group, for each sub-projection j");
   m.def("small_linear", &small_linear, "x @ w^T for 1-4 rows of x, reading w once (decode of a few sequences)");
   m.def("rms_norm", &rms_norm, "RMSNorm in one pass, rounding like transformers' Llama");
+  m.def("add_rms_norm", &add_rms_norm, "x += delta in place, then RMSNorm of x (the fused residual add)");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused [gate | up], rounding like transformers' Llama");
   m.def("rope_qk", &rope_qk, "q and k of a fused qkv projection, rotated (rotate-half RoPE)");
   m.def("kv_write", &kv_write, "store new tokens' K (transposed blocks) and V at flat slot ids of one layer");

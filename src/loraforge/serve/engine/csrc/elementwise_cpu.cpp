@@ -3,6 +3,7 @@
 // rounds where transformers' Llama rounds, so bf16 results match its eager code.
 //
 //   rms_norm:  weight * to_dtype(x * rsqrt(mean(x^2) + eps)), statistics in fp32
+//   add_rms_norm: x += delta (in place: the residual stream), then rms_norm(x)
 //   silu_mul:  to_dtype(silu(gate)) * up, for gate_up = [gate | up] (the fused gate-up projection)
 //   rope_qk:   q, k of a fused [q | k | v] projection rotated (rotate-half RoPE): x * cos + rotate_half(x) * sin
 #include <torch/extension.h>
@@ -26,15 +27,22 @@ inline float round_to(float v) {
   return to_float(static_cast<T>(v));
 }
 
+// RMSNorm of each row of x into out. With `delta`, first x += delta in place, rounded to T as torch's add
+// rounds: the residual add of the layer fused in, so the row is read once for both.
 template <typename T>
-void rms_norm_impl(const torch::Tensor& x, const torch::Tensor& weight, double eps, torch::Tensor& out) {
+void rms_norm_impl(torch::Tensor& x, const T* delta, int64_t delta_stride, const torch::Tensor& weight, double eps,
+                   torch::Tensor& out) {
   const int64_t rows = x.size(0), H = x.size(1);
-  const T* xp = x.data_ptr<T>();
+  T* xp = x.data_ptr<T>();
   const T* wp = weight.data_ptr<T>();
   T* op = out.data_ptr<T>();
   at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const T* xr = xp + r * x.stride(0);
+      T* xr = xp + r * x.stride(0);
+      if (delta != nullptr) {
+        const T* dr = delta + r * delta_stride;
+        for (int64_t i = 0; i < H; ++i) xr[i] = static_cast<T>(to_float(xr[i]) + to_float(dr[i]));
+      }
       float part[kLanes] = {};
       const int64_t body = H - H % kLanes;
       for (int64_t i = 0; i < body; i += kLanes)
@@ -98,16 +106,35 @@ void check_rows(const torch::Tensor& x, const char* name) {
   TORCH_CHECK(x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kFloat, name, ": bf16 or fp32 only");
 }
 
+void check_norm_weight(const torch::Tensor& x, const torch::Tensor& weight, const char* name) {
+  TORCH_CHECK(weight.dim() == 1 && weight.is_contiguous() && weight.size(0) == x.size(1) &&
+                  weight.scalar_type() == x.scalar_type(),
+              name, ": weight must be a contiguous [d] of x's dtype");
+}
+
 }  // namespace
 
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
   check_rows(x, "rms_norm");
-  TORCH_CHECK(weight.dim() == 1 && weight.is_contiguous() && weight.size(0) == x.size(1) &&
-                  weight.scalar_type() == x.scalar_type(),
-              "rms_norm: weight must be a contiguous [d] of x's dtype");
+  check_norm_weight(x, weight, "rms_norm");
   auto out = torch::empty({x.size(0), x.size(1)}, x.options());
-  if (x.scalar_type() == torch::kBFloat16) rms_norm_impl<c10::BFloat16>(x, weight, eps, out);
-  else rms_norm_impl<float>(x, weight, eps, out);
+  if (x.scalar_type() == torch::kBFloat16) rms_norm_impl<c10::BFloat16>(x, nullptr, 0, weight, eps, out);
+  else rms_norm_impl<float>(x, nullptr, 0, weight, eps, out);
+  return out;
+}
+
+torch::Tensor add_rms_norm(torch::Tensor x, torch::Tensor delta, torch::Tensor weight, double eps) {
+  check_rows(x, "add_rms_norm");
+  check_rows(delta, "add_rms_norm");
+  check_norm_weight(x, weight, "add_rms_norm");
+  TORCH_CHECK(delta.sizes() == x.sizes() && delta.scalar_type() == x.scalar_type(),
+              "add_rms_norm: delta must be like x");
+  auto out = torch::empty({x.size(0), x.size(1)}, x.options());
+  if (x.scalar_type() == torch::kBFloat16) {
+    rms_norm_impl<c10::BFloat16>(x, delta.data_ptr<c10::BFloat16>(), delta.stride(0), weight, eps, out);
+  } else {
+    rms_norm_impl<float>(x, delta.data_ptr<float>(), delta.stride(0), weight, eps, out);
+  }
   return out;
 }
 
