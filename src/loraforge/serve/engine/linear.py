@@ -24,9 +24,15 @@ def can_pack(weight: torch.Tensor) -> bool:
     )
 
 
-def pack(weight: torch.Tensor) -> torch.Tensor:
-    """oneDNN's blocked copy of `weight` `[out, in]` (an opaque mkldnn tensor), laid out for batched rows."""
-    return torch.ops.mkldnn._reorder_linear_weight(weight, 64)
+def pack(weight: torch.Tensor) -> torch.Tensor | None:
+    """oneDNN's blocked copy of `weight` `[out, in]` (an opaque mkldnn tensor), laid out for batched rows;
+    None where this torch build cannot make one (these ops are torch's own, used by its inductor)."""
+    if not can_pack(weight):
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight, 64)
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -40,7 +46,7 @@ class Linear:
         self.weight = weight
         self.bias = bias
         self.kernels = kernels
-        self.packed = pack(weight) if can_pack(weight) else None
+        self.packed = pack(weight)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernels is not None and x.shape[0] <= SMALL_BATCH_ROWS:
