@@ -119,14 +119,15 @@ class Layer:
 
 
 class Llama(torch.nn.Module):
-    """Weights as plain tensors; `forward` runs a flat batch of tokens from many sequences."""
+    """Weights as plain tensors (each linear layer a `Linear`); `forward` runs a flat batch of tokens from
+    many sequences."""
 
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor]):
         super().__init__()
         self.cfg = cfg
         self.embed = weights.pop("embed")
         self.final_norm = weights.pop("norm")
-        # C++ CPU kernels (cpu_kernels.py): small-batch linear, RMSNorm, RoPE, SiLU-mul, decode attention
+        # C++ CPU kernels (cpu_kernels.py): small-batch linear, (add +) RMSNorm, RoPE, SiLU-mul, attention
         self.kernels = kernels = kernels_for(self.embed.device, self.embed.dtype)
         self.lm_head = Linear(weights.pop("lm_head", self.embed), kernels=kernels)
         self.layers = [
