@@ -5,8 +5,9 @@
 - `small_linear` (csrc/linear_cpu.cpp): linear layers for decode batches of 1-2 rows (see linear.py).
 - `kv_write` (csrc/kv_cache_cpu.cpp): new tokens' K and V into the paged cache, in one pass.
 - `argmax_rows` (csrc/sampling_cpu.cpp): greedy decoding's argmax, rows in parallel, in the model's dtype.
-- `rms_norm`, `silu_mul`, `rope_qk` (csrc/elementwise_cpu.cpp): the model's per-token operations in one
-  pass each, rounding where transformers' Llama rounds (bit-equal to the PyTorch code in bf16).
+- `rms_norm`, `add_rms_norm`, `silu_mul`, `rope_qk` (csrc/elementwise_cpu.cpp): the model's per-token
+  operations in one pass each (`add_rms_norm` with the residual add before it), rounding where
+  transformers' Llama rounds (bit-equal to the PyTorch code in bf16).
 
 torch caches the build under ~/.cache/torch_extensions, so only the first engine start on a machine pays the
 ~2 minute compile. The build is tuned for the host CPU (-march=native), so its name carries a digest of the

@@ -22,10 +22,9 @@
 namespace {
 
 using loraforge::exp_in_place;
+using loraforge::kLanes;
 using loraforge::to_float;
 using loraforge::with_count;
-
-constexpr int64_t kLanes = 16;  // one AVX-512 register of fp32: partial sums kept per lane, summed at the end
 
 // q . k over D elements: kLanes partial sums (so the compiler vectorizes without reassociating), then a tail.
 inline __attribute__((always_inline)) float dot(const float* q, const float* k, int64_t D) {

@@ -1,6 +1,6 @@
 // Shared by the CPU kernels: bf16/fp32 loads as fp32; a dispatch to code compiled for 1-4 rows; a few rows of
 // activations dotted with every row of a weight matrix (LoRA's shrink, and the base model's linear layers at
-// decode batch sizes); a vectorizable exp.
+// decode batch sizes); a vectorizable exp; the fp32 lane count the kernels vectorize over.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -12,6 +12,7 @@
 
 namespace loraforge {
 
+constexpr int64_t kLanes = 16;  // one AVX-512 register of fp32: partial sums kept per lane, summed at the end
 constexpr int64_t kDot = 32;  // the d_in block: kDot fp32 partial sums per row, summed at the end
 
 inline float to_float(float v) { return v; }

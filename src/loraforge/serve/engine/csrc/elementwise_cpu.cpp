@@ -17,9 +17,8 @@
 
 namespace {
 
+using loraforge::kLanes;
 using loraforge::to_float;
-
-constexpr int64_t kLanes = 16;
 
 // fp32 -> storage type, rounding like torch's .to(dtype) (nearest even for bf16).
 template <typename T>

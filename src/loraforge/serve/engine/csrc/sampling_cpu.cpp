@@ -14,9 +14,8 @@
 
 namespace {
 
+using loraforge::kLanes;
 using loraforge::to_float;
-
-constexpr int64_t kLanes = 16;
 
 template <typename T>
 int64_t row_argmax(const T* x, int64_t n) {
