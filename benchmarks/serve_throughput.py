@@ -1,10 +1,11 @@
-"""Multi-LoRA serving throughput on the embedded model (issue 3), all figures from one run, with ratios:
+"""Multi-LoRA serving throughput (issue 3), all figures from one run, with ratios:
 
   1. engine, 64 concurrent requests: base only vs over 32 distinct adapters (r=16, all linear)  >= 0.90x
   2. engine vs HF transformers + PEFT mixed-adapter generate(adapter_names=...), same weights/dtype  >= 10x
   3. batch-1 decode tokens/s: engine vs HF generate (llama.cpp BF16 here: ~62 tok/s, cpu-anchors.md)
   4. adapter cold load: first request to a never-seen adapter minus a warm one                     <= 50 ms
   5. RSS with 100 resident adapters vs none (a fresh process holding only the engine)              <= +10%
+     (with --device cuda: GPU memory allocated, with and without the adapters)
 
 Every request has a fixed number of output tokens (EOS ignored; `min_new_tokens` for HF). HF+PEFT runs the
 same workload (~2 minutes); --hf-tokens N times it over fewer new tokens for a shorter run, which lowers its
@@ -12,6 +13,10 @@ tokens/s (its prefill weighs more: 59 tok/s at 32 tokens vs 71 at 128 in one ses
 
     .venv/bin/python benchmarks/serve_throughput.py            # the full workload (several minutes)
     .venv/bin/python benchmarks/serve_throughput.py --quick    # smaller workload, ~1-2 minutes
+
+The model is the embedded SmolLM2-135M unless --model names another (an alias or a local HF directory);
+--device cuda runs the engine and HF on a GPU (benchmarks/cuda_check.py does, on a random-weight model of
+realistic size).
 """
 
 import argparse
@@ -51,12 +56,14 @@ def prompts(tokenizer, n: int) -> list[list[int]]:
     return out
 
 
-def make_adapters(model_path: Path, root: Path, count: int, rank: int) -> list[str]:
+def make_adapters(model_path: Path, root: Path, count: int, rank: int, device: str = "cpu") -> list[str]:
     """`count` random PEFT adapters (all linear layers); lora_B randomised so that none is a no-op."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    # fp32 on CPU; on a GPU the model's bf16 (a big model in fp32 would take long to write 100 times)
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
     model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=ALL_LINEAR))
     names = []
     for i in range(count):
@@ -96,30 +103,38 @@ def engine_batch1_decode(engine, ids, max_tokens) -> float:
     return (len(seq.output_ids) - 1) / (time.perf_counter() - start)
 
 
-def hf_mixed(model_path, dtype, adapter_root, names, ids, adapters, max_tokens) -> tuple[float, float]:
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def hf_mixed(
+    model_path, dtype, device, adapter_root, names, ids, adapters, max_tokens
+) -> tuple[float, float]:
     """HF + PEFT: one left-padded batch, adapter chosen per row with `adapter_names`."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval()
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
     model = PeftModel.from_pretrained(base, adapter_root / names[0], adapter_name=names[0])
     for n in names[1:]:
         model.load_adapter(adapter_root / n, adapter_name=n)
     model.eval()
     width = max(len(i) for i in ids)
-    input_ids = torch.tensor([[2] * (width - len(i)) + i for i in ids])
-    mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+    input_ids = torch.tensor([[2] * (width - len(i)) + i for i in ids], device=device)
+    mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=device)
     kw = {"max_new_tokens": max_tokens, "min_new_tokens": max_tokens, "do_sample": False, "pad_token_id": 2}
     start = time.perf_counter()
     with torch.no_grad():
         out = model.generate(input_ids=input_ids, attention_mask=mask, adapter_names=adapters, **kw)
+    synchronize(device)
     secs = time.perf_counter() - start
     return (out.shape[1] - width) * len(ids) / secs, secs
 
 
 def hf_batch1(model, ids, max_tokens) -> float:
     """HF generate decode tokens/s of one request (time after the first token)."""
-    x = torch.tensor([ids])
+    x = torch.tensor([ids], device=model.device)
     kw = {"do_sample": False, "pad_token_id": 2}
     with torch.no_grad():
         t0 = time.perf_counter()
@@ -153,12 +168,16 @@ RSS_CHILD = """
 import json, sys, torch
 from pathlib import Path
 from loraforge.serve.engine import Engine, EngineConfig, SamplingParams
-def rss():
+root, names, threads = Path(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
+model, device = sys.argv[4], sys.argv[5]
+def rss():  # on a GPU: the memory torch has allocated there
+    if device.startswith('cuda'):
+        return torch.cuda.memory_allocated()
     for line in open('/proc/self/status'):
         if line.startswith('VmRSS'):
             return int(line.split()[1]) * 1024
-root, names, threads = Path(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
-config = EngineConfig(model='smollm2-135m', adapter_dir=root, max_adapters=len(names), num_threads=threads)
+config = EngineConfig(model=model, device=device, adapter_dir=root, max_adapters=len(names),
+                      num_threads=threads)
 engine = Engine(config)
 engine.generate([[1, 2, 3, 4]], SamplingParams(max_tokens=4, temperature=0))
 before = rss()
@@ -185,19 +204,24 @@ def main() -> None:
     ap.add_argument(
         "--hf-tokens", type=int, default=None, help="HF+PEFT new tokens per request (default: all)"
     )
+    ap.add_argument("--model", default="smollm2-135m", help="alias or local HF directory")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--rss-adapters", type=int, default=None, help="adapters of row 5 (default 100)")
+    ap.add_argument("--kv-cache-gib", type=float, default=0.5, help="the engine's KV cache")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n_req, n_adapters, max_tokens, n_rss = (16, 8, 32, 20) if args.quick else (64, 32, 128, 100)
+    n_rss = args.rss_adapters or n_rss
 
     from loraforge.models import load_tokenizer, pick_dtype, resolve_model
     from loraforge.serve.engine import Engine, EngineConfig
 
-    model = resolve_model("smollm2-135m")
+    model = resolve_model(args.model)
     tok = load_tokenizer(model)
-    dtype = pick_dtype(args.precision)
+    dtype = pick_dtype(args.precision, args.device)
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     t0 = time.perf_counter()
-    names = make_adapters(model.path, work, max(n_rss, n_adapters + 5), rank=16)
+    names = make_adapters(model.path, work, max(n_rss, n_adapters + 5), rank=16, device=args.device)
     print(
         f"# {len(names)} random r=16 all-linear adapters written in {time.perf_counter() - t0:.0f} s",
         file=sys.stderr,
@@ -207,8 +231,10 @@ def main() -> None:
     mixed = [names[i % n_adapters] for i in range(n_req)]
     engine = Engine(
         EngineConfig(
-            model="smollm2-135m",
+            model=args.model,
             precision=args.precision,
+            device=args.device,
+            kv_cache_bytes=int(args.kv_cache_gib * (1 << 30)),
             adapter_dir=work,
             max_adapters=max(n_rss, n_adapters + 5),
             num_threads=args.threads,
@@ -218,7 +244,7 @@ def main() -> None:
     engine_run(engine, ids, mixed, 2)  # make all adapters of the workload resident (a warm server)
     from transformers import AutoModelForCausalLM
 
-    hf_model = AutoModelForCausalLM.from_pretrained(model.path, dtype=dtype).eval()
+    hf_model = AutoModelForCausalLM.from_pretrained(model.path, dtype=dtype).to(args.device).eval()
     hf_batch1(hf_model, ids[0], 4)  # warm up
     # Alternate the runs that are compared and keep each one's best: other processes on this machine come
     # and go, and alternating keeps a burst of load from landing on one side of a ratio only. Ratio 1 is
@@ -244,10 +270,11 @@ def main() -> None:
     del engine
 
     hf_tokens = min(args.hf_tokens or max_tokens, max_tokens)
-    hf_tps, hf_s = hf_mixed(model.path, dtype, work, names[:n_adapters], ids, mixed, hf_tokens)
+    hf_tps, hf_s = hf_mixed(model.path, dtype, args.device, work, names[:n_adapters], ids, mixed, hf_tokens)
 
     child = subprocess.run(
-        [sys.executable, "-c", RSS_CHILD, str(work), json.dumps(names[:n_rss]), str(args.threads)],
+        [sys.executable, "-c", RSS_CHILD, str(work), json.dumps(names[:n_rss]), str(args.threads)]
+        + [args.model, args.device],
         capture_output=True,
         text=True,
         check=True,
@@ -256,8 +283,9 @@ def main() -> None:
 
     mib = 1 << 20
     load = os.getloadavg()[0]
+    where = f"{args.threads} threads" if args.device == "cpu" else torch.cuda.get_device_name()
     print(
-        f"\nserve_throughput: SmolLM2-135M, {dtype}, {args.threads} threads, {n_req} requests x {max_tokens}"
+        f"\nserve_throughput: {model.name}, {dtype}, {where}, {n_req} requests x {max_tokens}"
         f" tokens, {n_adapters} adapters r=16 all-linear (load avg {load:.1f})\n"
     )
     rows = [
@@ -284,7 +312,7 @@ def main() -> None:
             "target <= 50 ms",
         ),
         (
-            f"5. RSS, {rss['resident']} adapters vs none, MiB",
+            f"5. {'RSS' if args.device == 'cpu' else 'GPU memory'}, {rss['resident']} adapters vs none, MiB",
             f"{rss['after'] / mib:,.0f} vs {rss['before'] / mib:,.0f}",
             f"adapters {rss['adapter_bytes'] / mib:,.0f} MiB",
             f"+{(rss['after'] / rss['before'] - 1) * 100:.0f}% (target <= 10%)",

@@ -8,15 +8,22 @@ from loraforge.serve.engine.kv_cache import KVCache
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("head_dim", [64, 24])  # 64: the compiled-size path; 24: the runtime-size path
-def test_kernel_equals_gathered_attention(kernels, dtype, head_dim):
+@pytest.mark.parametrize(
+    "head_dim, block_size, heads, kv_heads",
+    [
+        (64, 16, 9, 3),  # compiled sizes, SmolLM2's heads: one group of 3 query heads per kv head
+        (128, 16, 14, 2),  # compiled sizes, groups of 2 heads: 7 per kv head (Qwen2-0.5B's GQA)
+        (24, 4, 6, 2),  # runtime sizes
+    ],
+)
+def test_kernel_equals_gathered_attention(kernels, dtype, head_dim, block_size, heads, kv_heads):
     g = torch.Generator().manual_seed(0)
-    heads, kv_heads, block_size, num_blocks = 6, 2, 4, 40
+    num_blocks = 40
     kv = KVCache(2, num_blocks, block_size, kv_heads, head_dim, torch.float32)
     kv.k.normal_(generator=g)
     kv.v.normal_(generator=g)
     # Lengths: one token, a block exactly, a block and one, several blocks; tables scattered, zero-padded.
-    lens = torch.tensor([1, 4, 5, 13])
+    lens = torch.tensor([1, block_size, block_size + 1, 3 * block_size + 1])
     tables = torch.zeros(len(lens), 4, dtype=torch.long)
     free = torch.randperm(num_blocks, generator=g).tolist()
     for b, n in enumerate(lens.tolist()):
@@ -32,7 +39,7 @@ def test_kernel_equals_gathered_attention(kernels, dtype, head_dim):
     )
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol)
-    # A long context: many blocks, so the running max and sum are rescaled many times.
+    # A long context: many blocks, a long softmax row.
     long_kv = KVCache(1, 64, 16, kv_heads, head_dim, torch.float32)
     long_kv.k.normal_(generator=g).mul_(3)  # sharper softmax
     long_kv.v.normal_(generator=g)

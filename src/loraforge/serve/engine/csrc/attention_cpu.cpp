@@ -1,12 +1,16 @@
 // Decode attention straight from the paged KV cache on CPU: one query token per sequence, its context read
 // in place through the block table. The PyTorch path gathers every sequence's whole context into a fresh
 // tensor in every layer of every step (a copy as big as the cache in use) before two batched matmuls; this
-// reads each cached K/V row once and keeps scores, softmax and the weighted sum of V in fp32 registers
-// (online softmax over one cache block at a time, as in flash-decoding).
+// reads each cached K/V row once.
 //
 //   q `[batch, heads, D]`, k cache `[blocks, kv_heads, D, block_size]` (keys transposed within a block),
 //   v cache `[blocks, block_size, kv_heads, D]`, block_tables `[batch, max_blocks]`, context_lens `[batch]`
 //   -> `[batch, heads, D]`. Query heads h*G .. h*G+G-1 share kv head h (GQA, as in HF).
+//
+// Per sequence, in three passes: every score of the context (all heads), one softmax per head over its whole
+// row, then the probability-weighted sum of the value rows. A decode context is short enough (scores of 8k
+// tokens x 32 heads are 1 MiB) that the scores stay in cache, so the running max and rescaling of an online
+// softmax would only add work: done per 16-token block they cost more than the block's arithmetic.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -22,172 +26,155 @@
 namespace {
 
 using loraforge::exp_in_place;
+using loraforge::f32x16;
 using loraforge::kLanes;
+using loraforge::load16;
+using loraforge::store16;
 using loraforge::to_float;
 using loraforge::with_count;
 
-// q . k over D elements: kLanes partial sums (so the compiler vectorizes without reassociating), then a tail.
-inline __attribute__((always_inline)) float dot(const float* q, const float* k, int64_t D) {
-  const int64_t body = D - D % kLanes;
-  float part[kLanes] = {};
-  for (int64_t d0 = 0; d0 < body; d0 += kLanes)
-    for (int64_t l = 0; l < kLanes; ++l) part[l] += q[d0 + l] * k[d0 + l];
-  float s = 0.0f;
-  for (int64_t l = 0; l < kLanes; ++l) s += part[l];
-  for (int64_t d = body; d < D; ++d) s += q[d] * k[d];
-  return s;
-}
-
-// Per-thread working memory, sized once per parallel chunk.
-struct Scratch {
-  std::vector<float> q, scores, acc, key_row, value_row, row_max, row_sum;
-  Scratch(int64_t heads, int64_t D, int64_t block_size)
-      : q(heads * D), scores(heads * block_size), acc(heads * D), key_row(block_size), value_row(D),
-        row_max(heads), row_sum(heads) {}
-};
+constexpr int64_t kBlock = 16;  // the block size the register-blocked path is compiled for (one f32x16)
 
 template <typename T>
 inline void prefetch_block(const T* p, int64_t elements) {
   for (int64_t i = 0; i < elements; i += 64 / sizeof(T)) __builtin_prefetch(p + i);
 }
 
-// Scores of GC query heads (GC <= 4) against one block of kB keys of their kv head (`kd`: [kD, kB], keys
-// transposed), into scores [GC, kB]. The GC x kB sums stay in registers, in two sets (even and odd d) so
-// that consecutive multiply-adds do not wait on each other.
-template <int GC, int64_t kD, int64_t kB, typename T>
-void block_scores(const float* q, const T* kd, float* scores) {
-  float acc[2][GC][kB] = {};
-  for (int64_t d = 0; d < kD; ++d) {
-    float key[kB];
-    for (int64_t t = 0; t < kB; ++t) key[t] = to_float(kd[d * kB + t]);
+// Largest of x[0, n): kLanes running maxima, so the loop vectorizes (a single running max would not).
+inline float row_max(const float* x, int64_t n) {
+  float part[kLanes];
+  std::fill(part, part + kLanes, std::numeric_limits<float>::lowest());
+  const int64_t body = n - n % kLanes;
+  for (int64_t i = 0; i < body; i += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) part[l] = std::max(part[l], x[i + l]);
+  float m = *std::max_element(part, part + kLanes);
+  for (int64_t i = body; i < n; ++i) m = std::max(m, x[i]);
+  return m;
+}
+
+// Pass 1, compiled sizes: scores [GC, 16] (rows `stride` apart) of GC query heads (q: [GC, kD], scaled)
+// against one block of one kv head's keys (`kd`: [kD, 16], transposed). Keys transposed make q . k for the
+// block's 16 tokens kD multiply-adds of q[d] into one vector; two sets of sums (even and odd d) so that
+// consecutive multiply-adds do not wait on each other.
+template <int GC, int64_t kD, typename T>
+inline void block_scores(const float* q, const T* kd, float* scores, int64_t stride) {
+  f32x16 even[GC] = {}, odd[GC] = {};
+  for (int64_t d = 0; d < kD; d += 2) {
+    const f32x16 k0 = load16(kd + d * kBlock), k1 = load16(kd + (d + 1) * kBlock);
     for (int g = 0; g < GC; ++g) {
-      const float qd = q[g * kD + d];
-      for (int64_t t = 0; t < kB; ++t) acc[d & 1][g][t] += qd * key[t];
+      even[g] += q[g * kD + d] * k0;
+      odd[g] += q[g * kD + d + 1] * k1;
+    }
+  }
+  for (int g = 0; g < GC; ++g) store16(scores + g * stride, even[g] + odd[g]);
+}
+
+// Pass 3, compiled sizes: acc [GC, kD] = p [GC, len] (rows `p_stride` apart) @ the sequence's value rows
+// of one kv head (`v`: that head's first row in the cache; rows `row_stride` apart, blocks `block` apart),
+// every sum in registers for the whole context. `prefetch`: fetch each next block (all heads) meanwhile.
+template <int GC, int64_t kD, typename T>
+void head_values(const float* p, int64_t p_stride, const T* v, const int64_t* table, int64_t block,
+                 int64_t row_stride, int64_t len, bool prefetch, float* acc) {
+  constexpr int64_t kV = kD / 16;
+  f32x16 a[GC][kV] = {};
+  for (int64_t start = 0; start < len; start += kBlock) {
+    const T* vb = v + table[start / kBlock] * block;
+    if (prefetch && start + kBlock < len) prefetch_block(v + table[start / kBlock + 1] * block, block);
+    const int64_t n = std::min(kBlock, len - start);
+    for (int64_t t = 0; t < n; ++t) {
+      f32x16 row[kV];
+      for (int64_t i = 0; i < kV; ++i) row[i] = load16(vb + t * row_stride + i * 16);
+      for (int g = 0; g < GC; ++g) {
+        const float pg = p[g * p_stride + start + t];
+        for (int64_t i = 0; i < kV; ++i) a[g][i] += pg * row[i];
+      }
     }
   }
   for (int g = 0; g < GC; ++g)
-    for (int64_t t = 0; t < kB; ++t) scores[g * kB + t] = acc[0][g][t] + acc[1][g][t];
+    for (int64_t i = 0; i < kV; ++i) store16(acc + g * kD + i * 16, a[g][i]);
 }
 
-// acc [GC, kD] += p [GC, n] @ the block's first n value rows of one kv head (`vh`, rows `stride` apart),
-// with the accumulators held in registers across the block's tokens.
-template <int GC, int64_t kD, int64_t kB, typename T>
-void block_values(const float* p, const T* vh, int64_t stride, int64_t n, float* acc) {
-  float a[GC][kD];
-  for (int g = 0; g < GC; ++g)
-    for (int64_t d = 0; d < kD; ++d) a[g][d] = acc[g * kD + d];
-  for (int64_t t = 0; t < n; ++t) {
-    float value[kD];
-    for (int64_t d = 0; d < kD; ++d) value[d] = to_float(vh[t * stride + d]);
-    for (int g = 0; g < GC; ++g) {
-      const float pg = p[g * kB + t];
-      for (int64_t d = 0; d < kD; ++d) a[g][d] += pg * value[d];
-    }
-  }
-  for (int g = 0; g < GC; ++g)
-    for (int64_t d = 0; d < kD; ++d) acc[g * kD + d] = a[g][d];
+// Query heads [j0, j0 + count) of one kv head in groups that keep their sums in registers: 4 heads of 64
+// dimensions (16 vectors), 2 of 128.
+template <int64_t kD, typename F>
+inline void head_groups(int64_t j0, int64_t count, F&& f) {
+  constexpr int64_t kGroup = kD <= 64 ? 4 : 2;
+  for (int64_t j = j0; j < j0 + count; j += kGroup)
+    with_count(std::min(kGroup, j0 + count - j), [&](auto g) { f(j, g); });
 }
 
-// Query heads [j0, j0 + count) in groups of up to 4, the register-blocked helpers' compile-time width.
-template <int64_t kD, int64_t kB, typename T>
-void heads_scores(const float* q, const T* kd, float* scores, int64_t j0, int64_t count) {
-  for (int64_t j = j0; j < j0 + count; j += 4) {
-    with_count(j0 + count - j, [&](auto g) {
-      block_scores<decltype(g)::value, kD, kB>(q + j * kD, kd, scores + j * kB);
-    });
-  }
-}
-
-template <int64_t kD, int64_t kB, typename T>
-void heads_values(const float* scores, const T* vh, int64_t stride, int64_t n, float* acc, int64_t j0,
-                  int64_t count) {
-  for (int64_t j = j0; j < j0 + count; j += 4) {
-    with_count(j0 + count - j, [&](auto g) {
-      block_values<decltype(g)::value, kD, kB>(scores + j * kB, vh, stride, n, acc + j * kD);
-    });
-  }
-}
-
-// The same two steps for any head and block size (loops bounded at run time, sums in memory).
+// The same passes for any head and block size (loops bounded at run time, sums in memory).
 template <typename T>
-void scores_any_size(const float* q, const T* kd, int64_t D, int64_t B, float* scores, int64_t j0,
-                     int64_t count, float* key) {
-  std::fill(scores + j0 * B, scores + (j0 + count) * B, 0.0f);
-  for (int64_t d = 0; d < D; ++d) {
-    for (int64_t t = 0; t < B; ++t) key[t] = to_float(kd[d * B + t]);
-    for (int64_t j = j0; j < j0 + count; ++j)
-      for (int64_t t = 0; t < B; ++t) scores[j * B + t] += q[j * D + d] * key[t];
+void scores_any_size(const float* q, const T* kd, int64_t D, int64_t B, int64_t n, float* scores,
+                     int64_t stride, int64_t j0, int64_t count) {
+  for (int64_t j = j0; j < j0 + count; ++j) {
+    float* sj = scores + j * stride;
+    std::fill(sj, sj + n, 0.0f);
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t t = 0; t < n; ++t) sj[t] += q[j * D + d] * to_float(kd[d * B + t]);
   }
 }
 
 template <typename T>
-void values_any_size(const float* scores, const T* vh, int64_t stride, int64_t n, int64_t D, int64_t B,
-                     float* acc, int64_t j0, int64_t count, float* value) {
-  for (int64_t t = 0; t < n; ++t) {
-    for (int64_t d = 0; d < D; ++d) value[d] = to_float(vh[t * stride + d]);
+void values_any_size(const float* p, int64_t p_stride, const T* v, const int64_t* table, int64_t B,
+                     int64_t block, int64_t row_stride, int64_t len, int64_t D, float* acc, int64_t j0,
+                     int64_t count) {
+  std::fill(acc + j0 * D, acc + (j0 + count) * D, 0.0f);
+  for (int64_t t = 0; t < len; ++t) {
+    const T* row = v + table[t / B] * block + (t % B) * row_stride;
     for (int64_t j = j0; j < j0 + count; ++j)
-      for (int64_t d = 0; d < D; ++d) acc[j * D + d] += scores[j * B + t] * value[d];
+      for (int64_t d = 0; d < D; ++d) acc[j * D + d] += p[j * p_stride + t] * to_float(row[d]);
   }
 }
 
-// One sequence, all heads, over `len` cached tokens; s.q holds its queries, already scaled. Query head j
-// uses kv head j / G. Keys are stored transposed per block ([kv_heads, D, block_size]), so q . k for a whole
-// block is D multiply-adds of q[d] into a vector over the block's tokens (no per-token horizontal sums);
-// values are token rows ([block_size, kv_heads, D]), added into the heads' accumulators.
-// kD and kBlock are the head and block sizes when known at compile time (0: use the runtime ones): the
-// loops over them are a few vectors long, and compiled for a runtime size they spend more time on loop
-// set-up than on arithmetic.
-template <typename T, int64_t kD, int64_t kBlock>
-void attend(Scratch& s, int64_t heads, int64_t G, int64_t head_dim, int64_t kv_heads, const T* k, const T* v,
-            const int64_t* table, int64_t block_size, int64_t len, T* out) {
-  const int64_t D = kD ? kD : head_dim, B = kBlock ? kBlock : block_size, block = B * kv_heads * D;
-  float* scores = s.scores.data();
-  float* acc = s.acc.data();
-  // The first block's correction exp(lowest - max) underflows to 0, wiping the (zero) accumulators.
-  std::fill(s.row_max.begin(), s.row_max.end(), std::numeric_limits<float>::lowest());
-  std::fill(s.row_sum.begin(), s.row_sum.end(), 0.0f);
-  std::fill(acc, acc + heads * D, 0.0f);
+// One sequence, all heads, over `len` cached tokens: q (fp32, scaled) -> out. `scores` has room for
+// [heads, len rounded up to B]; `acc` for [heads, D]. kD: the head size when compiled for it (0: runtime
+// sizes); the compiled path also needs blocks of 16.
+template <typename T, int64_t kD>
+void attend(const float* q, int64_t heads, int64_t G, int64_t head_dim, int64_t kv_heads, const T* k,
+            const T* v, const int64_t* table, int64_t B, int64_t len, float* scores, float* acc, T* out) {
+  const int64_t D = kD ? kD : head_dim, block = B * kv_heads * D, stride = (len + B - 1) / B * B;
   for (int64_t start = 0; start < len; start += B) {
-    const int64_t n = std::min(B, len - start);
     const T* kb = k + table[start / B] * block;
-    const T* vb = v + table[start / B] * block;
-    if (start + B < len) {  // blocks lie anywhere in the cache: fetch the next one meanwhile
-      const int64_t next = table[start / B + 1] * block;
-      prefetch_block(k + next, block);
-      prefetch_block(v + next, block);
-    }
-    // Scores of all B slots (slots past n hold stale but finite values and are never used).
+    if (start + B < len) prefetch_block(k + table[start / B + 1] * block, block);  // blocks lie anywhere
     for (int64_t h = 0; h < kv_heads; ++h) {
-      if constexpr (kD != 0 && kBlock != 0) {
-        heads_scores<kD, kBlock>(s.q.data(), kb + h * D * B, scores, h * G, G);
+      if constexpr (kD != 0) {
+        head_groups<kD>(h * G, G, [&](int64_t j, auto g) {
+          block_scores<decltype(g)::value, kD>(q + j * kD, kb + h * kD * kBlock, scores + j * stride + start,
+                                               stride);
+        });
       } else {
-        scores_any_size(s.q.data(), kb + h * D * B, D, B, scores, h * G, G, s.key_row.data());
+        scores_any_size(q, kb + h * D * B, D, B, std::min(B, len - start), scores + start, stride, h * G, G);
       }
     }
-    for (int64_t j = 0; j < heads; ++j) {
-      float* sj = scores + j * B;
-      const float new_max = std::max(s.row_max[j], *std::max_element(sj, sj + n));
-      float correction = s.row_max[j] - new_max;
-      exp_in_place(&correction, 1);
-      for (int64_t t = 0; t < n; ++t) sj[t] -= new_max;
-      exp_in_place(sj, n);
-      float sum = 0.0f;
-      for (int64_t t = 0; t < n; ++t) sum += sj[t];
-      s.row_sum[j] = s.row_sum[j] * correction + sum;
-      s.row_max[j] = new_max;
-      float* aj = acc + j * D;
-      for (int64_t d = 0; d < D; ++d) aj[d] *= correction;
-    }
-    for (int64_t h = 0; h < kv_heads; ++h) {
-      if constexpr (kD != 0 && kBlock != 0) {
-        heads_values<kD, kBlock>(scores, vb + h * D, kv_heads * D, n, acc, h * G, G);
-      } else {
-        values_any_size(scores, vb + h * D, kv_heads * D, n, D, B, acc, h * G, G, s.value_row.data());
-      }
+  }
+  std::vector<float> sums(heads);
+  for (int64_t j = 0; j < heads; ++j) {  // softmax numerators in place; normalized at the end
+    float* sj = scores + j * stride;
+    const float m = row_max(sj, len);
+    for (int64_t t = 0; t < len; ++t) sj[t] -= m;
+    exp_in_place(sj, len);
+    float part[kLanes] = {}, sum = 0.0f;
+    const int64_t body = len - len % kLanes;
+    for (int64_t t = 0; t < body; t += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) part[l] += sj[t + l];
+    for (int64_t l = 0; l < kLanes; ++l) sum += part[l];
+    for (int64_t t = body; t < len; ++t) sum += sj[t];
+    sums[j] = sum;
+  }
+  for (int64_t h = 0; h < kv_heads; ++h) {
+    const T* vh = v + h * D;
+    if constexpr (kD != 0) {
+      head_groups<kD>(h * G, G, [&](int64_t j, auto g) {
+        head_values<decltype(g)::value, kD>(scores + j * stride, stride, vh, table, block, kv_heads * kD, len,
+                                            h == 0 && j == 0, acc + j * kD);
+      });
+    } else {
+      values_any_size(scores, stride, vh, table, B, block, kv_heads * D, len, D, acc, h * G, G);
     }
   }
   for (int64_t j = 0; j < heads; ++j)
-    for (int64_t d = 0; d < D; ++d) out[j * D + d] = static_cast<T>(acc[j * D + d] / s.row_sum[j]);
+    for (int64_t d = 0; d < D; ++d) out[j * D + d] = static_cast<T>(acc[j * D + d] / sums[j]);
 }
 
 template <typename T>
@@ -195,7 +182,7 @@ void decode_attention_impl(const torch::Tensor& q, const torch::Tensor& k_cache,
                            const torch::Tensor& block_tables, const torch::Tensor& context_lens, double scale,
                            torch::Tensor& out) {
   const int64_t batch = q.size(0), heads = q.size(1), D = q.size(2);
-  const int64_t kv_heads = k_cache.size(1), block_size = k_cache.size(3), G = heads / kv_heads;
+  const int64_t kv_heads = k_cache.size(1), B = k_cache.size(3), G = heads / kv_heads;
   const T* qp = q.data_ptr<T>();
   const T* kp = k_cache.data_ptr<T>();
   const T* vp = v_cache.data_ptr<T>();
@@ -204,18 +191,20 @@ void decode_attention_impl(const torch::Tensor& q, const torch::Tensor& k_cache,
   T* op = out.data_ptr<T>();
   const int64_t table_stride = block_tables.stride(0);
   at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
-    Scratch scratch(heads, D, block_size);
+    const int64_t longest = *std::max_element(lens + b0, lens + b1);
+    std::vector<float> qf(heads * D), acc(heads * D), scores(heads * ((longest + B - 1) / B * B));
     for (int64_t b = b0; b < b1; ++b) {
       const T* qb = qp + b * heads * D;
-      for (int64_t i = 0; i < heads * D; ++i) scratch.q[i] = to_float(qb[i]) * static_cast<float>(scale);
+      for (int64_t i = 0; i < heads * D; ++i) qf[i] = to_float(qb[i]) * static_cast<float>(scale);
       const int64_t* table = tables + b * table_stride;
       T* o = op + b * heads * D;
-      if (D == 64 && block_size == 16)
-        attend<T, 64, 16>(scratch, heads, G, D, kv_heads, kp, vp, table, block_size, lens[b], o);
-      else if (D == 128 && block_size == 16)
-        attend<T, 128, 16>(scratch, heads, G, D, kv_heads, kp, vp, table, block_size, lens[b], o);
-      else
-        attend<T, 0, 0>(scratch, heads, G, D, kv_heads, kp, vp, table, block_size, lens[b], o);
+      auto run = [&](auto head_size) {
+        attend<T, decltype(head_size)::value>(qf.data(), heads, G, D, kv_heads, kp, vp, table, B, lens[b],
+                                              scores.data(), acc.data(), o);
+      };
+      if (D == 64 && B == kBlock) run(std::integral_constant<int64_t, 64>{});
+      else if (D == 128 && B == kBlock) run(std::integral_constant<int64_t, 128>{});
+      else run(std::integral_constant<int64_t, 0>{});
     }
   });
 }
@@ -246,6 +235,7 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Te
   TORCH_CHECK(std::all_of(lens, lens + context_lens.numel(), [=](int64_t n) { return n > 0 && n <= capacity; }),
               "decode_attention: context lengths must be in [1, max_blocks * block_size]");
   auto out = torch::empty_like(q);
+  if (q.size(0) == 0) return out;
   if (q.scalar_type() == torch::kBFloat16)
     decode_attention_impl<c10::BFloat16>(q, k_cache, v_cache, block_tables, context_lens, scale, out);
   else if (q.scalar_type() == torch::kFloat)

@@ -86,3 +86,27 @@ inline void exp_in_place(float* x, int64_t n) {
 }
 
 }  // namespace loraforge
+
+namespace loraforge {
+// 16 fp32 lanes as a GCC/Clang vector type: one AVX-512 register (two AVX2 ones elsewhere, or NEON quads),
+// for kernels whose register blocking the compiler will not find in plain loops. Loads and stores go
+// through memcpy: unaligned, and free of aliasing questions.
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+
+inline f32x16 load16(const float* p) {
+  f32x16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline f32x16 load16(const c10::BFloat16* p) {  // 16 bf16 widened to fp32 (a shift, as in to_float)
+  u16x16 half;
+  std::memcpy(&half, p, sizeof(half));
+  const u32x16 bits = __builtin_convertvector(half, u32x16) << 16;
+  f32x16 v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+inline void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof(v)); }
+}  // namespace loraforge
