@@ -217,15 +217,15 @@ class LoRAWeights:
         h = torch.bmm(xs, a.transpose(1, 2))  # [n, m, subs * R]
         offset = 0
         for j, b in enumerate(bs):
-            y = torch.bmm(h if len(bs) == 1 else h[..., j * R : (j + 1) * R], b)  # [n, m, out_j]
-            width = y.shape[-1]
+            hj = h if len(bs) == 1 else h[..., j * R : (j + 1) * R]
+            width = b.shape[-1]
             target = out if len(bs) == 1 else out[:, offset : offset + width]
-            if batch.gather_index is None:
-                target[batch.start :].view(n, m, width).add_(y)
+            if batch.gather_index is None:  # in place, one kernel: on CUDA each launch costs more than its math
+                target[batch.start :].view(n, m, width).baddbmm_(hj, b)
             elif batch.unpad_index is not None:
-                target[batch.start :].add_(y.view(n * m, width)[batch.unpad_index])
+                target[batch.start :].add_(torch.bmm(hj, b).view(n * m, width)[batch.unpad_index])
             else:
-                target.index_add_(0, batch.scatter_index, y.view(-1, width))
+                target.index_add_(0, batch.scatter_index, torch.bmm(hj, b).view(-1, width))
             offset += width
 
 
