@@ -220,7 +220,7 @@ class LoRAWeights:
             hj = h if len(bs) == 1 else h[..., j * R : (j + 1) * R]
             width = b.shape[-1]
             target = out if len(bs) == 1 else out[:, offset : offset + width]
-            if batch.gather_index is None:  # in place, one kernel: on CUDA each launch costs more than its math
+            if batch.gather_index is None:  # in place, one kernel: on CUDA a launch costs more than its math
                 target[batch.start :].view(n, m, width).baddbmm_(hj, b)
             elif batch.unpad_index is not None:
                 target[batch.start :].add_(torch.bmm(hj, b).view(n * m, width)[batch.unpad_index])
