@@ -265,7 +265,7 @@ def main() -> None:
     del hf_model
     m = engine.model
     linears = [m.lm_head] + [lin for ly in m.layers for lin in (ly.qkv, ly.o, ly.gate_up, ly.down)]
-    base_mib = sum(lin.weight.numel() * lin.weight.element_size() for lin in linears) / (1 << 20)
+    base_mib = sum(lin.shape.numel() * lin.dtype.itemsize for lin in linears) / (1 << 20)
     cold_ms, cold_total = cold_load_ms(engine, ids[0], names[n_adapters : n_adapters + 5])
     del engine
 

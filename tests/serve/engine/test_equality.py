@@ -62,6 +62,24 @@ def test_preemption_under_a_small_cache_gives_the_same_outputs(tiny_model_dir, a
     assert engine.blocks.num_free == 10
 
 
+def test_big_model_mode_holds_only_packed_weights_with_the_same_outputs(
+    tiny_model_dir, adapter_dir, reference, monkeypatch
+):
+    """Where two copies of the weights would not fit, only oneDNN's packed copy is kept (linear.py)."""
+    import loraforge.serve.engine.llama as llama
+
+    ids, expected = reference
+    monkeypatch.setattr(llama, "keep_plain_copy", lambda nbytes: False)
+    engine = _engine(tiny_model_dir, adapter_dir)
+    if engine.model.layers[0].qkv.packed is None:
+        pytest.skip("this torch build cannot pack weights for oneDNN")
+    assert all(ly.qkv.weight is None and ly.down.weight is None for ly in engine.model.layers)
+    got = engine.generate(ids, SamplingParams(max_tokens=MAX_NEW, temperature=0), ADAPTERS)
+    assert [s.output_ids for s in got] == expected
+    one = engine.generate(ids[:1], SamplingParams(max_tokens=MAX_NEW, temperature=0), ADAPTERS[:1])
+    assert one[0].output_ids == expected[0]  # batch 1: the packed form instead of the 1-2 row kernel
+
+
 def test_small_token_budget_splits_prefills(tiny_model_dir, adapter_dir, reference):
     ids, expected = reference
     engine = _engine(tiny_model_dir, adapter_dir, max_num_batched_tokens=16, max_num_seqs=3)

@@ -1,11 +1,13 @@
 """A base-model linear layer gives torch's `F.linear` result in each of its forms (packed oneDNN, kernel)."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from loraforge.serve.engine import linear as linear_mod
-from loraforge.serve.engine.linear import Linear
+from loraforge.serve.engine.linear import Linear, keep_plain_copy
 
 
 def _inputs(rows: int, dtype: torch.dtype, bias: bool):
@@ -56,3 +58,17 @@ def test_no_packing_where_onednn_does_not_apply():
     layer = Linear(w, b)
     assert layer.packed is None
     assert torch.equal(layer(x), F.linear(x, w, b))
+
+
+@pytest.mark.parametrize("rows", [1, 64])
+def test_packed_only_drops_the_plain_weight_and_gives_the_same_result(kernels, rows):
+    x, w, b = _inputs(rows, torch.bfloat16, True)
+    both, packed_only = Linear(w, b, kernels), Linear(w, b, kernels, keep_plain=False)
+    assert packed_only.weight is None and packed_only.nbytes == both.nbytes // 2
+    torch.testing.assert_close(packed_only(x), both(x), rtol=1e-2, atol=1e-2)  # 1 row: kernel vs oneDNN
+
+
+def test_the_plain_copy_is_kept_for_weights_up_to_a_quarter_of_memory():
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert keep_plain_copy(250 << 20) and keep_plain_copy(total // 4)
+    assert not keep_plain_copy(total // 4 + 1)

@@ -17,7 +17,7 @@ from loraforge.errors import ModelNotFoundError
 from loraforge.serve.engine.attention import AttentionMetadata, attention
 from loraforge.serve.engine.cpu_kernels import kernels_for
 from loraforge.serve.engine.kv_cache import KVCache
-from loraforge.serve.engine.linear import Linear
+from loraforge.serve.engine.linear import Linear, keep_plain_copy
 from loraforge.serve.engine.lora_math import LoRABatch, LoRAWeights
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
@@ -129,15 +129,22 @@ class Llama(torch.nn.Module):
         self.final_norm = weights.pop("norm")
         # C++ CPU kernels (cpu_kernels.py): small-batch linear, (add +) RMSNorm, RoPE, SiLU-mul, attention
         self.kernels = kernels = kernels_for(self.embed.device, self.embed.dtype)
-        self.lm_head = Linear(weights.pop("lm_head", self.embed), kernels=kernels)
+        # On CPU each linear weight is held plain (for the 1-2 row kernel) and packed (for oneDNN): twice
+        # the memory, which a big model cannot afford. Then only the packed form is kept.
+        linear = ("qkv", "o", "gate_up", "down", "lm_head")
+        keep = keep_plain_copy(
+            sum(w.numel() * w.element_size() for name, w in weights.items() if name.split(".")[-1] in linear)
+        )
+        tied = "lm_head" not in weights  # the plain LM head is then the embedding table, needed anyway
+        self.lm_head = Linear(weights.pop("lm_head", self.embed), kernels=kernels, keep_plain=keep or tied)
         self.layers = [
             Layer(
                 ln1=weights.pop(f"{i}.ln1"),
-                qkv=Linear(weights.pop(f"{i}.qkv"), weights.pop(f"{i}.qkv_bias", None), kernels),
-                o=Linear(weights.pop(f"{i}.o"), kernels=kernels),
+                qkv=Linear(weights.pop(f"{i}.qkv"), weights.pop(f"{i}.qkv_bias", None), kernels, keep),
+                o=Linear(weights.pop(f"{i}.o"), kernels=kernels, keep_plain=keep),
                 ln2=weights.pop(f"{i}.ln2"),
-                gate_up=Linear(weights.pop(f"{i}.gate_up"), kernels=kernels),
-                down=Linear(weights.pop(f"{i}.down"), kernels=kernels),
+                gate_up=Linear(weights.pop(f"{i}.gate_up"), kernels=kernels, keep_plain=keep),
+                down=Linear(weights.pop(f"{i}.down"), kernels=kernels, keep_plain=keep),
             )
             for i in range(cfg.num_layers)
         ]
