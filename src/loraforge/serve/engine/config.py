@@ -24,3 +24,9 @@ class EngineConfig:
     # None: 4 GiB on CUDA (32 r=16 all-linear adapters of a 7B model), 512 MiB on CPU.
     lora_batch_cache_bytes: int | None = None
     num_threads: int | None = None  # torch intra-op threads on CPU; None = leave torch's default
+
+    def lora_cache_bytes(self) -> int:
+        """`lora_batch_cache_bytes`, or its default for the device."""
+        if self.lora_batch_cache_bytes is not None:
+            return self.lora_batch_cache_bytes
+        return (4 << 30) if self.device.startswith("cuda") else (512 << 20)

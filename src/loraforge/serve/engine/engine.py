@@ -80,7 +80,7 @@ class Engine:
             config.max_adapters + 1,
             self.dtype,
             config.device,
-            config.lora_batch_cache_bytes or ((4 << 30) if config.device.startswith("cuda") else (512 << 20)),
+            config.lora_cache_bytes(),
         )
         self.adapters = AdapterManager(
             self.lora, dims, config.adapter_dir, config.max_adapters, config.max_adapter_bytes, on_ready

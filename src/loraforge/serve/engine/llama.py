@@ -130,11 +130,12 @@ class Llama(torch.nn.Module):
         # C++ CPU kernels (cpu_kernels.py): small-batch linear, (add +) RMSNorm, RoPE, SiLU-mul, attention
         self.kernels = kernels = kernels_for(self.embed.device, self.embed.dtype)
         # On CPU each linear weight is held plain (for the 1-2 row kernel) and packed (for oneDNN): twice
-        # the memory, which a big model cannot afford. Then only the packed form is kept.
-        linear = ("qkv", "o", "gate_up", "down", "lm_head")
-        keep = keep_plain_copy(
-            sum(w.numel() * w.element_size() for name, w in weights.items() if name.split(".")[-1] in linear)
-        )
+        # the memory. Where the linear weights take over a quarter of RAM only the packed form is kept.
+        matrices = [
+            w for name, w in weights.items() if name.split(".")[-1] in ("qkv", "o", "gate_up", "down")
+        ]
+        matrices += [weights["lm_head"]] if "lm_head" in weights else []
+        keep = keep_plain_copy(sum(w.numel() * w.element_size() for w in matrices))
         tied = "lm_head" not in weights  # the plain LM head is then the embedding table, needed anyway
         self.lm_head = Linear(weights.pop("lm_head", self.embed), kernels=kernels, keep_plain=keep or tied)
         self.layers = [
