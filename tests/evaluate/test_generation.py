@@ -38,3 +38,19 @@ def test_constrained_decoding_only_produces_labels(generator):
     constrained = generator.generate(prompts, max_new_tokens=12, allowed_outputs=LABELS)
     assert all(output in LABELS for output in constrained)
     assert not all(output in LABELS for output in free)  # a random model left alone does not spell labels
+
+
+def test_the_lm_head_gets_a_contiguous_input_and_the_same_outputs(tiny_model_dir, generator):
+    """generate() hands the LM head a strided view of the last position; with frozen weights (any PEFT model)
+    torch's CPU linear then copies the weight once per row. The generator makes that input contiguous."""
+    resolved = resolve_model(str(tiny_model_dir))
+    model = load_causal_lm(resolved)
+    model.requires_grad_(False)  # frozen, as under PEFT
+    seen = []
+    frozen = GenerationModel(model, generator.tokenizer)
+    GenerationModel(model, generator.tokenizer)  # a second wrapper adds no second hook
+    assert len(model.get_output_embeddings()._forward_pre_hooks) == 1
+    model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    prompts = [generator.chat_prompt([{"role": "user", "content": t}]) for t in ["hi", "where is my card?"]]
+    assert frozen.generate(prompts, max_new_tokens=4) == generator.generate(prompts, max_new_tokens=4)
+    assert seen and all(x.is_contiguous() for x in seen)
