@@ -92,7 +92,7 @@ def build_random_llama(directory: Path, shape: str, tokenizer_dir: Path) -> Path
 
 def check_equality(work: Path) -> bool:
     """Part 1: the engine on the GPU against HF + PEFT on the CPU, fp32, mixed batch; then preemption."""
-    from tests.serve.conftest import hf_greedy, make_adapter
+    from tests.serve.conftest import hf_greedy, make_adapter_registry
     from tests.serve.engine.test_equality import ADAPTERS, MAX_NEW, PROMPTS
     from transformers import AutoTokenizer
 
@@ -100,13 +100,7 @@ def check_equality(work: Path) -> bool:
     from loraforge.serve.engine import Engine, EngineConfig, SamplingParams
 
     model_dir = build_tiny_llama(work / "tiny")
-    adapters = work / "tiny-adapters"
-    make_adapter(model_dir, adapters / "alpha", r=8, seed=1)
-    make_adapter(model_dir, adapters / "beta", r=4, alpha=8, seed=2)
-    make_adapter(model_dir, adapters / "gamma", r=16, alpha=16, targets=["q_proj", "v_proj"], seed=3, std=0.5)
-    make_adapter(
-        model_dir, adapters / "delta", r=2, alpha=4, targets=["gate_proj", "down_proj", "o_proj"], seed=4
-    )
+    adapters = make_adapter_registry(model_dir, work / "tiny-adapters")
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = [tok(p).input_ids for p in PROMPTS]
     expected = hf_greedy(model_dir, ids, [adapters / a if a else None for a in ADAPTERS], MAX_NEW)

@@ -67,19 +67,21 @@ def hf_greedy(
     return outs
 
 
+def make_adapter_registry(model_dir: Path, root: Path) -> Path:
+    """Four adapters of different ranks and targets for `model_dir`, one folder each under `root`
+    (alpha, beta, gamma, delta); benchmarks/cuda_check.py reuses it on the GPU."""
+    make_adapter(model_dir, root / "alpha", r=8, seed=1)
+    make_adapter(model_dir, root / "beta", r=4, alpha=8, seed=2)
+    make_adapter(model_dir, root / "gamma", r=16, alpha=16, targets=["q_proj", "v_proj"], seed=3, std=0.5)
+    delta_targets = ["gate_proj", "down_proj", "o_proj"]
+    make_adapter(model_dir, root / "delta", r=2, alpha=4, targets=delta_targets, seed=4)
+    return root
+
+
 @pytest.fixture(scope="session")
 def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """A registry of four adapters of different ranks and targets for the tiny model."""
-    root = tmp_path_factory.mktemp("adapters")
-    make_adapter(tiny_model_dir, root / "alpha", r=8, seed=1)
-    make_adapter(tiny_model_dir, root / "beta", r=4, alpha=8, seed=2)
-    make_adapter(
-        tiny_model_dir, root / "gamma", r=16, alpha=16, targets=["q_proj", "v_proj"], seed=3, std=0.5
-    )
-    make_adapter(
-        tiny_model_dir, root / "delta", r=2, alpha=4, targets=["gate_proj", "down_proj", "o_proj"], seed=4
-    )
-    return root
+    return make_adapter_registry(tiny_model_dir, tmp_path_factory.mktemp("adapters"))
 
 
 def write_random_adapter(

@@ -127,12 +127,13 @@ void values_any_size(const float* p, int64_t p_stride, const T* v, const int64_t
   }
 }
 
-// One sequence, all heads, over `len` cached tokens: q (fp32, scaled) -> out. `scores` has room for
-// [heads, len rounded up to B]; `acc` for [heads, D]. kD: the head size when compiled for it (0: runtime
-// sizes); the compiled path also needs blocks of 16.
+// One sequence, all heads, over `len` cached tokens: q (fp32, scaled) -> out. Per-thread scratch: `scores`
+// [heads, len rounded up to B], `acc` [heads, D], `sums` [heads]. kD: the head size when compiled for it
+// (0: runtime sizes); the compiled path also needs blocks of 16.
 template <typename T, int64_t kD>
 void attend(const float* q, int64_t heads, int64_t G, int64_t head_dim, int64_t kv_heads, const T* k,
-            const T* v, const int64_t* table, int64_t B, int64_t len, float* scores, float* acc, T* out) {
+            const T* v, const int64_t* table, int64_t B, int64_t len, float* scores, float* acc, float* sums,
+            T* out) {
   const int64_t D = kD ? kD : head_dim, block = B * kv_heads * D, stride = (len + B - 1) / B * B;
   for (int64_t start = 0; start < len; start += B) {
     const T* kb = k + table[start / B] * block;
@@ -148,7 +149,6 @@ void attend(const float* q, int64_t heads, int64_t G, int64_t head_dim, int64_t 
       }
     }
   }
-  std::vector<float> sums(heads);
   for (int64_t j = 0; j < heads; ++j) {  // softmax numerators in place; normalized at the end
     float* sj = scores + j * stride;
     const float m = row_max(sj, len);
@@ -192,7 +192,8 @@ void decode_attention_impl(const torch::Tensor& q, const torch::Tensor& k_cache,
   const int64_t table_stride = block_tables.stride(0);
   at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
     const int64_t longest = *std::max_element(lens + b0, lens + b1);
-    std::vector<float> qf(heads * D), acc(heads * D), scores(heads * ((longest + B - 1) / B * B));
+    std::vector<float> qf(heads * D), acc(heads * D), sums(heads);
+    std::vector<float> scores(heads * ((longest + B - 1) / B * B));
     for (int64_t b = b0; b < b1; ++b) {
       const T* qb = qp + b * heads * D;
       for (int64_t i = 0; i < heads * D; ++i) qf[i] = to_float(qb[i]) * static_cast<float>(scale);
@@ -200,7 +201,7 @@ void decode_attention_impl(const torch::Tensor& q, const torch::Tensor& k_cache,
       T* o = op + b * heads * D;
       auto run = [&](auto head_size) {
         attend<T, decltype(head_size)::value>(qf.data(), heads, G, D, kv_heads, kp, vp, table, B, lens[b],
-                                              scores.data(), acc.data(), o);
+                                              scores.data(), acc.data(), sums.data(), o);
       };
       if (D == 64 && B == kBlock) run(std::integral_constant<int64_t, 64>{});
       else if (D == 128 && B == kBlock) run(std::integral_constant<int64_t, 128>{});

@@ -1,6 +1,7 @@
 // Shared by the CPU kernels: bf16/fp32 loads as fp32; a dispatch to code compiled for 1-4 rows; a few rows of
 // activations dotted with every row of a weight matrix (LoRA's shrink, and the base model's linear layers at
-// decode batch sizes); a vectorizable exp; the fp32 lane count the kernels vectorize over.
+// decode batch sizes); a vectorizable exp; the fp32 lane count the kernels vectorize over; a 16-lane fp32
+// vector type with bf16/fp32 loads (register blocking the compiler does not find by itself).
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -85,9 +86,6 @@ inline void exp_in_place(float* x, int64_t n) {
   }
 }
 
-}  // namespace loraforge
-
-namespace loraforge {
 // 16 fp32 lanes as a GCC/Clang vector type: one AVX-512 register (two AVX2 ones elsewhere, or NEON quads),
 // for kernels whose register blocking the compiler will not find in plain loops. Loads and stores go
 // through memcpy: unaligned, and free of aliasing questions.
@@ -109,4 +107,5 @@ inline f32x16 load16(const c10::BFloat16* p) {  // 16 bf16 widened to fp32 (a sh
   return v;
 }
 inline void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof(v)); }
+
 }  // namespace loraforge
