@@ -76,9 +76,8 @@ def run_hf_baseline(config, resolved, tokenizer, tokenized, steps: int, batch_si
 
     from loraforge.train.model_setup import lora_config
 
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32), lora_config(config.adapter)
-    )
+    base = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32)
+    model = get_peft_model(base, lora_config(config.adapter, base))
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     counted = {"tokens": 0}
 
