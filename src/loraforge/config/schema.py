@@ -115,6 +115,47 @@ class EvaluationConfig(Section):
         return self
 
 
+class FloatRange(Section):
+    low: float
+    high: float
+    log: bool = Field(False, description="Sample on a log scale (learning rates).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "FloatRange":
+        if not self.low < self.high:
+            raise ValueError("low must be below high")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+
+class IntRange(Section):
+    low: int = Field(gt=0)
+    high: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "IntRange":
+        if not self.low <= self.high:
+            raise ValueError("low must not exceed high")
+        return self
+
+
+class TuneConfig(Section):
+    """`loraforge tune`'s search space; a key set to null keeps the config's own value."""
+
+    learning_rate: FloatRange | None = FloatRange(low=1e-4, high=3e-3, log=True)
+    r: list[int] | None = Field([8, 16, 32], description="LoRA ranks to try (alpha stays 2r).")
+    epochs: IntRange | None = IntRange(low=1, high=4)
+    dropout: FloatRange | None = FloatRange(low=0.0, high=0.1)
+
+    @field_validator("r")
+    @classmethod
+    def _ranks(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or any(r <= 0 for r in value)):
+            raise ValueError("must list positive ranks")
+        return value
+
+
 class FineTuneConfig(Section):
     """A whole fine-tuning run."""
 
@@ -125,3 +166,4 @@ class FineTuneConfig(Section):
     adapter: AdapterConfig = AdapterConfig()
     trainer: TrainerConfig = TrainerConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    tune: TuneConfig = TuneConfig()
