@@ -139,10 +139,13 @@ def run_search(
 
 
 def _importances(study) -> dict[str, float]:
-    """Each parameter's share of the variance in validation loss (fANOVA); empty until two trials have
-    completed with different values."""
+    """Each parameter's importance for validation loss (Optuna's default evaluator); empty below two
+    completed trials, where Optuna would report them all equal."""
     import optuna
+    from optuna.trial import TrialState
 
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+        return {}
     try:
         return dict(optuna.importance.get_param_importances(study))
     except (RuntimeError, ValueError):
