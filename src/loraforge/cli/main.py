@@ -23,11 +23,13 @@ COMMAND_MODULES = [
     "generate",
     "train",
     "evaluate",
+    "tune",
     "export",
     "demo",
     "serve",
     "gateway",
     "dataset",
+    "store",
     "synth",
 ]
 
