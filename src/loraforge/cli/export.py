@@ -1,4 +1,4 @@
-"""`loraforge export merged`: a trained adapter in the formats other tools load."""
+"""`loraforge export merged|gguf`: a trained adapter in the formats other tools load."""
 
 from pathlib import Path
 
@@ -25,3 +25,21 @@ def merged(
 
     export_merged(run_dir, out, base_model=base_model, dtype=dtype, force=force)
     typer.echo(f"wrote {out} (load it with transformers.AutoModelForCausalLM.from_pretrained)")
+
+
+@export_app.command("gguf")
+def gguf(
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="A run directory (or its adapter/ folder)."),
+    out: Path = typer.Option(..., "--out", help="The .gguf file to write."),
+    quant: str = typer.Option("f32", "--quant", help="f32, bf16, f16, q8_0 or q4_k_m."),
+    lora_only: bool = typer.Option(False, "--lora-only", help="The adapter alone, as a GGUF LoRA."),
+    base_model: str | None = typer.Option(
+        None, "--base-model", help="The base model (default: the one the run was trained on)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out."),
+) -> None:
+    """A GGUF file for llama.cpp: the merged model, or with --lora-only the adapter for `llama-cli --lora`."""
+    from loraforge.export.gguf import export_gguf
+
+    export_gguf(run_dir, out, quant=quant, lora_only=lora_only, base_model=base_model, force=force)
+    typer.echo(f"wrote {out}")

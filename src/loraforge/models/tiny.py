@@ -58,13 +58,16 @@ def build_tiny_llama(
     intermediate_size: int = 128,
     tie_word_embeddings: bool = True,
     seed: int = 0,
+    tokenizer=None,
 ) -> Path:
-    """Write a randomly initialised Llama (GQA, SwiGLU, RoPE) plus tokenizer to `directory`, HF format."""
+    """Write a randomly initialised Llama (GQA, SwiGLU, RoPE) plus tokenizer to `directory`, HF format.
+    `tokenizer`: a real model's instead of the tiny one (tools that know only real tokenizers, e.g.
+    llama.cpp's converter)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     directory = Path(directory)
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tokenizer or build_tiny_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,

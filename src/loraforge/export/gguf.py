@@ -1,0 +1,61 @@
+"""A trained adapter as GGUF for llama.cpp: the merged model (f32, bf16, f16, q8_0 or q4_k_m), or the adapter
+alone as a GGUF LoRA (`llama-cli --lora`), written by llama.cpp's own converters (llamacpp.py)."""
+
+import tempfile
+from pathlib import Path
+
+from loraforge.errors import ConfigError
+from loraforge.export.llamacpp import run_script, tool
+from loraforge.export.merged import adapter_of, base_model_of, export_merged
+
+CONVERTER_TYPES = ("f32", "bf16", "f16", "q8_0")  # written by the converter itself
+QUANTIZE_TYPES = {"q4_k_m": "Q4_K_M"}  # converted to f32, then quantized with llama-quantize
+
+
+def export_gguf(
+    path: Path,
+    out: Path,
+    *,
+    quant: str = "f32",
+    lora_only: bool = False,
+    base_model: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Write `out` from the run (or adapter folder) `path`; see the module docstring."""
+    from loraforge.models import resolve_model
+
+    allowed = CONVERTER_TYPES if lora_only else (*CONVERTER_TYPES, *QUANTIZE_TYPES)
+    if quant not in allowed:
+        raise ConfigError(
+            f"--quant must be one of {', '.join(allowed)}{' with --lora-only' if lora_only else ''}"
+        )
+    if out.exists() and not force:
+        raise ConfigError(f"--out {out} exists (pass --force to overwrite)")
+    adapter = adapter_of(path)
+    spec = base_model or base_model_of(path, adapter)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if lora_only:
+        base = resolve_model(spec).path  # the converter reads only the base's config.json
+        run_script("convert_lora_to_gguf.py", adapter, "--base", base, "--outfile", out, "--outtype", quant)
+        return out
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        merged = export_merged(path, Path(tmp) / "merged", base_model=spec)
+        if quant in QUANTIZE_TYPES:
+            full = Path(tmp) / "f32.gguf"
+            run_script("convert_hf_to_gguf.py", merged, "--outfile", full, "--outtype", "f32")
+            _quantize(full, out, QUANTIZE_TYPES[quant])
+        else:
+            run_script("convert_hf_to_gguf.py", merged, "--outfile", out, "--outtype", quant)
+    return out
+
+
+def _quantize(source: Path, out: Path, kind: str) -> None:
+    import subprocess
+
+    from loraforge.export.llamacpp import LlamaCppError
+
+    done = subprocess.run(
+        [str(tool("llama-quantize")), str(source), str(out), kind], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise LlamaCppError(f"llama-quantize {kind} failed: {(done.stderr or done.stdout)[-800:]}")

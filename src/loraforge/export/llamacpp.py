@@ -1,0 +1,83 @@
+"""llama.cpp's converters and tools, from the source distribution of `llama-cpp-python` on the package index
+(it vendors llama.cpp under `vendor/llama.cpp`): fetched once, built once with cmake, cached under
+`$LORAFORGE_HOME/llama.cpp/VERSION/` (or `$LORAFORGE_LLAMA_CPP_DIR/VERSION/`). The converters are
+llama.cpp's own, so a GGUF we write is what llama.cpp itself would write; the tools (`llama-quantize` for
+k-quants, `llama-simple` to check that a file loads and generates) are built only when asked for.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from loraforge.errors import LoraforgeError
+from loraforge.paths import loraforge_home
+
+LLAMA_CPP_PYTHON = "0.3.36"  # the llama-cpp-python release whose vendored llama.cpp we use
+BUILD_TIMEOUT_S = 3600
+
+
+class LlamaCppError(LoraforgeError):
+    """llama.cpp's source could not be fetched, a tool could not be built, or a conversion failed."""
+
+
+def source_dir() -> Path:
+    """The vendored llama.cpp tree, fetched and unpacked on first use."""
+    root = (
+        Path(os.environ.get("LORAFORGE_LLAMA_CPP_DIR") or loraforge_home() / "llama.cpp") / LLAMA_CPP_PYTHON
+    )
+    tree = root / "llama.cpp"
+    if (tree / "convert_hf_to_gguf.py").is_file():
+        return tree
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        fetch = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
+        fetch += [f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "--dest", tmp]
+        done = subprocess.run(fetch, capture_output=True, text=True)
+        archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        if done.returncode != 0 or not archives:
+            raise LlamaCppError(
+                f"cannot fetch llama.cpp (llama-cpp-python {LLAMA_CPP_PYTHON}): {done.stderr[-500:]}"
+            )
+        prefix = f"{archives[0].name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+        unpacked = Path(tmp) / "llama.cpp"
+        with tarfile.open(archives[0]) as archive:
+            for member in archive.getmembers():
+                if member.name.startswith(prefix) and (member.isfile() or member.isdir()):
+                    member.name = member.name.removeprefix(prefix)
+                    if member.name:
+                        archive.extract(member, unpacked, filter="data")
+        os.replace(unpacked, tree)  # atomic: a concurrent or killed fetch never leaves half a tree
+    return tree
+
+
+def tool(name: str) -> Path:
+    """A llama.cpp program (`llama-quantize`, `llama-simple`, `llama-cli`, ...), built with cmake once."""
+    tree = source_dir()
+    binary = tree / "build" / "bin" / name
+    if binary.is_file():
+        return binary
+    if shutil.which("cmake") is None:
+        raise LlamaCppError(f"building {name} needs cmake (apt-get install cmake)")
+    configure = ["cmake", "-S", str(tree), "-B", str(tree / "build"), "-DCMAKE_BUILD_TYPE=Release"]
+    configure += ["-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF"]
+    build = ["cmake", "--build", str(tree / "build"), "-j", str(os.cpu_count() or 2), "--target", name]
+    for step in (configure, build):
+        done = subprocess.run(step, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        if done.returncode != 0:
+            raise LlamaCppError(f"building llama.cpp's {name} failed: {(done.stderr or done.stdout)[-800:]}")
+    return binary
+
+
+def run_script(script: str, *args: str | Path) -> None:
+    """Run one of llama.cpp's Python converters with this interpreter (its own gguf-py comes first)."""
+    tree = source_dir()
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tree / "gguf-py"), str(tree)])}
+    done = subprocess.run(
+        [sys.executable, str(tree / script), *map(str, args)], capture_output=True, text=True, env=env
+    )
+    if done.returncode != 0:
+        raise LlamaCppError(f"llama.cpp's {script} failed: {(done.stderr or done.stdout)[-800:]}")

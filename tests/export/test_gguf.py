@@ -1,0 +1,109 @@
+"""`loraforge export gguf`: llama.cpp loads the merged model we write and generates what we generate (f32,
+greedy), and the adapter alone becomes a GGUF LoRA. llama.cpp's converters and `llama-simple` come from the
+llama-cpp-python source distribution and are built once, then cached (the first run builds for minutes)."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from loraforge.errors import ConfigError
+from loraforge.export.gguf import export_gguf
+from loraforge.models.tiny import build_tiny_llama
+from tests.serve.conftest import make_adapter
+
+pytestmark = pytest.mark.slow  # builds llama.cpp on a machine's first run; reads SmolLM2's tokenizer
+PROMPT = "The bank transfer"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_llama_cpp(monkeypatch_module):
+    """llama.cpp is cached where a user's would be, not in the tests' throwaway LORAFORGE_HOME."""
+    monkeypatch_module.setenv(
+        "LORAFORGE_LLAMA_CPP_DIR", str(Path.home() / ".cache" / "loraforge" / "llama.cpp")
+    )
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny random Llama with SmolLM2's real tokenizer (llama.cpp's converter knows real tokenizers only),
+    and a run directory holding an adapter for it."""
+    from loraforge.models import load_tokenizer, resolve_model
+
+    root = tmp_path_factory.mktemp("gguf")
+    base = build_tiny_llama(root / "base", tokenizer=load_tokenizer(resolve_model("smollm2-135m")))
+    make_adapter(base, root / "run" / "adapter", r=8, seed=7)
+    return root / "run", base
+
+
+def _reference(run, base, max_new: int) -> str:
+    """Our greedy continuation of PROMPT: base + adapter under PEFT, fp32, up to the first EOS."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), run / "adapter"
+    )
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.eval().generate(
+            ids, max_new_tokens=max_new, do_sample=False, eos_token_id=tokenizer.eos_token_id
+        )
+    new = out[0, ids.shape[1] :].tolist()
+    if tokenizer.eos_token_id in new:
+        new = new[: new.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(new)
+
+
+def test_llama_cpp_generates_what_we_generate_from_the_merged_gguf(run_dir, tmp_path):
+    from loraforge.export.llamacpp import tool
+
+    run, base = run_dir
+    out = export_gguf(run, tmp_path / "merged.gguf", base_model=str(base))
+    done = subprocess.run(
+        [str(tool("llama-simple")), "-m", str(out), "-n", "8", PROMPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(PROMPT)
+    expected = _reference(run, base, 8)
+    assert expected  # a random model that stopped at once would prove nothing
+    assert done.stdout[len(PROMPT) :].rstrip("\n") == expected
+
+
+def test_the_adapter_alone_becomes_a_gguf_lora(run_dir, tmp_path):
+    from gguf import GGUFReader
+
+    run, base = run_dir
+    out = export_gguf(run, tmp_path / "lora.gguf", base_model=str(base), lora_only=True)
+    reader = GGUFReader(out)
+    fields = {
+        name: field.contents()
+        for name, field in reader.fields.items()
+        if name.startswith(("general.type", "adapter."))
+    }
+    assert fields["general.type"] == "adapter" and fields["adapter.type"] == "lora"
+    assert fields["adapter.lora.alpha"] == 16
+    names = {t.name for t in reader.tensors}
+    assert "blk.0.attn_q.weight.lora_a" in names and "blk.1.ffn_down.weight.lora_b" in names
+
+
+def test_q8_0_is_smaller_and_mistakes_are_named(run_dir, tmp_path):
+    run, base = run_dir
+    full = export_gguf(run, tmp_path / "f32.gguf", base_model=str(base))
+    small = export_gguf(run, tmp_path / "q8.gguf", base_model=str(base), quant="q8_0")
+    assert small.stat().st_size < full.stat().st_size / 2
+    with pytest.raises(ConfigError, match="exists"):
+        export_gguf(run, small, base_model=str(base))
+    with pytest.raises(ConfigError, match="--quant"):
+        export_gguf(run, tmp_path / "x.gguf", base_model=str(base), quant="q4_k_m", lora_only=True)
