@@ -31,10 +31,16 @@ class Store:
         *,
         busy_timeout_s: float = 5.0,
         sqlite_sync: str = "full",
+        statement_timeout_s: float | None = None,
         migrate: bool = True,
     ) -> None:
         self.url = resolve_store_url(url)
-        self.engine: Engine = make_engine(self.url, busy_timeout_s=busy_timeout_s, sqlite_sync=sqlite_sync)
+        self.engine: Engine = make_engine(
+            self.url,
+            busy_timeout_s=busy_timeout_s,
+            sqlite_sync=sqlite_sync,
+            statement_timeout_s=statement_timeout_s,
+        )
         self.migrated = False
         if migrate:
             self.migrate()
