@@ -10,6 +10,7 @@ committed late and spooled is harmless: replay skips ids the store already has.
 """
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -60,7 +61,8 @@ class Recorder:
         self.stalled = False
         self._spooled_meanwhile = False  # the spooler wrote while the store was up: replay after the stall
         self._queue: queue.Queue[_Item | None] = queue.Queue(max_queued)
-        self._spool_queue: queue.Queue[_Item | None] = queue.Queue(max_queued)
+        # Its own bound: it drains fast (appends only), so a small store queue must not make it refuse.
+        self._spool_queue: queue.Queue[_Item | None] = queue.Queue(MAX_QUEUED_RECORDS)
         self._thread = threading.Thread(target=self._run, name="loraforge-recorder", daemon=True)
         self._spooler = threading.Thread(target=self._run_spooler, name="loraforge-spooler", daemon=True)
 
@@ -169,7 +171,7 @@ class Recorder:
             results = [self._spool(records)] * len(records)
         self._report(results, time.perf_counter() - started)
         for (_, loop, future), (outcome, error) in zip(items, results, strict=True):
-            loop.call_soon_threadsafe(_resolve, future, outcome, error)
+            _notify(loop, future, outcome, error)
 
     def _write_alone(self, record: dict[str, Any]) -> tuple[str, BaseException | None]:
         try:
@@ -239,6 +241,12 @@ def _drain(q: "queue.Queue[_Item | None]", first: _Item | None, max_batch: int) 
 
 def _resolve_all(items: list[_Item], outcome: str, error: BaseException | None) -> None:
     for _, loop, future in items:
+        _notify(loop, future, outcome, error)
+
+
+def _notify(loop: asyncio.AbstractEventLoop, future: asyncio.Future, outcome: str, error) -> None:
+    # The loop may be gone (a record that timed out, then its loop closed); the writer must live on.
+    with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(_resolve, future, outcome, error)
 
 
