@@ -151,9 +151,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             check_auth(request)
             fb = parse_feedback(await read_body(request), settings.max_json_depth)
             try:
-                row = await run_in_threadpool(store.add_feedback, **fb)
+                # Bounded like recording: a hung database answers 503, not never.
+                add = run_in_threadpool(store.add_feedback, **fb)
+                row = await asyncio.wait_for(add, settings.record_timeout_s)
             except CallNotFoundError as exc:
-                if recorder.spooling or spool.has_pending():
+                # File system calls stay off the event loop (a slow disk must not stall every request).
+                if recorder.spooling or await run_in_threadpool(spool.has_pending):
                     raise GatewayError(
                         503, "the store is catching up on spooled calls; retry shortly", type="server_error"
                     ) from exc
