@@ -192,3 +192,60 @@ def test_refused_connection_and_bad_urls():
     asyncio.run(scenario())
     with pytest.raises(ConfigError):
         UpstreamClient("ftp://example.com", 1, 1)
+
+
+def test_an_idempotent_get_on_a_connection_that_died_is_retried_once():
+    async def answer_once_then_swallow(reader, writer, state):
+        state["requests"].append(await read_request(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        state["requests"].append(await read_request(reader))  # then drops it unanswered
+
+    async def scenario(client, state):
+        for _ in range(2):
+            resp = await client.request("GET", "/models")
+            assert await resp.read() == b"ok"
+            resp.close()
+
+    state = run_with_server(answer_once_then_swallow, scenario)
+    assert state["connections"] == 2 and len(state["requests"]) == 3
+
+
+def test_idle_connections_past_their_expiry_are_not_reused(monkeypatch):
+    from loraforge.gateway import upstream
+
+    monkeypatch.setattr(upstream, "IDLE_EXPIRY_S", 0.05)
+
+    async def scenario(client, state):
+        for _ in range(2):
+            resp = await client.request("POST", "/x", b"{}")
+            assert await resp.read() == b'{"ok": true}'
+            resp.close()
+            await asyncio.sleep(0.2)
+
+    state = run_with_server(keep_alive_json, scenario)
+    assert state["connections"] == 2 and len(state["requests"]) == 2
+
+
+def test_lines_spanning_many_chunks_and_an_endless_line(monkeypatch):
+    from loraforge.gateway import upstream
+
+    async def dribble(reader, writer, state):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        body = b"data: " + b"x" * 3000 + b"\r\n\r\n" + b"y" * 5000
+        for i in range(0, len(body), 7):
+            writer.write(b"%x\r\n%s\r\n" % (len(body[i : i + 7]), body[i : i + 7]))
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def scenario(client, state):
+        resp = await client.request("POST", "/x", b"{}")
+        lines = []
+        with pytest.raises(UpstreamUnavailable, match="longer than 4096 bytes"):
+            async for line in resp.iter_lines():
+                lines.append(line)
+        assert lines == ["data: " + "x" * 3000, ""]
+
+    monkeypatch.setattr(upstream, "MAX_LINE_BYTES", 4096)
+    run_with_server(dribble, scenario)
