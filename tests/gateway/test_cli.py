@@ -22,9 +22,14 @@ from tests.gateway.servers import free_port, start_gateway_process
         ),
         (["--upstream-url", "http://127.0.0.1:1/v1", "--store", "mysql://u@h/db"], "only sqlite"),
         (["--upstream-url", "http://127.0.0.1:1/v1", "--sqlite-sync", "sometimes"], "sync mode"),
+        (
+            ["--upstream-url", "http://127.0.0.1:1/v1", "--upstream-api-key-env", "LF_TEST_NEWLINE_KEY"],
+            "contains a line break",
+        ),
     ],
 )
 def test_gateway_user_mistakes_exit_2(monkeypatch, capsys, args, message):
+    monkeypatch.setenv("LF_TEST_NEWLINE_KEY", "sk-key\n")
     monkeypatch.setattr(sys, "argv", ["loraforge", "gateway", *args])
     with pytest.raises(SystemExit) as info:
         main()

@@ -66,6 +66,8 @@ def gateway(
             raise ConfigError(
                 f"--upstream-api-key-env: environment variable {upstream_api_key_env} is not set"
             )
+        if "\n" in upstream_key or "\r" in upstream_key:  # e.g. KEY=$(cat file) kept a newline
+            raise ConfigError(f"--upstream-api-key-env: {upstream_api_key_env} contains a line break")
     _refuse_exposure(host, api_key, insecure_no_api_key, upstream_api_key_env)
     settings = GatewaySettings(
         upstream_url=upstream_url,
