@@ -59,6 +59,27 @@ async def keep_alive_json(reader, writer, state):
         await writer.drain()
 
 
+def calls_with_pauses(expected: bytes):
+    """A scenario: two POSTs, each answered `expected`, with an idle pause after each."""
+
+    async def scenario(client, state):
+        for _ in range(2):
+            resp = await client.request("POST", "/x", b"{}")
+            assert await resp.read() == expected
+            resp.close()
+            await asyncio.sleep(0.2)
+
+    return scenario
+
+
+async def answer_once_then_swallow(reader, writer, state):
+    """Answers the first request, then reads the next (the upstream got it) and drops it unanswered."""
+    state["requests"].append(await read_request(reader))
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    await writer.drain()
+    state["requests"].append(await read_request(reader))
+
+
 def test_content_length_bodies_reuse_one_connection():
     async def scenario(client, state):
         for _ in range(3):
@@ -117,29 +138,15 @@ def test_a_pooled_connection_the_server_closed_while_idle_is_replaced_before_sen
         await writer.drain()
         await asyncio.sleep(0.05)  # then closes without saying so, like an idle-timeout
 
-    async def scenario(client, state):
-        for _ in range(2):
-            resp = await client.request("POST", "/x", b"{}")
-            assert await resp.read() == b"ok"
-            resp.close()
-            await asyncio.sleep(0.2)
-
-    state = run_with_server(one_response_then_close, scenario)
+    state = run_with_server(one_response_then_close, calls_with_pauses(b"ok"))
     assert state["connections"] == 2 and len(state["requests"]) == 2
 
 
 def test_a_post_the_upstream_may_have_received_is_never_resent():
     """A pooled connection that dies after the request was written: one upstream request, one error."""
 
-    async def answer_once_then_swallow(reader, writer, state):
-        line, body = await read_request(reader)
-        state["requests"].append((line, body))
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-        line, body = await read_request(reader)  # received (and, for all we know, billed) ...
-        state["requests"].append((line, body))
-        # ... then the connection drops without an answer, as when an idle timeout races a new request.
-
+    # The second request is received (for all we know, billed), then its connection drops unanswered, as
+    # when an upstream's idle timeout races a new request.
     async def scenario(client, state):
         resp = await client.request("POST", "/chat/completions", b'{"n": 1}')
         assert await resp.read() == b"ok"
@@ -195,12 +202,6 @@ def test_refused_connection_and_bad_urls():
 
 
 def test_an_idempotent_get_on_a_connection_that_died_is_retried_once():
-    async def answer_once_then_swallow(reader, writer, state):
-        state["requests"].append(await read_request(reader))
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-        state["requests"].append(await read_request(reader))  # then drops it unanswered
-
     async def scenario(client, state):
         for _ in range(2):
             resp = await client.request("GET", "/models")
@@ -216,14 +217,7 @@ def test_idle_connections_past_their_expiry_are_not_reused(monkeypatch):
 
     monkeypatch.setattr(upstream, "IDLE_EXPIRY_S", 0.05)
 
-    async def scenario(client, state):
-        for _ in range(2):
-            resp = await client.request("POST", "/x", b"{}")
-            assert await resp.read() == b'{"ok": true}'
-            resp.close()
-            await asyncio.sleep(0.2)
-
-    state = run_with_server(keep_alive_json, scenario)
+    state = run_with_server(keep_alive_json, calls_with_pauses(b'{"ok": true}'))
     assert state["connections"] == 2 and len(state["requests"]) == 2
 
 
