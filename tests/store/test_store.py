@@ -81,3 +81,20 @@ def test_nul_characters_and_long_model_names_are_stored(store):
     assert call.requested_model == "m" * 200
     content = call.request_body["messages"][0]["content"]
     assert content in ("nul \x00 inside", "nul \ufffd inside")  # PostgreSQL cannot hold NUL
+
+
+@pytest.mark.postgres
+def test_a_gateway_store_bounds_postgres_statements_keeping_the_urls_options(tmp_path):
+    """statement_timeout (PostgreSQL's) comes on top of the libpq options given in the URL."""
+    from sqlalchemy import text
+
+    from loraforge.store import Store
+    from tests.store.backends import store_url_for
+
+    base = store_url_for("postgres", tmp_path)
+    url = base + ("&" if "?" in base else "?") + "options=-c%20lock_timeout%3D7000"
+    bounded = Store(url, statement_timeout_s=1.5)
+    with bounded.engine.connect() as conn:
+        assert conn.execute(text("SHOW statement_timeout")).scalar() == "1500ms"
+        assert conn.execute(text("SHOW lock_timeout")).scalar() == "7s"
+    bounded.close()

@@ -75,7 +75,10 @@ def make_engine(
             "keepalives_count": 3,
         }
         if statement_timeout_s is not None:
-            connect_args["options"] = f"-c statement_timeout={max(1, round(statement_timeout_s * 1000))}"
+            timeout = f"-c statement_timeout={max(1, round(statement_timeout_s * 1000))}"
+            given = parsed.query.get("options")  # libpq options in the URL are kept, ours appended
+            given = given if isinstance(given, str) else " ".join(given or ())
+            connect_args["options"] = f"{given} {timeout}".strip()
         return create_engine(
             url,
             pool_pre_ping=True,
