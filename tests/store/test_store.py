@@ -51,6 +51,15 @@ def test_feedback_is_linked_to_its_call(store):
         store.add_feedback("call_missing", score=1)
 
 
+def test_feedback_with_nul_characters_is_stored_or_not_found_never_an_error(store):
+    record = chat_call("t", "q", "a")
+    store.insert_calls([record])
+    store.add_feedback(record["id"], corrected_output="fixed\x00answer", comment="\x00")
+    assert store.feedback_for(record["id"])[0].corrected_output.startswith("fixed")
+    with pytest.raises(CallNotFoundError):
+        store.add_feedback("call_\x00", score=1)
+
+
 def test_price_table_defaults_prefixes_and_overrides(tmp_path, monkeypatch):
     table = PriceTable.load()
     assert table.taken  # the shipped prices say when they were taken

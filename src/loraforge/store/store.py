@@ -106,6 +106,10 @@ class Store:
         comment: str | None = None,
     ) -> Feedback:
         """Attach feedback to a stored call; raises CallNotFoundError for an unknown id."""
+        if "\x00" in call_id:  # no call has one, and PostgreSQL refuses it in a query
+            raise CallNotFoundError(f"no call with id {call_id!r}")
+        if self.dialect == "postgresql":
+            corrected_output, comment = _strip_nul(corrected_output), _strip_nul(comment)
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             if session.get(Call, call_id) is None:
                 raise CallNotFoundError(f"no call with id {call_id!r}")
