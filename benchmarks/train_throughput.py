@@ -20,6 +20,7 @@ from loraforge.config import load_config
 from loraforge.data.examples import ExampleBuilder
 from loraforge.data.splits import load_splits
 from loraforge.data.tokenize import tokenize_example
+from loraforge.hardware import describe
 from loraforge.models import load_tokenizer, resolve_model
 from loraforge.train.metrics_log import MetricsLog
 from loraforge.train.model_setup import add_lora, choose_placement, load_base_for_training
@@ -131,6 +132,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--examples", type=int, default=1000)
     args = parser.parse_args()
+    print(f"CPU: {describe()}", flush=True)
     config, resolved, tokenizer, tokenized = prepare(args.config, args.examples)
     rows = []
     for name, runner in [("HF Trainer + PEFT (defaults)", run_hf_baseline), ("loraforge", run_loraforge)]:
