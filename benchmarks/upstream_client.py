@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from gateway_overhead import BODY, _free_port, _wait_port  # noqa: E402
 
 from loraforge.gateway.upstream import UpstreamClient  # noqa: E402
+from loraforge.hardware import describe  # noqa: E402
 
 HEADERS = {"content-type": "application/json"}
 
@@ -101,6 +102,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
+    print(f"CPU: {describe()}", flush=True)
     port = _free_port()
     stub = Path(__file__).with_name("gateway_overhead.py")
     upstream = subprocess.Popen([sys.executable, str(stub), "--upstream-port", str(port)])

@@ -1,6 +1,6 @@
 """A small HTTP/1.1 keep-alive client for the upstream, on asyncio streams.
 
-Why not httpx: measured by benchmarks/upstream_client.py, httpx costs ~20x the CPU per request of this
+Why not httpx: measured by benchmarks/upstream_client.py, httpx costs ~10x the CPU per request of this
 client, and through the whole gateway (benchmarks/gateway_overhead.py, 32 concurrent clients) it cut the
 logged calls/s from ~1000 to ~125 on a 2-core machine, far below the gateway's 500 calls/s target. This
 client does what an OpenAI-compatible upstream needs and no more: http and https, keep-alive pooling,
