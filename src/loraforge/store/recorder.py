@@ -129,10 +129,12 @@ class Recorder:
     def _run(self) -> None:
         self._try_recover()
         while True:
+            # Idle with nothing to catch up on: wait for work; else come back to retry the store / replay.
+            idle = self.store_healthy and not self._spooled_meanwhile
             try:
-                timeout = None if self.store_healthy else self.retry_interval_s
-                item = self._queue.get(timeout=timeout)
+                item = self._queue.get(timeout=None if idle else self.retry_interval_s)
             except queue.Empty:
+                self._spooled_meanwhile = False
                 self._try_recover()
                 continue
             items, stop = _drain(self._queue, item, self.max_batch)

@@ -29,23 +29,27 @@ REPLAY_CHUNK = 500
 
 
 class Spool:
-    """JSON-lines file at `path`; several processes may share it (appends and replays take a file lock)."""
+    """JSON-lines file at `path`; several processes may share it.
+
+    Two file locks: `.lock` for appends (and the moment replay takes the file over), `.replay.lock` for the
+    whole of a replay. So appends never wait for a replay, which may run long against a slow store.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._replaying = self.path.with_name(self.path.name + ".replaying")
         self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._replay_lock_path = self.path.with_name(self.path.name + ".replay.lock")
         self.rejected_path = self.path.with_name(self.path.name + ".rejected")
         self.corrupt_path = self.path.with_name(self.path.name + ".corrupt")  # unparseable lines, verbatim
         self.skipped = 0  # unparseable lines set aside by replays of this instance
-        with self._locked():
-            for path in (self.path, self._replaying):
-                _cut_torn_tail(path)
+        with self._locked(self._lock_path):
+            _cut_torn_tail(self.path)
 
     def append(self, records: list[dict[str, Any]]) -> None:
         """Durably append records (write + fsync of file and, when created, of its directory)."""
-        with self._locked():
+        with self._locked(self._lock_path):
             _cut_torn_tail(self.path)  # left by another process sharing the spool that crashed mid-append
             _append_fsync(self.path, records)
 
@@ -60,14 +64,15 @@ class Spool:
     def replay(self, store: Store) -> int:
         """Move every spooled record into the store (idempotently); returns how many were new to it."""
         added = 0
-        with self._locked():
+        with self._locked(self._replay_lock_path):
             if not self._replaying.exists():
-                if not self.path.exists():
-                    return 0
-                _cut_torn_tail(self.path)
-                # Later appends go to a fresh file; a crash mid-replay leaves `.replaying` to resume.
-                os.replace(self.path, self._replaying)
-                _fsync_dir(self.path.parent)
+                with self._locked(self._lock_path):
+                    if not self.path.exists():
+                        return 0
+                    _cut_torn_tail(self.path)
+                    # Later appends go to a fresh file; a crash mid-replay leaves `.replaying` to resume.
+                    os.replace(self.path, self._replaying)
+                    _fsync_dir(self.path.parent)
             chunk: list[dict[str, Any]] = []
             bad: list[bytes] = []
             for record in self._iter_records(self._replaying, bad):
@@ -131,9 +136,10 @@ class Spool:
                 else:
                     bad.append(line)
 
+    @staticmethod
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(self._lock_path, "a") as handle:
+    def _locked(lock_path: Path) -> Iterator[None]:
+        with open(lock_path, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
