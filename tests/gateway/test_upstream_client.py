@@ -241,5 +241,24 @@ def test_lines_spanning_many_chunks_and_an_endless_line(monkeypatch):
                 lines.append(line)
         assert lines == ["data: " + "x" * 3000, ""]
 
-    monkeypatch.setattr(upstream, "MAX_LINE_BYTES", 4096)
+    monkeypatch.setattr(upstream, "MAX_RESPONSE_LINE_BYTES", 4096)
     run_with_server(dribble, scenario)
+
+
+def test_an_endless_body_is_an_error_not_a_memory_leak(monkeypatch):
+    from loraforge.gateway import upstream
+
+    async def endless(reader, writer, state):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\n")  # read-to-close body that never closes
+        for _ in range(100):
+            writer.write(b"x" * 1024)
+            await writer.drain()
+
+    async def scenario(client, state):
+        resp = await client.request("POST", "/x", b"{}")
+        with pytest.raises(UpstreamUnavailable, match="longer than 8192 bytes"):
+            await resp.read()
+
+    monkeypatch.setattr(upstream, "MAX_RESPONSE_BYTES", 8192)
+    run_with_server(endless, scenario)

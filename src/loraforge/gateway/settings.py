@@ -18,6 +18,14 @@ MAX_JSON_DEPTH = 64
 # share the series labelled OTHER_TASK_LABEL instead of growing the registry without bound.
 MAX_TASK_LABELS = 100
 
+# The upstream client (gateway.upstream). Idle connections older than IDLE_EXPIRY_S are closed rather than
+# reused: under the 5 s keep-alive timeout of uvicorn (`loraforge serve`) and most servers, so a server does
+# not close one just as a request is written to it (a POST that may have arrived is never resent).
+IDLE_EXPIRY_S = 4.0
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024  # status line and headers
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # a non-streamed response (held, then stored whole)
+MAX_RESPONSE_LINE_BYTES = 16 * 1024 * 1024  # one line of a stream (an SSE event); beyond: a broken upstream
+
 
 @dataclass
 class GatewaySettings:

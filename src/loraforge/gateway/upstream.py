@@ -20,13 +20,14 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 from loraforge.errors import ConfigError
+from loraforge.gateway.settings import (
+    IDLE_EXPIRY_S,
+    MAX_RESPONSE_BYTES,
+    MAX_RESPONSE_HEAD_BYTES,
+    MAX_RESPONSE_LINE_BYTES,
+)
 
-MAX_HEAD = 64 * 1024
 READ_SIZE = 64 * 1024
-# Idle connections older than this are closed rather than reused: under the 5 s keep-alive timeout of uvicorn
-# (`loraforge serve`) and most servers, so the server does not close one just as a request is written to it.
-IDLE_EXPIRY_S = 4.0
-MAX_LINE_BYTES = 16 * 1024 * 1024  # one line of a streamed response (an SSE event); beyond: a broken upstream
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -151,7 +152,7 @@ class UpstreamClient:
                     self.host,
                     self.port,
                     ssl=self.ssl,
-                    limit=MAX_HEAD,
+                    limit=MAX_RESPONSE_HEAD_BYTES,
                     server_hostname=self.host if self.ssl else None,
                 )
         except TimeoutError as exc:
@@ -188,7 +189,15 @@ class UpstreamResponse:
         self._closed = False
 
     async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.iter_bytes()])
+        """The whole body; an upstream sending more than MAX_RESPONSE_BYTES is treated as broken."""
+        chunks, size = [], 0
+        async for chunk in self.iter_bytes():
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                self.close()
+                raise UpstreamUnavailable(f"upstream sent a body longer than {MAX_RESPONSE_BYTES} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def iter_lines(self) -> AsyncIterator[str]:
         """Body lines without their line endings (for server-sent events).
@@ -209,9 +218,11 @@ class UpstreamResponse:
             if start < len(chunk):
                 pending.append(chunk[start:])
                 size += len(chunk) - start
-                if size > MAX_LINE_BYTES:
+                if size > MAX_RESPONSE_LINE_BYTES:
                     self.close()
-                    raise UpstreamUnavailable(f"upstream sent a line longer than {MAX_LINE_BYTES} bytes")
+                    raise UpstreamUnavailable(
+                        f"upstream sent a line longer than {MAX_RESPONSE_LINE_BYTES} bytes"
+                    )
         if pending:
             yield b"".join(pending).removesuffix(b"\r").decode("utf-8", errors="replace")
 
