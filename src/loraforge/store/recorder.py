@@ -220,7 +220,11 @@ class Recorder:
             items, stop = _drain(self._spool_queue, self._spool_queue.get(), self.max_batch)
             if items:
                 started = time.perf_counter()
-                outcome, error = self._spool([i[0] for i in items])
+                try:
+                    outcome, error = self._spool([i[0] for i in items])
+                except Exception as exc:  # never let the spooler die: waiting requests would time out
+                    log.exception("spooling failed")
+                    outcome, error = "failed", exc
                 if outcome == "spool":
                     self._spooled_meanwhile = True
                 self._report([(outcome, error)] * len(items), time.perf_counter() - started)
