@@ -8,7 +8,7 @@ import typer
 
 from loraforge.cli.main import app
 from loraforge.errors import ConfigError
-from loraforge.gateway.settings import MAX_BODY_BYTES
+from loraforge.gateway.settings import MAX_BODY_BYTES, RECORD_TIMEOUT_S
 
 
 @app.command()
@@ -42,6 +42,13 @@ def gateway(
         "crash or SIGKILL but not a power cut, and is much faster on disks with slow fsync.",
     ),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
+    record_timeout: float = typer.Option(
+        RECORD_TIMEOUT_S,
+        "--record-timeout",
+        min=0.1,
+        help="Longest a call waits for the store before it is spooled instead (a hung database); also "
+        "PostgreSQL's statement_timeout.",
+    ),
     max_body_bytes: int = typer.Option(
         MAX_BODY_BYTES, "--max-body-bytes", min=1, help="Largest request body accepted (413 beyond)."
     ),
@@ -79,6 +86,7 @@ def gateway(
         timeout_s=timeout,
         sqlite_sync=sqlite_sync,
         max_body_bytes=max_body_bytes,
+        record_timeout_s=record_timeout,
     )
     asgi = create_app(settings)
     if not api_key:
