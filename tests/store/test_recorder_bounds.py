@@ -8,21 +8,13 @@ from loraforge.store import Store
 from loraforge.store.recorder import Recorder
 from loraforge.store.spool import Spool
 from tests.store.calls import chat_call
+from tests.store.faults import stall
 
 
 def hanging_store(url: str) -> tuple[Store, threading.Event, threading.Event]:
     """A store whose inserts hang (a stuck database) until `release` is set; `entered` once one hangs."""
     store = Store(url)
-    release, entered = threading.Event(), threading.Event()
-    insert = store.insert_calls
-
-    def stuck_insert(records):
-        entered.set()
-        release.wait(60)
-        return insert(records)
-
-    store.insert_calls = stuck_insert
-    return store, release, entered
+    return store, *stall(store, "insert_calls")
 
 
 def wait_until(condition, timeout: float = 20) -> None:

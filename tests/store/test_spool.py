@@ -117,18 +117,12 @@ def test_replay_sets_refused_records_aside(store, tmp_path):
 def test_appends_do_not_wait_for_a_replay_into_a_slow_store(store, tmp_path):
     import threading
 
+    from tests.store.faults import stall
+
     spool = Spool(tmp_path / "spool.jsonl")
     first = chat_call("t", "spooled", "a")
     spool.append([first])
-    entered, release = threading.Event(), threading.Event()
-    insert = store.insert_missing_calls
-
-    def slow_insert(records):
-        entered.set()
-        release.wait(30)
-        return insert(records)
-
-    store.insert_missing_calls = slow_insert
+    release, entered = stall(store, "insert_missing_calls")
     replay = threading.Thread(target=spool.replay, args=(store,))
     replay.start()
     try:
