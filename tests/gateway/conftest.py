@@ -10,6 +10,7 @@ from loraforge.store import Store
 from tests.gateway.servers import ThreadServer
 from tests.gateway.upstream import UpstreamControl, create_upstream
 from tests.store.backends import BACKENDS, store_url_for
+from tests.store.postgres_server import PrivatePostgres
 
 PRICES = "taken: '2026-01-01'\nmodels:\n  stub-model: {input: 1.0, output: 2.0}\n"
 
@@ -54,3 +55,14 @@ def gateway(tmp_path, store_url, upstream):
     with server:
         yield Gateway(server.url, store, settings, app)
     store.close()
+
+
+@pytest.fixture
+def private_postgres():
+    """A PostgreSQL server of this test's own, running; the test may stop and start it."""
+    server = PrivatePostgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -1,4 +1,5 @@
-"""A TCP forwarder on 127.0.0.1 that can be taken down and brought back, to simulate a database outage."""
+"""A TCP forwarder on 127.0.0.1 that can be taken down and brought back, or stalled (bytes are accepted but
+not passed on, as with a hung server or a black-holed network), to simulate database outages."""
 
 import contextlib
 import socket
@@ -15,6 +16,15 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
+
+    def stall(self) -> None:
+        """Keep connections open but pass nothing on, in either direction, until `resume()`."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     def up(self) -> None:
         listener = socket.socket()
@@ -56,10 +66,10 @@ class TcpProxy:
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                self._flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass

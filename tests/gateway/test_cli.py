@@ -22,9 +22,14 @@ from tests.gateway.servers import free_port, start_gateway_process
         ),
         (["--upstream-url", "http://127.0.0.1:1/v1", "--store", "mysql://u@h/db"], "only sqlite"),
         (["--upstream-url", "http://127.0.0.1:1/v1", "--sqlite-sync", "sometimes"], "sync mode"),
+        (
+            ["--upstream-url", "http://127.0.0.1:1/v1", "--upstream-api-key-env", "LF_TEST_NEWLINE_KEY"],
+            "contains a line break",
+        ),
     ],
 )
 def test_gateway_user_mistakes_exit_2(monkeypatch, capsys, args, message):
+    monkeypatch.setenv("LF_TEST_NEWLINE_KEY", "sk-key\n")
     monkeypatch.setattr(sys, "argv", ["loraforge", "gateway", *args])
     with pytest.raises(SystemExit) as info:
         main()
@@ -68,3 +73,50 @@ def test_gateway_process_with_keys_serves_and_stops_cleanly(tmp_path, upstream):
     store = Store(store_url)
     assert store.get_call(raw.headers["x-loraforge-call-id"]).task == "cli"
     store.close()
+
+
+@pytest.fixture
+def no_serving(monkeypatch):
+    """uvicorn.run replaced: the checks before it run for real, nothing listens."""
+    import uvicorn
+
+    calls: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    return calls
+
+
+def run_cli(monkeypatch, *args: str) -> int:
+    monkeypatch.setattr(
+        sys, "argv", ["loraforge", "gateway", "--upstream-url", "http://127.0.0.1:1/v1", *args]
+    )
+    try:
+        main()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "gateway.example.com"])
+def test_listening_beyond_loopback_without_a_key_is_refused(monkeypatch, capsys, no_serving, tmp_path, host):
+    monkeypatch.setenv("LF_TEST_UP_KEY", "up-key")
+    monkeypatch.setenv("LORAFORGE_HOME", str(tmp_path))
+    monkeypatch.delenv("LORAFORGE_GATEWAY_API_KEY", raising=False)
+    code = run_cli(monkeypatch, "--host", host, "--upstream-api-key-env", "LF_TEST_UP_KEY")
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert "--api-key" in err and "--insecure-no-api-key" in err and "upstream key" in err
+    assert no_serving == []
+
+
+def test_the_override_and_loopback_serve_but_warn_loudly(monkeypatch, capsys, no_serving, tmp_path):
+    monkeypatch.setenv("LF_TEST_UP_KEY", "up-key")
+    monkeypatch.setenv("LORAFORGE_HOME", str(tmp_path))
+    monkeypatch.delenv("LORAFORGE_GATEWAY_API_KEY", raising=False)
+    up = ("--upstream-api-key-env", "LF_TEST_UP_KEY", "--store", f"sqlite:///{tmp_path / 's.db'}")
+    assert run_cli(monkeypatch, "--host", "0.0.0.0", "--insecure-no-api-key", *up) == 0
+    assert "WARNING: no --api-key" in capsys.readouterr().err
+    assert run_cli(monkeypatch, "--host", "127.0.0.1", *up) == 0
+    assert "$LF_TEST_UP_KEY" in capsys.readouterr().err
+    assert run_cli(monkeypatch, "--host", "0.0.0.0", "--api-key", "k", *up) == 0
+    assert "WARNING" not in capsys.readouterr().err
+    assert [c["host"] for c in no_serving] == ["0.0.0.0", "127.0.0.1", "0.0.0.0"]

@@ -87,3 +87,21 @@ def test_health_and_metrics(gateway):
     assert 'loraforge_gateway_recorded_calls_total{outcome="store"} 2.0' in text
     assert 'loraforge_gateway_tokens_total{kind="prompt",task="m-task"} 1.0' in text
     assert "loraforge_gateway_store_healthy 1.0" in text
+
+
+def test_client_chosen_task_names_cannot_grow_the_metrics_without_bound(tmp_path, upstream):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from loraforge.gateway.metrics import OTHER_TASK_LABEL
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    _, _, server = start_gateway(tmp_path, url, upstream.url, max_task_labels=2)
+    with server:
+        for i in range(6):
+            headers = {"X-Loraforge-Task": f"task-{i}"}
+            assert (
+                httpx.post(f"{server.url}/v1/chat/completions", json=CHAT, headers=headers).status_code == 200
+            )
+        families = text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text)
+        tasks = {s.labels["task"] for f in families for s in f.samples if "task" in s.labels}
+    assert tasks == {"task-0", "task-1", OTHER_TASK_LABEL}

@@ -59,6 +59,27 @@ async def keep_alive_json(reader, writer, state):
         await writer.drain()
 
 
+def calls_with_pauses(expected: bytes):
+    """A scenario: two POSTs, each answered `expected`, with an idle pause after each."""
+
+    async def scenario(client, state):
+        for _ in range(2):
+            resp = await client.request("POST", "/x", b"{}")
+            assert await resp.read() == expected
+            resp.close()
+            await asyncio.sleep(0.2)
+
+    return scenario
+
+
+async def answer_once_then_swallow(reader, writer, state):
+    """Answers the first request, then reads the next (the upstream got it) and drops it unanswered."""
+    state["requests"].append(await read_request(reader))
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    await writer.drain()
+    state["requests"].append(await read_request(reader))
+
+
 def test_content_length_bodies_reuse_one_connection():
     async def scenario(client, state):
         for _ in range(3):
@@ -83,15 +104,16 @@ def test_chunked_body_with_extensions_and_trailers_and_lines_across_chunks():
             await asyncio.sleep(0.01)
         writer.write(b"0\r\nX-Trailer: 1\r\n\r\n")
         await writer.drain()
-        await read_request(reader)  # the connection is reusable afterwards
+        await keep_alive_json(reader, writer, state)  # the connection is reusable afterwards
 
     async def scenario(client, state):
         resp = await client.request("POST", "/x", b"{}")
         assert [line async for line in resp.iter_lines()] == ["data: one", "", "data: two", ""]
         resp.close()
-        assert len(client._idle) == 1
+        again = await client.request("POST", "/x", b"{}")
+        assert await again.read() == b'{"ok": true}'
 
-    run_with_server(handler, scenario)
+    assert run_with_server(handler, scenario)["connections"] == 1
 
 
 def test_body_until_close_and_connection_close_are_not_pooled():
@@ -101,29 +123,40 @@ def test_body_until_close_and_connection_close_are_not_pooled():
         await writer.drain()
 
     async def scenario(client, state):
-        resp = await client.request("GET", "/models")
-        assert await resp.read() == b"all of it"
-        resp.close()
-        assert client._idle == []
+        for _ in range(2):
+            resp = await client.request("GET", "/models")
+            assert await resp.read() == b"all of it"
+            resp.close()
 
-    run_with_server(handler, scenario)
+    assert run_with_server(handler, scenario)["connections"] == 2
 
 
-def test_a_stale_pooled_connection_is_retried_once_on_a_fresh_one():
+def test_a_pooled_connection_the_server_closed_while_idle_is_replaced_before_sending():
     async def one_response_then_close(reader, writer, state):
-        await read_request(reader)
+        state["requests"].append(await read_request(reader))
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()
         await asyncio.sleep(0.05)  # then closes without saying so, like an idle-timeout
 
-    async def scenario(client, state):
-        for _ in range(2):
-            resp = await client.request("POST", "/x", b"{}")
-            assert await resp.read() == b"ok"
-            resp.close()
-            await asyncio.sleep(0.2)
+    state = run_with_server(one_response_then_close, calls_with_pauses(b"ok"))
+    assert state["connections"] == 2 and len(state["requests"]) == 2
 
-    assert run_with_server(one_response_then_close, scenario)["connections"] == 2
+
+def test_a_post_the_upstream_may_have_received_is_never_resent():
+    """A pooled connection that dies after the request was written: one upstream request, one error."""
+
+    # The second request is received (for all we know, billed), then its connection drops unanswered, as
+    # when an upstream's idle timeout races a new request.
+    async def scenario(client, state):
+        resp = await client.request("POST", "/chat/completions", b'{"n": 1}')
+        assert await resp.read() == b"ok"
+        resp.close()
+        with pytest.raises(UpstreamUnavailable):
+            await client.request("POST", "/chat/completions", b'{"n": 2}')
+
+    state = run_with_server(answer_once_then_swallow, scenario)
+    assert [body for _, body in state["requests"]] == [b'{"n": 1}', b'{"n": 2}']
+    assert state["connections"] == 1
 
 
 def test_a_silent_upstream_times_out():
@@ -166,3 +199,66 @@ def test_refused_connection_and_bad_urls():
     asyncio.run(scenario())
     with pytest.raises(ConfigError):
         UpstreamClient("ftp://example.com", 1, 1)
+
+
+def test_an_idempotent_get_on_a_connection_that_died_is_retried_once():
+    async def scenario(client, state):
+        for _ in range(2):
+            resp = await client.request("GET", "/models")
+            assert await resp.read() == b"ok"
+            resp.close()
+
+    state = run_with_server(answer_once_then_swallow, scenario)
+    assert state["connections"] == 2 and len(state["requests"]) == 3
+
+
+def test_idle_connections_past_their_expiry_are_not_reused(monkeypatch):
+    from loraforge.gateway import upstream
+
+    monkeypatch.setattr(upstream, "IDLE_EXPIRY_S", 0.05)
+
+    state = run_with_server(keep_alive_json, calls_with_pauses(b'{"ok": true}'))
+    assert state["connections"] == 2 and len(state["requests"]) == 2
+
+
+def test_lines_spanning_many_chunks_and_an_endless_line(monkeypatch):
+    from loraforge.gateway import upstream
+
+    async def dribble(reader, writer, state):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        body = b"data: " + b"x" * 3000 + b"\r\n\r\n" + b"y" * 5000
+        for i in range(0, len(body), 7):
+            writer.write(b"%x\r\n%s\r\n" % (len(body[i : i + 7]), body[i : i + 7]))
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def scenario(client, state):
+        resp = await client.request("POST", "/x", b"{}")
+        lines = []
+        with pytest.raises(UpstreamUnavailable, match="longer than 4096 bytes"):
+            async for line in resp.iter_lines():
+                lines.append(line)
+        assert lines == ["data: " + "x" * 3000, ""]
+
+    monkeypatch.setattr(upstream, "MAX_RESPONSE_LINE_BYTES", 4096)
+    run_with_server(dribble, scenario)
+
+
+def test_an_endless_body_is_an_error_not_a_memory_leak(monkeypatch):
+    from loraforge.gateway import upstream
+
+    async def endless(reader, writer, state):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\n")  # read-to-close body that never closes
+        for _ in range(100):
+            writer.write(b"x" * 1024)
+            await writer.drain()
+
+    async def scenario(client, state):
+        resp = await client.request("POST", "/x", b"{}")
+        with pytest.raises(UpstreamUnavailable, match="longer than 8192 bytes"):
+            await resp.read()
+
+    monkeypatch.setattr(upstream, "MAX_RESPONSE_BYTES", 8192)
+    run_with_server(endless, scenario)

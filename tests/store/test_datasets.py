@@ -157,3 +157,23 @@ def test_since_honours_utc_offsets():
 
     assert parse_since("2026-01-31T12:00+02:00") == parse_since("2026-01-31T10:00")
     assert parse_since("2026-01-31") == parse_since("2026-01-31T00:00:00Z")
+
+
+def test_a_build_streams_calls_instead_of_loading_them_all(store, tmp_path, monkeypatch):
+    """Peak memory of a build stays far below the size of the calls' bodies (read in batches)."""
+    import tracemalloc
+
+    from loraforge.store import dataset_rows
+
+    monkeypatch.setattr(dataset_rows, "BATCH_ROWS", 20)
+
+    big = "word " * 20_000  # 100 KB per output
+    store.insert_calls([chat_call("bulk", f"q{i}", f"{i} {big}", seq=i) for i in range(300)])  # 30 MB
+    tracemalloc.start()
+    try:
+        result = build_dataset(store, "bulk", DatasetFilter("bulk", dedupe=True), root=tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.counts["rows"] == 300
+    assert peak < 15_000_000, f"peak {peak / 1e6:.1f} MB for 30 MB of calls"

@@ -112,3 +112,27 @@ def test_replay_sets_refused_records_aside(store, tmp_path):
     assert spool.replay(store) == 3
     assert not spool.has_pending()
     assert [json.loads(line)["id"] for line in spool.rejected_path.read_text().splitlines()] == [bad["id"]]
+
+
+def test_appends_do_not_wait_for_a_replay_into_a_slow_store(store, tmp_path):
+    import threading
+
+    from tests.store.faults import stall
+
+    spool = Spool(tmp_path / "spool.jsonl")
+    first = chat_call("t", "spooled", "a")
+    spool.append([first])
+    release, entered = stall(store, "insert_missing_calls")
+    replay = threading.Thread(target=spool.replay, args=(store,))
+    replay.start()
+    try:
+        assert entered.wait(10)
+        started = time.monotonic()
+        later = chat_call("t", "during the replay", "a")
+        spool.append([later])  # a new file: the replay took the old one over
+        assert time.monotonic() - started < 2
+    finally:
+        release.set()
+        replay.join(30)
+    assert store.get_call(first["id"]) is not None and store.get_call(later["id"]) is None
+    assert spool.replay(store) == 1 and not spool.has_pending()

@@ -51,6 +51,15 @@ def test_feedback_is_linked_to_its_call(store):
         store.add_feedback("call_missing", score=1)
 
 
+def test_feedback_with_nul_characters_is_stored_or_not_found_never_an_error(store):
+    record = chat_call("t", "q", "a")
+    store.insert_calls([record])
+    store.add_feedback(record["id"], corrected_output="fixed\x00answer", comment="\x00")
+    assert store.feedback_for(record["id"])[0].corrected_output.startswith("fixed")
+    with pytest.raises(CallNotFoundError):
+        store.add_feedback("call_\x00", score=1)
+
+
 def test_price_table_defaults_prefixes_and_overrides(tmp_path, monkeypatch):
     table = PriceTable.load()
     assert table.taken  # the shipped prices say when they were taken
@@ -81,3 +90,20 @@ def test_nul_characters_and_long_model_names_are_stored(store):
     assert call.requested_model == "m" * 200
     content = call.request_body["messages"][0]["content"]
     assert content in ("nul \x00 inside", "nul \ufffd inside")  # PostgreSQL cannot hold NUL
+
+
+@pytest.mark.postgres
+def test_a_gateway_store_bounds_postgres_statements_keeping_the_urls_options(tmp_path):
+    """statement_timeout (PostgreSQL's) comes on top of the libpq options given in the URL."""
+    from sqlalchemy import text
+
+    from loraforge.store import Store
+    from tests.store.backends import store_url_for
+
+    base = store_url_for("postgres", tmp_path)
+    url = base + ("&" if "?" in base else "?") + "options=-c%20lock_timeout%3D7000"
+    bounded = Store(url, statement_timeout_s=1.5)
+    with bounded.engine.connect() as conn:
+        assert conn.execute(text("SHOW statement_timeout")).scalar() == "1500ms"
+        assert conn.execute(text("SHOW lock_timeout")).scalar() == "7s"
+    bounded.close()

@@ -1,5 +1,6 @@
 """`loraforge gateway`: an OpenAI-compatible proxy in front of any upstream that records every call."""
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import typer
 
 from loraforge.cli.main import app
 from loraforge.errors import ConfigError
+from loraforge.gateway.settings import MAX_BODY_BYTES, RECORD_TIMEOUT_S
 
 
 @app.command()
@@ -40,6 +42,22 @@ def gateway(
         "crash or SIGKILL but not a power cut, and is much faster on disks with slow fsync.",
     ),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
+    record_timeout: float = typer.Option(
+        RECORD_TIMEOUT_S,
+        "--record-timeout",
+        min=0.1,
+        help="Longest a call waits for the store before it is spooled instead (a hung database); also "
+        "PostgreSQL's statement_timeout.",
+    ),
+    max_body_bytes: int = typer.Option(
+        MAX_BODY_BYTES, "--max-body-bytes", min=1, help="Largest request body accepted (413 beyond)."
+    ),
+    insecure_no_api_key: bool = typer.Option(
+        False,
+        "--insecure-no-api-key",
+        help="Listen beyond loopback without --api-key: anyone who reaches the gateway can then spend the "
+        "upstream key and post feedback that becomes training data.",
+    ),
 ) -> None:
     """Proxy /v1/chat/completions and /v1/completions to UPSTREAM and log every call to the store."""
     import uvicorn
@@ -55,6 +73,9 @@ def gateway(
             raise ConfigError(
                 f"--upstream-api-key-env: environment variable {upstream_api_key_env} is not set"
             )
+        if "\n" in upstream_key or "\r" in upstream_key:  # e.g. KEY=$(cat file) kept a newline
+            raise ConfigError(f"--upstream-api-key-env: {upstream_api_key_env} contains a line break")
+    _refuse_exposure(host, api_key, insecure_no_api_key, upstream_api_key_env)
     settings = GatewaySettings(
         upstream_url=upstream_url,
         upstream_api_key=upstream_key,
@@ -64,7 +85,43 @@ def gateway(
         prices_file=prices,
         timeout_s=timeout,
         sqlite_sync=sqlite_sync,
+        max_body_bytes=max_body_bytes,
+        record_timeout_s=record_timeout,
     )
     asgi = create_app(settings)
+    if not api_key:
+        _warn_no_key(host, upstream_api_key_env)
     typer.echo(f"loraforge gateway on http://{host}:{port}/v1 -> {upstream_url}", err=True)
     uvicorn.run(asgi, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable only from this machine (a name other than localhost counts as not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _refuse_exposure(host: str, api_key: str | None, insecure: bool, upstream_key_env: str | None) -> None:
+    """Without --api-key, listening beyond loopback needs the explicit override."""
+    if not api_key and not is_loopback(host) and not insecure:
+        raise ConfigError(
+            f"--host {host} is reachable from other machines and no --api-key is set: anyone could "
+            + ("spend the upstream key and " if upstream_key_env else "")
+            + "post feedback that becomes training data; set --api-key (or LORAFORGE_GATEWAY_API_KEY), "
+            "or pass --insecure-no-api-key"
+        )
+
+
+def _warn_no_key(host: str, upstream_key_env: str | None) -> None:
+    at_stake = f"spend the upstream key in ${upstream_key_env} and " if upstream_key_env else ""
+    typer.secho(
+        f"WARNING: no --api-key: anyone who can connect to {host} can {at_stake}post feedback "
+        "that becomes training data. Set --api-key (or LORAFORGE_GATEWAY_API_KEY).",
+        err=True,
+        fg="yellow",
+        bold=True,
+    )

@@ -9,6 +9,8 @@ Conventions (see `loraforge gateway --help`):
   client asked for it too.
 - Keys: with `--api-key`, clients must send it as their Bearer token; the upstream gets the key named by
   `--upstream-api-key-env`. With neither, the client's own Authorization header is passed to the upstream.
+  Without `--api-key` the CLI listens on loopback only, unless `--insecure-no-api-key`.
+- Limits (body bytes, JSON depth, task label count, record timeout) are named in `gateway.settings`.
 
 Durability: `loraforge.gateway.proxy` (what is recorded before what is sent), `loraforge.store.recorder`.
 """

@@ -1,5 +1,6 @@
 """The gateway's ASGI app: OpenAI-compatible routes, feedback, health, metrics, models pass-through."""
 
+import asyncio
 import hmac
 import logging
 from collections.abc import AsyncIterator
@@ -31,21 +32,33 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         settings.store_url,
         busy_timeout_s=settings.store_busy_timeout_s,
         sqlite_sync=settings.sqlite_sync,
+        statement_timeout_s=settings.record_timeout_s,
         migrate=False,
     )
     prices = PriceTable.load(settings.prices_file)
-    metrics = GatewayMetrics()
+    metrics = GatewayMetrics(settings.max_task_labels)
     spool = Spool(settings.resolved_spool_path())
-    recorder = Recorder(store, spool, retry_interval_s=settings.retry_interval_s, on_batch=metrics.on_batch)
+    recorder = Recorder(
+        store,
+        spool,
+        retry_interval_s=settings.retry_interval_s,
+        on_batch=metrics.on_batch,
+        timeout_s=settings.record_timeout_s,
+        max_queued=settings.max_queued_records,
+    )
     upstream = UpstreamClient(settings.upstream_url, settings.timeout_s, settings.connect_timeout_s)
     proxy = Proxy(upstream, recorder, prices, metrics)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
-            await run_in_threadpool(store.migrate)
-        except StoreUnavailableError as exc:
-            log.warning("%s; calls are spooled to %s until it is back", exc, spool.path)
+            # Bounded: a hung database must not keep the gateway from serving (it spools meanwhile).
+            await asyncio.wait_for(
+                asyncio.shield(run_in_threadpool(store.migrate)), settings.record_timeout_s
+            )
+        except (StoreUnavailableError, TimeoutError) as exc:
+            reason = exc if isinstance(exc, StoreUnavailableError) else "the store did not answer in time"
+            log.warning("%s; calls are spooled to %s until it is back", reason, spool.path)
         recorder.store_healthy = store.migrated
         metrics.store_healthy.set(1 if store.migrated else 0)
         recorder.start()
@@ -71,12 +84,27 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             headers["authorization"] = request.headers["authorization"]
         return headers
 
+    async def read_body(request: Request) -> bytes:
+        """The body, refused with 413 as soon as it exceeds `max_body_bytes` (never read whole first)."""
+        limit = settings.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     def check_auth(request: Request) -> None:
         if not settings.api_key:
             return
         given = request.headers.get("authorization", "")
         token = given[7:] if given.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+        # Headers arrive decoded as latin-1, so any byte sequence encodes back; a non-ASCII one is just wrong.
+        if not hmac.compare_digest(token.encode("latin-1"), settings.api_key.encode()):
             raise GatewayError(
                 401,
                 "Incorrect or missing API key for the loraforge gateway.",
@@ -87,10 +115,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def completions(request: Request, endpoint: str) -> Response:
         try:
             check_auth(request)
-            parsed = parse_request(await request.body(), endpoint, request.headers.get(TASK_HEADER))
+            parsed = parse_request(
+                await read_body(request), endpoint, request.headers.get(TASK_HEADER), settings.max_json_depth
+            )
             return await proxy.forward(parsed, upstream_headers(request))
         except GatewayError as exc:
-            if exc.status in (400, 401):
+            if exc.status in (400, 401, 413):
                 metrics.requests.labels(endpoint, str(exc.status)).inc()
             return exc.response()
 
@@ -119,11 +149,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def feedback(request: Request) -> Response:
         try:
             check_auth(request)
-            fb = parse_feedback(await request.body())
+            fb = parse_feedback(await read_body(request), settings.max_json_depth)
             try:
-                row = await run_in_threadpool(store.add_feedback, **fb)
+                # Bounded like recording: a hung database answers 503, not never.
+                add = run_in_threadpool(store.add_feedback, **fb)
+                row = await asyncio.wait_for(add, settings.record_timeout_s)
             except CallNotFoundError as exc:
-                if not recorder.store_healthy or spool.has_pending():
+                # File system calls stay off the event loop (a slow disk must not stall every request).
+                if recorder.spooling or await run_in_threadpool(spool.has_pending):
                     raise GatewayError(
                         503, "the store is catching up on spooled calls; retry shortly", type="server_error"
                     ) from exc
@@ -138,7 +171,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         return json_response({"object": "feedback", "id": row.id, "call_id": row.call_id}, 201)
 
     async def health(_: Request) -> Response:
-        body = {"status": "ok", "store": "ok" if recorder.store_healthy else "spooling"}
+        body = {"status": "ok", "store": "spooling" if recorder.spooling else "ok"}
         return json_response(body)
 
     async def prometheus(_: Request) -> Response:
@@ -152,3 +185,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.router.add_route("/health", health, methods=["GET"])
     app.router.add_route("/metrics", prometheus, methods=["GET"])
     return app
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        413, f"request body exceeds the gateway's limit of {limit} bytes", code="request_too_large"
+    )

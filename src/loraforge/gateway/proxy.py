@@ -152,7 +152,7 @@ class _CallLog:
         served = body.get("model")
         cost = self.proxy.prices.estimate(served or self.req.model, prompt, completion)
         m = self.proxy.metrics
-        task = self.req.task or ""
+        task = m.task_label(self.req.task or "")
         if isinstance(prompt, int) and isinstance(completion, int):
             m.tokens.labels(task, "prompt").inc(prompt)
             m.tokens.labels(task, "completion").inc(completion)

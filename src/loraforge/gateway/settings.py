@@ -1,4 +1,4 @@
-"""Settings of one gateway process."""
+"""Settings of one gateway process, and the limits it enforces (each named once, here)."""
 
 import hashlib
 from dataclasses import dataclass
@@ -6,6 +6,25 @@ from pathlib import Path
 
 from loraforge.paths import loraforge_home
 from loraforge.store.database import resolve_store_url
+from loraforge.store.recorder import MAX_QUEUED_RECORDS, RECORD_TIMEOUT_S
+
+# A request body larger than this is refused with 413 before it is read whole. Generous: chat bodies with
+# base64 images or long documents are legitimate; the point is that no client can exhaust the memory.
+MAX_BODY_BYTES = 32 * 1024 * 1024
+# JSON nested deeper than this is refused with 400 (OpenAI tool schemas stay far below it); without a bound,
+# a body of a few kilobytes of `[` crashed the parser (RecursionError) and left the client without an answer.
+MAX_JSON_DEPTH = 64
+# Distinct task names that get their own Prometheus series; the task is chosen by clients, so later names
+# share the series labelled OTHER_TASK_LABEL instead of growing the registry without bound.
+MAX_TASK_LABELS = 100
+
+# The upstream client (gateway.upstream). Idle connections older than IDLE_EXPIRY_S are closed rather than
+# reused: under the 5 s keep-alive timeout of uvicorn (`loraforge serve`) and most servers, so a server does
+# not close one just as a request is written to it (a POST that may have arrived is never resent).
+IDLE_EXPIRY_S = 4.0
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024  # status line and headers
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # a non-streamed response (held, then stored whole)
+MAX_RESPONSE_LINE_BYTES = 16 * 1024 * 1024  # one line of a stream (an SSE event); beyond: a broken upstream
 
 
 @dataclass
@@ -21,6 +40,13 @@ class GatewaySettings:
     store_busy_timeout_s: float = 5.0
     sqlite_sync: str = "full"  # "normal": crash-safe but not power-loss-safe commits, far fewer fsyncs
     retry_interval_s: float = 2.0  # how often a down store is retried
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_json_depth: int = MAX_JSON_DEPTH
+    max_task_labels: int = MAX_TASK_LABELS
+    # Longest a request waits for its call to be committed before it is spooled instead (a hung database
+    # must not hang the gateway); also the bound on PostgreSQL statements (statement_timeout).
+    record_timeout_s: float = RECORD_TIMEOUT_S
+    max_queued_records: int = MAX_QUEUED_RECORDS  # waiting for the store's writer; beyond it: spooled
 
     def resolved_store_url(self) -> str:
         return resolve_store_url(self.store_url)

@@ -1,21 +1,34 @@
 """A small HTTP/1.1 keep-alive client for the upstream, on asyncio streams.
 
-Why not httpx: on this project's 2-core reference machine httpx spent ~1.3 ms of CPU per request (and its
-pool degrades with dozens of concurrent requests), which alone exceeds the gateway's 2 ms / 500 calls/s
-budget; this client spends well under 0.1 ms. It does what an OpenAI-compatible upstream needs and no more:
-http and https, keep-alive pooling, Content-Length, chunked and read-to-close bodies, connect/read timeouts,
-one retry when a pooled connection turns out to be stale. No proxies, no HTTP/2, no compression.
+Why not httpx: measured by benchmarks/upstream_client.py, httpx costs ~10x the CPU per request of this
+client, and through the whole gateway (benchmarks/gateway_overhead.py, 32 concurrent clients) it cut the
+logged calls/s from ~1000 to ~125 on a 2-core machine, far below the gateway's 500 calls/s target. This
+client does what an OpenAI-compatible upstream needs and no more: http and https, keep-alive pooling,
+Content-Length, chunked and read-to-close bodies, connect/read timeouts. No proxies, HTTP/2 or compression.
+
+A request is sent at most once unless it is idempotent (GET, HEAD). A pooled connection is checked before it
+is reused (closed by the server, idle too long: replaced, nothing was sent yet); once a POST was written,
+any failure is reported (`UpstreamUnavailable`), never resent, because the upstream may have received, run
+and billed it (RFC 9110, 9.2.2).
 """
 
 import asyncio
+import select
 import ssl
+import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 from loraforge.errors import ConfigError
+from loraforge.gateway.settings import (
+    IDLE_EXPIRY_S,
+    MAX_RESPONSE_BYTES,
+    MAX_RESPONSE_HEAD_BYTES,
+    MAX_RESPONSE_LINE_BYTES,
+)
 
-MAX_HEAD = 64 * 1024
 READ_SIZE = 64 * 1024
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class UpstreamError(Exception):
@@ -31,13 +44,25 @@ class UpstreamUnavailable(UpstreamError):
 
 
 class _Conn:
-    __slots__ = ("reader", "writer")
+    __slots__ = ("reader", "writer", "idle_since")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.idle_since = time.monotonic()
 
     def usable(self) -> bool:
-        return not self.reader.at_eof() and not self.writer.is_closing()
+        if self.reader.at_eof() or self.writer.is_closing():
+            return False
+        if time.monotonic() - self.idle_since > IDLE_EXPIRY_S:
+            return False
+        # An idle HTTP/1.1 connection has nothing to read: readable means the server closed it (or broke the
+        # protocol), even if the event loop has not noticed yet.
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            poller = select.poll()  # not select.select: that fails for descriptors above 1023
+            poller.register(sock, select.POLLIN)
+            return not poller.poll(0)
+        return True
 
     def close(self) -> None:
         self.writer.close()
@@ -65,7 +90,8 @@ class UpstreamClient:
     ) -> "UpstreamResponse":
         """Send a request and read the response head; the body is read from the returned response."""
         head = self._head(method, path, body, headers or {})
-        for attempt in range(2):
+        attempts = 2 if method in IDEMPOTENT else 1
+        for attempt in range(attempts):
             conn = self._pop_idle()
             fresh = conn is None
             if conn is None:
@@ -79,7 +105,8 @@ class UpstreamClient:
                 raise UpstreamTimeout("upstream did not answer in time") from exc
             except (OSError, EOFError, asyncio.LimitOverrunError) as exc:
                 conn.close()
-                if fresh or attempt:  # a pooled connection may have been closed by the server while idle
+                # Only an idempotent request may be sent again: the upstream may have received this one.
+                if fresh or attempt + 1 >= attempts:
                     raise UpstreamUnavailable(
                         f"upstream closed the connection: {type(exc).__name__}"
                     ) from exc
@@ -112,6 +139,7 @@ class UpstreamClient:
         return None
 
     def _release(self, conn: _Conn) -> None:
+        conn.idle_since = time.monotonic()
         if conn.usable() and len(self._idle) < self.max_idle:
             self._idle.append(conn)
         else:
@@ -124,7 +152,7 @@ class UpstreamClient:
                     self.host,
                     self.port,
                     ssl=self.ssl,
-                    limit=MAX_HEAD,
+                    limit=MAX_RESPONSE_HEAD_BYTES,
                     server_hostname=self.host if self.ssl else None,
                 )
         except TimeoutError as exc:
@@ -161,18 +189,42 @@ class UpstreamResponse:
         self._closed = False
 
     async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.iter_bytes()])
+        """The whole body; an upstream sending more than MAX_RESPONSE_BYTES is treated as broken."""
+        chunks, size = [], 0
+        async for chunk in self.iter_bytes():
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                self.close()
+                raise UpstreamUnavailable(f"upstream sent a body longer than {MAX_RESPONSE_BYTES} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def iter_lines(self) -> AsyncIterator[str]:
-        """Body lines without their line endings (for server-sent events)."""
-        buffer = b""
+        """Body lines without their line endings (for server-sent events).
+
+        Linear in the body: each chunk is scanned once, and the parts of a line spanning chunks are joined
+        once, when its end arrives (not re-copied per chunk).
+        """
+        pending: list[bytes] = []
+        size = 0
         async for chunk in self.iter_bytes():
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
+            start = 0
+            while (end := chunk.find(b"\n", start)) >= 0:
+                pending.append(chunk[start:end])
+                line = b"".join(pending)
+                pending, size = [], 0
                 yield line.removesuffix(b"\r").decode("utf-8", errors="replace")
-        if buffer:
-            yield buffer.removesuffix(b"\r").decode("utf-8", errors="replace")
+                start = end + 1
+            if start < len(chunk):
+                pending.append(chunk[start:])
+                size += len(chunk) - start
+                if size > MAX_RESPONSE_LINE_BYTES:
+                    self.close()
+                    raise UpstreamUnavailable(
+                        f"upstream sent a line longer than {MAX_RESPONSE_LINE_BYTES} bytes"
+                    )
+        if pending:
+            yield b"".join(pending).removesuffix(b"\r").decode("utf-8", errors="replace")
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
         if self._complete:

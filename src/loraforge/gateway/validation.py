@@ -1,10 +1,13 @@
 """Validate a client's request body and derive the call's task, tags and the body sent upstream."""
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from loraforge.gateway.errors import GatewayError, bad_request
+from loraforge.gateway.settings import MAX_JSON_DEPTH
 
 TASK_HEADER = "x-loraforge-task"
 MAX_TASK_LEN = 200
@@ -24,19 +27,67 @@ class ParsedRequest:
     usage_injected: bool  # we asked for the usage chunk; the client did not, so it is not forwarded
 
 
-def _json_object(raw: bytes) -> dict[str, Any]:
+# A \uD800-\uDFFF escape: only valid as half of a pair; a lone one cannot be stored as UTF-8 (PostgreSQL
+# refuses it, and it would fail the whole group commit it is part of).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF][0-9a-fA-F]{2}")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _json_object(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+    """The body as a JSON object; 400 for anything JSON itself, JSON storage or the forwarded body refuse."""
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError as exc:
+        raise _too_deep(max_depth) from exc
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, NaN, 1e999, ints over 4300 digits
         raise bad_request(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise bad_request("request body must be a JSON object")
+    # Only a body with more brackets than the limit can be nested deeper; most skip the walk.
+    if raw.count(b"[") + raw.count(b"{") > max_depth and _deeper_than(body, max_depth):
+        raise _too_deep(max_depth)
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(body, ensure_ascii=False).encode()
+        except UnicodeEncodeError as exc:
+            raise bad_request("request body contains an unpaired UTF-16 surrogate (\\uD800-\\uDFFF)") from exc
     return body
 
 
-def parse_request(raw: bytes, endpoint: str, header_task: str | None) -> ParsedRequest:
-    """Raises GatewayError (400, naming the field) for a body an OpenAI endpoint would reject."""
-    body = _json_object(raw)
+def _too_deep(max_depth: int) -> GatewayError:
+    return bad_request(f"request body is nested deeper than {max_depth} levels")
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def parse_request(
+    raw: bytes, endpoint: str, header_task: str | None, max_depth: int = MAX_JSON_DEPTH
+) -> ParsedRequest:
+    """Raises GatewayError (400, naming the field) for a body an OpenAI endpoint would reject.
+
+    Fields the gateway does not look at (tools, response_format, ...) are forwarded untouched: the upstream
+    implements them.
+    """
+    body = _json_object(raw, max_depth)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("`model` is required and must be a non-empty string", "model")
@@ -81,9 +132,9 @@ def _check_messages(messages: Any) -> None:
             raise bad_request(f"`messages[{i}].role` is required and must be a string", f"messages[{i}].role")
 
 
-def parse_feedback(raw: bytes) -> dict[str, Any]:
+def parse_feedback(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
     """Validate a POST /v1/feedback body: call_id plus at least one of score, corrected_output, comment."""
-    body = _json_object(raw)
+    body = _json_object(raw, max_depth)
     call_id = body.get("call_id")
     if not isinstance(call_id, str) or not call_id:
         raise bad_request("`call_id` is required and must be a string", "call_id")

@@ -39,8 +39,17 @@ def redact(url: str) -> str:
 SQLITE_SYNC_MODES = ("full", "normal")
 
 
-def make_engine(url: str, busy_timeout_s: float = 5.0, sqlite_sync: str = "full") -> Engine:
+def make_engine(
+    url: str,
+    busy_timeout_s: float = 5.0,
+    sqlite_sync: str = "full",
+    statement_timeout_s: float | None = None,
+) -> Engine:
     """An engine for a resolved store URL; raises ConfigError for an unsupported or malformed URL.
+
+    `busy_timeout_s` bounds waiting for a lock (SQLite), a connection (PostgreSQL: connecting, and taking
+    one from the pool). `statement_timeout_s` (PostgreSQL) bounds every statement on the server, so a
+    database that hangs (a held lock, an overloaded server) returns an error instead of blocking forever.
 
     `sqlite_sync`: "full" fsyncs the WAL at every commit (a commit survives power loss); "normal" leaves it
     to the OS (a commit survives the gateway's crash or SIGKILL, not a power cut); much faster on slow disks.
@@ -57,11 +66,25 @@ def make_engine(url: str, busy_timeout_s: float = 5.0, sqlite_sync: str = "full"
     if backend == "sqlite":
         return _sqlite_engine(url, parsed.database, busy_timeout_s, sqlite_sync)
     if backend == "postgresql":
+        connect_args: dict[str, object] = {
+            "connect_timeout": max(1, round(busy_timeout_s)),
+            # A peer that vanished without closing (power loss, cut network) is noticed within ~30 s.
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
+        if statement_timeout_s is not None:
+            timeout = f"-c statement_timeout={max(1, round(statement_timeout_s * 1000))}"
+            given = parsed.query.get("options")  # libpq options in the URL are kept, ours appended
+            given = given if isinstance(given, str) else " ".join(given or ())
+            connect_args["options"] = f"{given} {timeout}".strip()
         return create_engine(
             url,
             pool_pre_ping=True,
             pool_size=8,
-            connect_args={"connect_timeout": max(1, int(busy_timeout_s))},
+            pool_timeout=busy_timeout_s,
+            connect_args=connect_args,
         )
     raise ConfigError(f"store URL {redact(url)!r}: only sqlite:/// and postgresql:// stores are supported")
 

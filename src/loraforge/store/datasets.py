@@ -4,20 +4,20 @@ import hashlib
 import json
 import re
 import shutil
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from loraforge.errors import DataError, LoraforgeError
 from loraforge.paths import loraforge_home
 from loraforge.store.database import redact
-from loraforge.store.examples import Example, call_to_example
-from loraforge.store.models import Call, Dataset, DatasetRow, Feedback, utcnow
+from loraforge.store.dataset_rows import BATCH_ROWS, RowRef, file_digest_into, write_rows
+from loraforge.store.models import Dataset, DatasetRow, utcnow
 from loraforge.store.store import Store
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -38,15 +38,6 @@ class DatasetFilter:
             raise LoraforgeError(f"--test-fraction must be in [0, 1), got {self.test_fraction}")
         if self.since is not None:
             parse_since(self.since)
-
-
-@dataclass
-class Row:
-    example: Example
-    corrected: bool
-    score: float | None
-    time: datetime
-    split: str = "train"
 
 
 @dataclass
@@ -75,20 +66,38 @@ def datasets_root() -> Path:
 
 
 def build_dataset(store: Store, name: str, filt: DatasetFilter, root: Path | None = None) -> BuildResult:
-    """Build dataset NAME from the store; reuses the newest version when its content would be identical."""
+    """Build dataset NAME from the store; reuses the newest version when its content would be identical.
+
+    Rows are streamed from the store into the files (see `loraforge.store.dataset_rows`), so a build's
+    memory does not grow with the number of calls' bodies.
+    """
     if not NAME_RE.match(name):
         raise LoraforgeError(f"--name {name!r}: use letters, digits, '.', '_' or '-'")
     filt.validate()
-    rows, counts = select_rows(store, filt)
-    if not rows:
-        raise DataError(f"no usable successful calls for task {filt.task!r} match the filter")
-    train = [r for r in rows if r.split == "train"]
-    test = [r for r in rows if r.split == "test"]
-    train_bytes, test_bytes = _jsonl(train), _jsonl(test)
-    filter_json = json.dumps(asdict(filt), sort_keys=True)
-    content_hash = hashlib.sha256(filter_json.encode() + b"\n" + train_bytes + b"\0" + test_bytes).hexdigest()
-    counts.update(rows=len(rows), train=len(train), test=len(test))
     root = root or datasets_root()
+    (root / name).mkdir(parents=True, exist_ok=True)
+    # A private staging directory: concurrent builds never write into each other's files.
+    staging = root / name / f".build-{uuid.uuid4().hex}.tmp"
+    staging.mkdir()
+    try:
+        return _build_in(store, name, filt, root, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _build_in(store: Store, name: str, filt: DatasetFilter, root: Path, staging: Path) -> BuildResult:
+    since = parse_since(filt.since) if filt.since else None
+    with open(staging / "train.jsonl", "wb") as train, open(staging / "test.jsonl", "wb") as test:
+        refs, counts = write_rows(store, filt, since, train, test)
+    if not refs:
+        raise DataError(f"no usable successful calls for task {filt.task!r} match the filter")
+    hasher = hashlib.sha256(json.dumps(asdict(filt), sort_keys=True).encode() + b"\n")
+    file_digest_into(hasher, staging / "train.jsonl")
+    hasher.update(b"\0")
+    file_digest_into(hasher, staging / "test.jsonl")
+    content_hash = hasher.hexdigest()
+    n_test = sum(r.split == "test" for r in refs)
+    counts.update(rows=len(refs), train=len(refs) - n_test, test=n_test)
 
     with Session(store.engine) as session:
         latest = session.scalars(
@@ -110,9 +119,11 @@ def build_dataset(store: Store, name: str, filt: DatasetFilter, root: Path | Non
         "files": {"train": "train.jsonl", "test": "test.jsonl"},
         "store": redact(store.url),
     }
-    _write_dir(target, train_bytes, test_bytes, manifest)
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    shutil.rmtree(target, ignore_errors=True)  # a crashed build's leftover of this version
+    staging.rename(target)
     try:
-        _insert_dataset(store, name, version, filt, rows, content_hash, target)
+        _insert_dataset(store, name, version, filt, refs, content_hash, target)
     except IntegrityError as exc:
         shutil.rmtree(target, ignore_errors=True)
         raise LoraforgeError(
@@ -125,111 +136,43 @@ def build_dataset(store: Store, name: str, filt: DatasetFilter, root: Path | Non
 
 
 def _insert_dataset(
-    store: Store, name: str, version: int, filt: DatasetFilter, rows: list[Row], content_hash: str, path: Path
+    store: Store,
+    name: str,
+    version: int,
+    filt: DatasetFilter,
+    refs: list[RowRef],
+    content_hash: str,
+    path: Path,
 ) -> None:
     """The dataset and its rows' provenance, in one transaction."""
     with Session(store.engine) as session, session.begin():
+        n_test = sum(r.split == "test" for r in refs)
         dataset = Dataset(
             name=name,
             version=version,
             filter=asdict(filt),
-            row_count=len(rows),
-            train_count=sum(r.split == "train" for r in rows),
-            test_count=sum(r.split == "test" for r in rows),
+            row_count=len(refs),
+            train_count=len(refs) - n_test,
+            test_count=n_test,
             content_hash=content_hash,
             path=str(path),
         )
         session.add(dataset)
         session.flush()
-        session.add_all(
-            DatasetRow(
-                dataset_id=dataset.id,
-                call_id=r.example.call_id,
-                corrected=r.corrected,
-                split=r.split,
-                input_hash=r.example.input_hash,
+        for i in range(0, len(refs), BATCH_ROWS):
+            session.execute(
+                insert(DatasetRow),
+                [
+                    {
+                        "dataset_id": dataset.id,
+                        "call_id": r.call_id,
+                        "corrected": r.corrected,
+                        "split": r.split,
+                        "input_hash": r.input_hash,
+                    }
+                    for r in refs[i : i + BATCH_ROWS]
+                ],
             )
-            for r in rows
-        )
-
-
-def select_rows(store: Store, filt: DatasetFilter) -> tuple[list[Row], dict[str, int]]:
-    """The rows of a dataset (with splits) and counts of what each step kept or dropped."""
-    query = select(Call).where(Call.task == filt.task, Call.status == "ok").order_by(Call.time, Call.id)
-    if filt.since:
-        query = query.where(Call.time >= parse_since(filt.since))
-    fb_query = (
-        select(Feedback).join(Call, Feedback.call_id == Call.id).where(Call.task == filt.task)
-    ).order_by(Feedback.time, Feedback.id)
-    with Session(store.engine) as session:
-        calls = list(session.scalars(query))
-        latest_feedback = {fb.call_id: fb for fb in session.scalars(fb_query)}  # later rows overwrite
-        counts = {"selected": len(calls), "unusable": 0, "low_score": 0, "corrected": 0, "duplicates": 0}
-        rows: list[Row] = []
-        for call in calls:
-            example = call_to_example(call)
-            if example is None:
-                counts["unusable"] += 1
-                continue
-            fb = latest_feedback.get(call.id)
-            score = fb.score if fb else None
-            if filt.min_score is not None and score is not None and score < filt.min_score:
-                counts["low_score"] += 1
-                continue
-            corrected = bool(filt.use_corrections and fb and fb.corrected_output is not None)
-            if corrected:
-                example = Example(example.call_id, example.messages, fb.corrected_output, example.input_hash)
-                counts["corrected"] += 1
-            rows.append(Row(example, corrected, score, call.time))
-    if filt.dedupe:
-        rows, counts["duplicates"] = _dedupe(rows)
-    for row in rows:
-        row.split = split_of(row.example.input_hash, filt.test_fraction)
-    return rows, counts
-
-
-def split_of(input_hash: str, test_fraction: float) -> str:
-    """Deterministic split by input hash, so equal inputs always land in the same split."""
-    return "test" if int(input_hash[:16], 16) / 2**64 < test_fraction else "train"
-
-
-def _dedupe(rows: list[Row]) -> tuple[list[Row], int]:
-    """One row per normalized input: a corrected one first, then the best-scored, then the newest."""
-    best: dict[str, int] = {}
-    for i, row in enumerate(rows):
-        j = best.get(row.example.input_hash)
-        if j is None or _rank(row) >= _rank(rows[j]):
-            best[row.example.input_hash] = i
-    keep = sorted(best.values())
-    return [rows[i] for i in keep], len(rows) - len(keep)
-
-
-def _rank(row: Row) -> tuple[bool, float]:
-    return (row.corrected, row.score if row.score is not None else float("-inf"))
-
-
-def _jsonl(rows: list[Row]) -> bytes:
-    lines = (
-        json.dumps(
-            {"messages": [*r.example.messages, {"role": "assistant", "content": r.example.output}]},
-            ensure_ascii=False,
-        )
-        for r in rows
-    )
-    return "".join(line + "\n" for line in lines).encode()
-
-
-def _write_dir(target: Path, train: bytes, test: bytes, manifest: dict[str, Any]) -> None:
-    """Write the version directory atomically (temp dir + rename), replacing a crashed build's leftover."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    (tmp / "train.jsonl").write_bytes(train)
-    (tmp / "test.jsonl").write_bytes(test)
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
 
 
 def list_datasets(store: Store) -> list[Dataset]:

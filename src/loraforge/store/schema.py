@@ -39,6 +39,10 @@ def upgrade(engine: Engine) -> None:
     with _migration_lock(engine), engine.begin() as conn:
         if current_revision(conn) == head:  # another process migrated while we waited
             return
+        if conn.dialect.name == "postgresql":
+            # A gateway bounds its statements (statement_timeout); a migration (say, an index on a large
+            # table) may take longer and must not fail for that, forever, at every retry.
+            conn.execute(text("SET LOCAL statement_timeout = 0"))
         cfg = alembic_config()
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")

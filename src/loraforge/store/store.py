@@ -31,10 +31,16 @@ class Store:
         *,
         busy_timeout_s: float = 5.0,
         sqlite_sync: str = "full",
+        statement_timeout_s: float | None = None,
         migrate: bool = True,
     ) -> None:
         self.url = resolve_store_url(url)
-        self.engine: Engine = make_engine(self.url, busy_timeout_s=busy_timeout_s, sqlite_sync=sqlite_sync)
+        self.engine: Engine = make_engine(
+            self.url,
+            busy_timeout_s=busy_timeout_s,
+            sqlite_sync=sqlite_sync,
+            statement_timeout_s=statement_timeout_s,
+        )
         self.migrated = False
         if migrate:
             self.migrate()
@@ -100,6 +106,10 @@ class Store:
         comment: str | None = None,
     ) -> Feedback:
         """Attach feedback to a stored call; raises CallNotFoundError for an unknown id."""
+        if "\x00" in call_id:  # no call has one, and PostgreSQL refuses it in a query
+            raise CallNotFoundError(f"no call with id {call_id!r}")
+        if self.dialect == "postgresql":
+            corrected_output, comment = _strip_nul(corrected_output), _strip_nul(comment)
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             if session.get(Call, call_id) is None:
                 raise CallNotFoundError(f"no call with id {call_id!r}")
