@@ -122,8 +122,10 @@ def test_names_escaping_the_registry_are_rejected(tiny_model_dir, registry, name
         engine.adapters.locate(name)
 
 
-def test_hub_id_offline_gives_a_clear_error(tiny_model_dir, registry):
+def test_hub_adapters_are_off_by_default(tiny_model_dir, registry):
     engine = _engine(tiny_model_dir, registry)
-    assert engine.adapters.locate("org/adapter") is None  # a hub id: fetched on load
-    seq = engine.generate([[5, 6]], SamplingParams(max_tokens=1), ["org/adapter"])[0]
-    assert isinstance(seq.error, ModelNotFoundError) and "Hugging Face Hub" in str(seq.error)
+    with pytest.raises(ModelNotFoundError, match="--allow-hub-adapters"):
+        engine.adapters.locate("org/adapter")
+    with pytest.raises(ModelNotFoundError, match="Hugging Face Hub"):
+        engine.add_request([5, 6], SamplingParams(max_tokens=1), "org/adapter")
+    assert not engine.adapters.loading  # nothing was fetched
