@@ -228,7 +228,7 @@ class Engine:
     def _admit_loaded(self) -> list[StepOutput]:
         if not self.pending:
             return []
-        self.adapters.poll()
+        _, failed = self.adapters.poll()
         outputs = []
         for seq in list(self.pending):
             # The manager's own record, not poll()'s return value: another caller (the /v1/adapters
@@ -237,7 +237,7 @@ class Engine:
                 self.pending.remove(seq)
                 seq.lora_slot = self.adapters.resident[seq.adapter][0]
                 self.scheduler.add(seq)
-            elif (err := self.adapters.failure(seq.adapter)) is not None:
+            elif (err := failed.get(seq.adapter) or self.adapters.failure(seq.adapter)) is not None:
                 outputs.append(self.fail(seq, err))
             elif not self.adapters.is_settled(seq.adapter):
                 self.adapters.start_load(seq.adapter)  # deferred, or dropped by an unload: start it now
