@@ -17,6 +17,7 @@ from loraforge.errors import ModelNotFoundError
 from loraforge.serve.api import protocol as p
 from loraforge.serve.api.adapters import adapter_routes
 from loraforge.serve.api.auth import key_checker
+from loraforge.serve.api.body_limit import BodyLimitMiddleware
 from loraforge.serve.api.errors import APIError, from_engine_error, install_error_handlers
 from loraforge.serve.api.metrics import Metrics
 from loraforge.serve.engine.async_engine import AsyncEngine, Event
@@ -51,7 +52,8 @@ def create_app(
         engine.close()
 
     limits = engine.engine.config.limits
-    app = FastAPI(title="loraforge", lifespan=lifespan, max_body_size=limits.max_body_bytes)
+    app = FastAPI(title="loraforge", lifespan=lifespan)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
     install_error_handlers(app)
     metrics = Metrics(engine, limits.max_metric_models)
     tokenizer = engine.engine.tokenizer

@@ -77,10 +77,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException):
-        detail = str(exc.detail)
-        if exc.status_code == 413:
-            detail = "the request body is larger than this server accepts (--max-body-bytes)"
         code = "request_too_large" if exc.status_code == 413 else None
         return JSONResponse(
-            p.error_body(detail, "invalid_request_error", None, code), status_code=exc.status_code
+            p.error_body(str(exc.detail), "invalid_request_error", None, code), status_code=exc.status_code
         )
