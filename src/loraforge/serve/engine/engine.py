@@ -184,7 +184,10 @@ class Engine:
             return outputs
         try:
             tokens: list[int | None] = list(self.runner.run(seqs, is_prefill))
-        except Exception:
+        except Exception as exc:
+            if len(seqs) == 1:
+                log.exception("sequence %s failed", seqs[0].request_id)
+                return [*outputs, self.fail(seqs[0], exc)]
             log.exception("a step of %d sequences failed; running them one by one", len(seqs))
             tokens = [self._run_alone(seq, is_prefill, outputs) for seq in seqs]
         for seq, token in zip(seqs, tokens, strict=True):
