@@ -97,7 +97,9 @@ def test_a_load_failure_seen_by_the_route_reaches_waiting_requests(tiny_model_di
 
         body = {"model": "broken", "prompt": "x", "max_tokens": 2}
         request = threading.Thread(
-            target=call, args=("request", "post", srv.url + "/v1/completions"), kwargs={"json": body}
+            target=call,
+            args=("request", "post", srv.url + "/v1/completions"),
+            kwargs={"json": body, "headers": AUTH},
         )
         request.start()
         deadline = time.monotonic() + 20
