@@ -13,7 +13,8 @@ from tests.serve.conftest import write_random_adapter
 
 
 def greedy(url, model, headers=AUTH):
-    body = {"model": model, "prompt": "The quick brown", "max_tokens": 8, "temperature": 0, "ignore_eos": True}
+    body = {"model": model, "prompt": "The quick brown", "max_tokens": 8, "temperature": 0}
+    body["ignore_eos"] = True
     r = httpx.post(url + "/v1/completions", json=body, headers=headers, timeout=60)
     assert r.status_code == 200, r.text
     return r.json()["choices"][0]["text"]

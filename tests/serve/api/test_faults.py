@@ -28,7 +28,8 @@ def sse(url, payload, headers=AUTH):
 
 def errors_in_metrics(url, model) -> float:
     text = httpx.get(url + "/metrics").text
-    pattern = rf'loraforge_requests_total{{endpoint="completions",model="{re.escape(model)}",status="error"}} (\S+)'
+    labels = f'endpoint="completions",model="{re.escape(model)}",status="error"'
+    pattern = rf"loraforge_requests_total{{{labels}}} (\S+)"
     m = re.search(pattern, text)
     return float(m.group(1)) if m else 0.0
 
@@ -87,7 +88,8 @@ def test_a_fault_sending_one_output_fails_that_request_only(live, monkeypatch):
 
     thread = threading.Thread(target=normal)
     thread.start()
-    r = httpx.post(live.url + "/v1/completions", json=body(live, prompt=[5, POISON]), headers=AUTH, timeout=60)
+    poisoned = body(live, prompt=[5, POISON])
+    r = httpx.post(live.url + "/v1/completions", json=poisoned, headers=AUTH, timeout=60)
     thread.join(60)
     assert_error(r, 500)
     assert results["normal"][-1] == "[DONE]"
