@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 
@@ -52,6 +53,25 @@ def start_server(
         time.sleep(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
     return LiveServer(f"http://127.0.0.1:{port}", engine, server, thread)
+
+
+def stream_in_background(url: str, body: dict) -> tuple[threading.Thread, list[str]]:
+    """POST a streamed completion on a thread; returns the thread and the list its `data:` payloads go
+    to, once the first has arrived."""
+    lines: list[str] = []
+    first = threading.Event()
+
+    def consume():
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    lines.append(line[6:])
+                    first.set()
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    assert first.wait(30), "no event arrived"
+    return reader, lines
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.serve.api.conftest import start_server
+from tests.serve.api.conftest import start_server, stream_in_background
 from tests.serve.api.test_errors import AUTH, assert_error
 
 POISON = 333  # a token id (of the tiny vocabulary) that the patched faults look for
@@ -109,18 +109,7 @@ def test_a_dead_engine_thread_is_a_503_and_nothing_hangs(tiny_model_dir, monkeyp
     try:
         url, engine = srv.url, srv.engine
         payload = body(srv, prompt="The quick", max_tokens=400, stream=True)
-        got_first, lines = threading.Event(), []
-
-        def consume():
-            with httpx.stream("POST", url + "/v1/completions", json=payload, timeout=60) as r:
-                for line in r.iter_lines():
-                    if line.startswith("data: "):
-                        lines.append(line[6:])
-                        got_first.set()
-
-        reader = threading.Thread(target=consume)
-        reader.start()
-        assert got_first.wait(30)
+        reader, lines = stream_in_background(url, payload)
 
         def broken():
             raise RuntimeError("injected fault outside step()")
