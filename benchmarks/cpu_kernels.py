@@ -19,6 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from loraforge.hardware import describe
 from loraforge.serve.engine.attention import decode_attention
 from loraforge.serve.engine.cpu_kernels import cpu_kernels
 from loraforge.serve.engine.kv_cache import KVCache
@@ -110,6 +111,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=8)
     args = ap.parse_args()
+    print(f"CPU: {describe()}", flush=True)
     torch.set_num_threads(args.threads)
     kernels = cpu_kernels()
     if kernels is None:

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from loraforge.hardware import describe
+
 BODY = json.dumps(
     {
         "model": "stub-model",
@@ -260,6 +262,7 @@ def main() -> None:
     if args.upstream_port:
         asyncio.run(_upstream_main(args.upstream_port))
         return
+    print(f"CPU: {describe()}", flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="loraforge-bench-"))
     up_port = _free_port()

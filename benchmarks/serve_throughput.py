@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from loraforge.hardware import describe
+
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TOPICS = [
     "my card",
@@ -209,6 +211,7 @@ def main() -> None:
     ap.add_argument("--rss-adapters", type=int, default=None, help="adapters of row 5 (default 100)")
     ap.add_argument("--kv-cache-gib", type=float, default=0.5, help="the engine's KV cache")
     args = ap.parse_args()
+    print(f"CPU: {describe()}", flush=True)
     torch.set_num_threads(args.threads)
     n_req, n_adapters, max_tokens, n_rss = (16, 8, 32, 20) if args.quick else (64, 32, 128, 100)
     n_rss = args.rss_adapters or n_rss

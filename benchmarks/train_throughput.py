@@ -20,6 +20,7 @@ from loraforge.config import load_config
 from loraforge.data.examples import ExampleBuilder
 from loraforge.data.splits import load_splits
 from loraforge.data.tokenize import tokenize_example
+from loraforge.hardware import describe
 from loraforge.models import load_tokenizer, resolve_model
 from loraforge.train.metrics_log import MetricsLog
 from loraforge.train.model_setup import add_lora, choose_placement, load_base_for_training
@@ -75,9 +76,8 @@ def run_hf_baseline(config, resolved, tokenizer, tokenized, steps: int, batch_si
 
     from loraforge.train.model_setup import lora_config
 
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32), lora_config(config.adapter)
-    )
+    base = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32)
+    model = get_peft_model(base, lora_config(config.adapter, base))
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     counted = {"tokens": 0}
 
@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--examples", type=int, default=1000)
     args = parser.parse_args()
+    print(f"CPU: {describe()}", flush=True)
     config, resolved, tokenizer, tokenized = prepare(args.config, args.examples)
     rows = []
     for name, runner in [("HF Trainer + PEFT (defaults)", run_hf_baseline), ("loraforge", run_loraforge)]:

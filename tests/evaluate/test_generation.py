@@ -1,8 +1,8 @@
 import pytest
 
-from loraforge.evaluate.constrained import LabelTrie
 from loraforge.evaluate.generation import GenerationModel
 from loraforge.models import load_causal_lm, load_tokenizer, resolve_model
+from loraforge.serve.engine.constraints import ChoiceConstraint
 
 LABELS = ["card_arrival", "card_linking", "exchange_rate", "transfer_failed"]
 
@@ -13,14 +13,14 @@ def generator(tiny_model_dir):
     return GenerationModel(load_causal_lm(resolved), load_tokenizer(resolved))
 
 
-def test_label_trie_walks_token_paths(generator):
+def test_the_label_constraint_walks_token_paths(generator):
     tokenizer = generator.tokenizer
-    trie = LabelTrie(LABELS, tokenizer)
+    constraint = ChoiceConstraint.from_strings(LABELS, tokenizer)
     first_tokens = {tokenizer(label, add_special_tokens=False)["input_ids"][0] for label in LABELS}
-    assert set(trie.allowed_after([])) == first_tokens
+    assert constraint.allowed([]) == sorted(first_tokens)
     full = tokenizer("exchange_rate", add_special_tokens=False)["input_ids"]
-    assert trie.allowed_after(full) == [tokenizer.eos_token_id]
-    assert trie.allowed_after([10_000]) == [tokenizer.eos_token_id]  # off the tree: stop
+    assert constraint.allowed(full) == [tokenizer.eos_token_id]
+    assert constraint.allowed([10_000]) == [tokenizer.eos_token_id]  # off the tree: stop
 
 
 def test_batched_generation_matches_one_by_one(generator):

@@ -1,4 +1,4 @@
-"""`loraforge evaluate`: score an adapter (and the base model zero-shot) on a config's split."""
+"""`loraforge evaluate`: score adapters (and the base model zero-shot) on a config's split."""
 
 from pathlib import Path
 
@@ -8,16 +8,32 @@ from loraforge.cli.main import app
 from loraforge.errors import ConfigError
 
 
+def adapter_names(adapters: list[Path]) -> dict[str, Path]:
+    """Report names for adapter folders: "adapter" for one; else each folder's name (its run's name for a
+    run's `adapter/` folder)."""
+    from loraforge.evaluate.generation import ADAPTER
+
+    if len(adapters) == 1:
+        return {ADAPTER: adapters[0]}
+    names = {(a.parent.name if a.name == ADAPTER else a.name): a for a in adapters}
+    if len(names) < len(adapters):
+        raise ConfigError("--adapter: two adapters would share a name; give folders with distinct names")
+    return names
+
+
 @app.command()
 def evaluate(
     config_path: Path = typer.Argument(..., metavar="CONFIG.yaml", help="The fine-tuning config."),
-    adapter: Path | None = typer.Option(
-        None, "--adapter", help="A PEFT adapter directory (e.g. runs/x/adapter)."
+    adapters: list[Path] = typer.Option(
+        [], "--adapter", help="A PEFT adapter directory (e.g. runs/x/adapter); repeat to compare several."
     ),
     split: str | None = typer.Option(None, "--split", help="test or validation (default: evaluation.split)."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate N rows (seeded sample)."),
     baseline: bool = typer.Option(
         False, "--baseline", help="Also run the base model zero-shot, same prompt."
+    ),
+    backend: str | None = typer.Option(
+        None, "--backend", help="engine (default: all runs in one batch stream) or hf (transformers)."
     ),
     overrides: list[str] = typer.Option([], "--set", help="Override a config key: --set key.path=value"),
     output: Path | None = typer.Option(None, "--output", help="Where to write eval.json."),
@@ -26,31 +42,31 @@ def evaluate(
     from loraforge.config import load_config
     from loraforge.data.examples import ExampleBuilder
     from loraforge.data.splits import load_splits
-    from loraforge.evaluate.generation import GenerationModel
     from loraforge.evaluate.report import render_report
-    from loraforge.evaluate.runner import evaluate_records, select_rows, write_report
+    from loraforge.evaluate.runner import evaluate_records, open_backend, select_rows, write_report
 
-    if adapter is None and not baseline:
+    if not adapters and not baseline:
         raise ConfigError("nothing to evaluate: pass --adapter DIR, --baseline, or both")
-    if split is not None:
-        overrides = [*overrides, f"evaluation.split={split}"]
-    if limit is not None:
-        overrides = [*overrides, f"evaluation.limit={limit}"]
+    for key, value in (("split", split), ("limit", limit), ("backend", backend)):
+        if value is not None:
+            overrides = [*overrides, f"evaluation.{key}={value}"]
     config = load_config(config_path, overrides)
+    named = adapter_names(adapters) if adapters else {}
     splits = load_splits(config.data)
     records = splits.test if config.evaluation.split == "test" else splits.validation
     if not records:
         raise ConfigError(f"evaluation.split '{config.evaluation.split}': the config gives no such data")
     rows = select_rows(records, config.evaluation.limit, config.data.seed)
-    generator = GenerationModel.load(config.base_model, adapter=adapter, precision=config.trainer.precision)
+    generator = open_backend(config, named)
     builder = ExampleBuilder(config.prompt, config.target, generator.tokenizer)
     report = evaluate_records(
-        generator, builder, rows, config.evaluation, with_adapter=adapter is not None, baseline=baseline
+        generator, builder, rows, config.evaluation, adapters=tuple(named), baseline=baseline
     )
-    if adapter is not None:
-        report["adapter"] = str(adapter)
-    destination = output or (
-        (adapter.parent if adapter and adapter.name == "adapter" else adapter or Path(".")) / "eval.json"
+    if named:
+        report["adapters"] = {name: str(path) for name, path in named.items()}
+    first = adapters[0] if len(adapters) == 1 else None  # one adapter: beside it; several: here
+    destination = (
+        output or ((first.parent if first.name == "adapter" else first) if first else Path(".")) / "eval.json"
     )
     write_report(report, destination)
     render_report(report)

@@ -18,7 +18,18 @@ app = typer.Typer(
 
 
 # Each command group lives in its own module and registers itself on `app` when imported.
-COMMAND_MODULES = ["generate", "train", "evaluate", "demo", "serve", "gateway", "dataset", "synth"]
+COMMAND_MODULES = [
+    "init",
+    "generate",
+    "train",
+    "evaluate",
+    "export",
+    "demo",
+    "serve",
+    "gateway",
+    "dataset",
+    "synth",
+]
 
 
 def _register_commands() -> None:

@@ -88,7 +88,10 @@ class EvaluationConfig(Section):
     metrics: list[str] | None = Field(None, description="Defaults depend on the task.")
     labels: Path | None = Field(None, description="Label set: a JSON list or one label per line.")
     max_new_tokens: int = Field(64, gt=0, le=4096)
-    batch_size: int = Field(32, gt=0)
+    backend: Literal["engine", "hf"] = Field(
+        "engine", description="engine: our serving engine, all runs in one batch stream; hf: transformers."
+    )
+    batch_size: int = Field(32, gt=0, description="Rows per padded batch (hf backend).")
     constrain_to_labels: bool = Field(
         False, description="Classification: decode only strings from the label set (needs `labels`)."
     )

@@ -5,9 +5,12 @@ from pathlib import Path
 
 import torch
 
-from loraforge.errors import ModelNotFoundError
-from loraforge.evaluate.constrained import LabelTrie, prefix_allowed_tokens
+from loraforge.errors import ConfigError, ModelNotFoundError
+from loraforge.evaluate.constrained import prefix_allowed_tokens
 from loraforge.models import load_causal_lm, load_tokenizer, pick_dtype, resolve_model
+from loraforge.serve.engine.constraints import ChoiceConstraint
+
+ADAPTER = "adapter"  # the name of the one adapter a GenerationModel wraps
 
 
 class GenerationModel:
@@ -39,6 +42,27 @@ class GenerationModel:
     def has_adapter(self) -> bool:
         return hasattr(self.model, "disable_adapter")
 
+    def generate_runs(
+        self,
+        prompts: list[str],
+        adapters: list[str | None],
+        max_new_tokens: int = 64,
+        on_done=None,
+        allowed_outputs: list[str] | None = None,
+        batch_size: int = 32,
+    ) -> dict[str | None, list[str]]:
+        """`generate` for each run, one after the other: None is the base model, ADAPTER the wrapped one (the
+        interface of `EngineBackend.generate_runs`)."""
+        unknown = [a for a in adapters if a is not None and (a != ADAPTER or not self.has_adapter)]
+        if unknown:
+            raise ConfigError(f"the hf evaluation backend runs one adapter, named {ADAPTER!r}; not {unknown}")
+        return {
+            adapter: self.generate(
+                prompts, max_new_tokens, batch_size, adapter is not None, on_done, allowed_outputs
+            )
+            for adapter in adapters
+        }
+
     def chat_prompt(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
@@ -61,7 +85,7 @@ class GenerationModel:
         outputs: list[str] = [""] * len(prompts)
         pad_id = self.tokenizer.pad_token_id
         context = self.model.disable_adapter() if self.has_adapter and not use_adapter else nullcontext()
-        trie = LabelTrie(allowed_outputs, self.tokenizer) if allowed_outputs else None
+        trie = ChoiceConstraint.from_strings(allowed_outputs, self.tokenizer) if allowed_outputs else None
         self.model.eval()
         with context:
             for start in range(0, len(order), batch_size):

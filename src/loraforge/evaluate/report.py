@@ -1,4 +1,4 @@
-"""Print an evaluation report as a table: base vs adapter, metric by metric."""
+"""Print an evaluation report as a table: base vs each adapter, metric by metric."""
 
 from rich.console import Console
 from rich.table import Table
@@ -21,12 +21,13 @@ def render_report(report: dict, console: Console | None = None) -> None:
     table.add_column("metric")
     for name in results:
         table.add_column(name, justify="right")
-    if {"base", "adapter"} <= results.keys():
-        table.add_column("Δ (adapter − base)", justify="right")
+    compared = [name for name in results if name != "base"] if "base" in results else []
+    for name in compared:
+        table.add_column(f"Δ ({name} − base)", justify="right")
     metric_names = list(dict.fromkeys(key for metrics in results.values() for key in metrics))
     for metric in metric_names:
         cells = [f"{results[name].get(metric, float('nan')):.4f}" for name in results]
-        if {"base", "adapter"} <= results.keys():
-            cells.append(f"{results['adapter'].get(metric, 0) - results['base'].get(metric, 0):+.4f}")
+        base = results["base"].get(metric, 0) if compared else 0
+        cells += [f"{results[name].get(metric, 0) - base:+.4f}" for name in compared]
         table.add_row(metric, *cells)
     console.print(table)

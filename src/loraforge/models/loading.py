@@ -2,17 +2,8 @@
 
 import torch
 
+from loraforge.hardware import has_fast_bf16
 from loraforge.models.resolver import ResolvedModel
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX or AVX512-BF16, where bf16 matmuls beat fp32 several times over."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = cpuinfo.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def pick_dtype(precision: str = "auto", device: str = "cpu") -> torch.dtype:
@@ -23,7 +14,7 @@ def pick_dtype(precision: str = "auto", device: str = "cpu") -> torch.dtype:
         return torch.bfloat16
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    return torch.bfloat16 if has_fast_bf16() else torch.float32
 
 
 def load_tokenizer(model: ResolvedModel):

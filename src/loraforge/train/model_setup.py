@@ -31,15 +31,30 @@ def choose_placement(trainer: TrainerConfig) -> Placement:
     return Placement(device=device, dtype=pick_dtype(trainer.precision, device))
 
 
-def lora_config(adapter: AdapterConfig):
+def linear_module_names(model) -> list[str]:
+    """The short names (`q_proj`, ...) of the model's linear layers, the LM head excluded: what `all-linear`
+    means. PEFT would save every layer's full path instead (`model.layers.0.self_attn.q_proj`, ...), which
+    other servers' loaders read less reliably than the short names they document."""
+    head = model.get_output_embeddings()
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and module is not head
+        }
+    )
+
+
+def lora_config(adapter: AdapterConfig, model):
     from peft import LoraConfig, TaskType
 
+    targets = adapter.target_modules
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=adapter.r,
         lora_alpha=adapter.alpha,
         lora_dropout=adapter.dropout,
-        target_modules=adapter.target_modules,
+        target_modules=linear_module_names(model) if targets == "all-linear" else targets,
         bias="none",
     )
 
@@ -81,7 +96,7 @@ def add_lora(base, adapter: AdapterConfig):
     from peft import get_peft_model
 
     try:
-        model = get_peft_model(base, lora_config(adapter))
+        model = get_peft_model(base, lora_config(adapter, base))
     except ValueError as exc:
         raise ConfigError(f"adapter.target_modules: {exc}") from None
     if next(base.parameters()).device.type == "cpu":

@@ -11,8 +11,8 @@ from loraforge.data.examples import ExampleBuilder
 from loraforge.data.splits import load_splits
 from loraforge.data.tokenize import tokenize_example
 from loraforge.errors import ConfigError
-from loraforge.evaluate.generation import GenerationModel
-from loraforge.evaluate.runner import evaluate_records, select_rows, write_report
+from loraforge.evaluate.generation import ADAPTER, GenerationModel
+from loraforge.evaluate.runner import evaluate_records, open_backend, select_rows, write_report
 from loraforge.models import load_tokenizer, resolve_model
 from loraforge.train.checkpoint import latest_checkpoint, read_state
 from loraforge.train.metrics_log import MetricsLog, plot_losses
@@ -82,7 +82,10 @@ def run_training(
     test_records = splits.test if config.evaluation.split == "test" else splits.validation
     if evaluate and test_records:
         rows = select_rows(test_records, config.evaluation.limit, config.data.seed)
-        generator = GenerationModel(model, tokenizer, placement.device)
+        if config.evaluation.backend == "hf":  # the trained model as it is in memory
+            generator = GenerationModel(model, tokenizer, placement.device)
+        else:
+            generator = open_backend(config, {ADAPTER: output_dir / "adapter"}, placement.device)
         report = evaluate_records(
             generator, builder, rows, config.evaluation, baseline=baseline, show_progress=show_progress
         )

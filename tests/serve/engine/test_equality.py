@@ -131,3 +131,19 @@ def test_smollm2_mixed_batch_equals_hf_and_peft(tmp_path):
     got = engine.generate(ids, SamplingParams(max_tokens=12, temperature=0), adapters)
     assert [s.output_ids for s in got] == expected
     assert len({tuple(e) for e in expected}) >= 5  # the adapters change the answers
+
+
+def test_the_plain_pytorch_fallback_equals_hf_and_peft(tiny_model_dir, adapter_dir, reference, monkeypatch):
+    """What runs without a C++ toolchain (or with LORAFORGE_NO_KERNELS=1), on any CPU."""
+    from loraforge.serve.engine.cpu_kernels import cpu_kernels
+
+    ids, expected = reference
+    monkeypatch.setenv("LORAFORGE_NO_KERNELS", "1")
+    cpu_kernels.cache_clear()
+    try:
+        engine = _engine(tiny_model_dir, adapter_dir, block_size=4, num_kv_blocks=256)
+        assert engine.model.kernels is None and engine.lora.kernels is None
+        got = engine.generate(ids, SamplingParams(max_tokens=MAX_NEW, temperature=0), ADAPTERS)
+    finally:
+        cpu_kernels.cache_clear()
+    assert [s.output_ids for s in got] == expected

@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from loraforge.serve.engine import linear as linear_mod
-from loraforge.serve.engine.linear import Linear, keep_plain_copy
+from loraforge.serve.engine.linear import Linear, keep_plain_copy, onednn_packs
+
+needs_bf16_packing = pytest.mark.skipif(
+    not onednn_packs(torch.bfloat16),
+    reason="oneDNN packs bf16 weights only on CPUs with AVX-512 BW/VL/DQ or AVX-NE-CONVERT (this one has "
+    "neither); test_without_packing_every_form_gives_f_linear covers the fallback these CPUs run",
+)
 
 
 def _inputs(rows: int, dtype: torch.dtype, bias: bool):
@@ -18,6 +24,7 @@ def _inputs(rows: int, dtype: torch.dtype, bias: bool):
     return x, w, b
 
 
+@needs_bf16_packing
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("rows", [3, 17, 64])
 def test_packed_bf16_is_bit_identical_to_f_linear(rows, bias):
@@ -30,6 +37,7 @@ def test_packed_bf16_is_bit_identical_to_f_linear(rows, bias):
 @pytest.mark.parametrize("rows", [1, 5, 64])
 def test_packed_fp32_matches_f_linear(rows):
     x, w, b = _inputs(rows, torch.float32, True)
+    assert onednn_packs(torch.float32)  # fp32 packs on every x86-64 CPU oneDNN runs on
     torch.testing.assert_close(Linear(w, b)(x), F.linear(x, w, b), rtol=1e-5, atol=1e-4)
 
 
@@ -60,12 +68,40 @@ def test_no_packing_where_onednn_does_not_apply():
     assert torch.equal(layer(x), F.linear(x, w, b))
 
 
+@needs_bf16_packing
 @pytest.mark.parametrize("rows", [1, 64])
 def test_packed_only_drops_the_plain_weight_and_gives_the_same_result(kernels, rows):
     x, w, b = _inputs(rows, torch.bfloat16, True)
     both, packed_only = Linear(w, b, kernels), Linear(w, b, kernels, keep_plain=False)
     assert packed_only.weight is None and packed_only.nbytes == both.nbytes // 2
     torch.testing.assert_close(packed_only(x), both(x), rtol=1e-2, atol=1e-2)  # 1 row: kernel vs oneDNN
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_without_packing_every_form_gives_f_linear(kernels, monkeypatch, dtype):
+    """What a CPU where oneDNN cannot pack runs (bf16 on AVX2-only CPUs): no packed form, the plain weight
+    kept even when asked to drop it, the kernel for 1-2 rows and `F.linear` for more."""
+    monkeypatch.setattr(linear_mod, "onednn_packs", lambda dtype: False)
+    x, w, b = _inputs(64, dtype, True)
+    layer = Linear(w, b, kernels, keep_plain=False)
+    assert layer.packed is None and layer.weight is w
+    assert layer.nbytes == w.numel() * w.element_size()
+    assert torch.equal(layer(x), F.linear(x, w, b))
+    for rows in (1, linear_mod.SMALL_BATCH_ROWS):
+        torch.testing.assert_close(layer(x[:rows]), F.linear(x[:rows], w, b), rtol=1e-2, atol=1e-2)
+
+
+def test_the_packing_probe_matches_what_torch_can_pack():
+    w = torch.randn(32, 32).to(torch.bfloat16)
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(w, 64)
+        packs = True
+    except RuntimeError as exc:  # AVX2-only CPUs: "bf16 path needs the cpu support ..."
+        assert "bf16" in str(exc)
+        packs = False
+    assert onednn_packs(torch.bfloat16) == packs
+    assert (Linear(w).packed is not None) == packs
+    assert not onednn_packs(torch.float16)
 
 
 def test_the_plain_copy_is_kept_for_weights_up_to_a_quarter_of_memory():

@@ -83,11 +83,7 @@ def test_cached_copy_is_refreshed_when_a_slot_changes():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_kernels_equal_the_batched_matmuls(dtype):
-    from loraforge.serve.engine.cpu_kernels import cpu_kernels
-
-    if cpu_kernels() is None:
-        pytest.skip("no C++ toolchain: the engine uses batched matmuls only")
+def test_cpu_kernels_equal_the_batched_matmuls(kernels, dtype):
     with_kernels = LoRAWeights(DIMS, num_layers=2, num_slots=5, dtype=dtype, device="cpu", cache_bytes=0)
     assert with_kernels.kernels is not None
     reference = LoRAWeights(DIMS, num_layers=2, num_slots=5, dtype=torch.float64, device="cpu")

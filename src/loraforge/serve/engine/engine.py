@@ -2,6 +2,7 @@
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -273,8 +274,10 @@ class Engine:
         prompts: list[list[int]],
         params: SamplingParams | list[SamplingParams],
         adapters: list[str | None] | None = None,
+        on_finish: Callable[[Sequence], None] | None = None,
     ) -> list[Sequence]:
-        """Run requests to completion (tests, benchmarks); returns the finished sequences in order."""
+        """Run requests to completion (evaluation, tests, benchmarks); returns the finished sequences in
+        order. `on_finish` sees each sequence as it finishes (progress bars)."""
         params_list = (
             params if isinstance(params, list) else [SamplingParams(**vars(params)) for _ in prompts]
         )
@@ -283,7 +286,9 @@ class Engine:
         while self.has_work():
             if not self.scheduler.has_work():
                 self.adapters.wait_for_load()
-            self.step()
+            for out in self.step():
+                if out.finished and on_finish is not None:
+                    on_finish(out.seq)
         return seqs
 
 

@@ -9,11 +9,14 @@ On CPU (bf16/fp32) there are two:
   less in fp32, and the bf16 results are bit-identical (benchmarks/cpu_kernels.py, case 3).
 Elsewhere (CUDA, fp16) it is `F.linear`.
 
-Holding both forms doubles the weights' memory. Where that is too much (`keep_plain=False`, see
-`Llama.__init__`), the plain weight is dropped once packed, and every batch size runs the packed form.
+Where oneDNN cannot pack the dtype on this CPU (bf16 without AVX-512, see `onednn_packs`), batches of 3+
+rows run `F.linear`. Holding both forms doubles the weights' memory. Where that is too much
+(`keep_plain=False`, see `Llama.__init__`), the plain weight is dropped once packed, and every batch size
+runs the packed form.
 """
 
 import os
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -32,23 +35,26 @@ def keep_plain_copy(weight_bytes: int) -> bool:
     return weight_bytes <= PLAIN_COPY_MAX_SHARE * total
 
 
-def can_pack(weight: torch.Tensor) -> bool:
-    return (
-        weight.device.type == "cpu"
-        and weight.dtype in (torch.bfloat16, torch.float32)
-        and torch.backends.mkldnn.is_available()
-    )
+@cache
+def onednn_packs(dtype: torch.dtype) -> bool:
+    """Whether this CPU and torch build can pack weights of `dtype` for oneDNN, tried once on a small weight.
+    fp32 packs everywhere oneDNN runs; bf16 needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT (not on AVX2-only
+    CPUs such as AMD Zen 3), where the layer keeps running `F.linear` (or the small-batch kernel)."""
+    if dtype not in (torch.bfloat16, torch.float32) or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=dtype), 16)
+    except (AttributeError, RuntimeError):  # the op is torch-internal (its inductor's); it may be missing
+        return False
+    return True
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor | None:
     """oneDNN's blocked copy of `weight` `[out, in]` (an opaque mkldnn tensor), laid out for batched rows;
-    None where this torch build cannot make one (these ops are torch's own, used by its inductor)."""
-    if not can_pack(weight):
+    None where this CPU or torch build cannot make one (see `onednn_packs`)."""
+    if weight.device.type != "cpu" or not onednn_packs(weight.dtype):
         return None
-    try:
-        return torch.ops.mkldnn._reorder_linear_weight(weight, 64)
-    except (AttributeError, RuntimeError):
-        return None
+    return torch.ops.mkldnn._reorder_linear_weight(weight, 64)
 
 
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -9,7 +9,14 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], kernels=None) -> list[int
     """`logits` `[rows, vocab]` on CPU (the model's dtype), one row per sequence; `kernels` from cpu_kernels.
 
     Greedy rows take the argmax of the logits as they are (exact: fp32 holds every bf16 value); only the
-    rows that sample are converted to fp32."""
+    rows that sample are converted to fp32. Rows under a constraint first lose every token it does not allow
+    (in place: the logits are this step's own)."""
+    for i, seq in enumerate(seqs):
+        if seq.params.constraint is not None:
+            allowed = torch.tensor(seq.params.constraint.allowed(seq.output_ids))
+            kept = logits[i, allowed]
+            logits[i] = float("-inf")
+            logits[i, allowed] = kept
     if kernels is not None:  # rows in parallel, read in place
         out = kernels.argmax_rows(logits).tolist()
     else:

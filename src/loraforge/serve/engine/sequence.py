@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from loraforge.serve.engine.constraints import ChoiceConstraint
+
 
 @dataclass
 class SamplingParams:
@@ -18,6 +20,7 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    constraint: ChoiceConstraint | None = None  # decode only one of a set of strings (constraints.py)
 
     @property
     def greedy(self) -> bool:

@@ -1,0 +1,83 @@
+"""Evaluation speed: the engine backend vs HF `generate` (issue 18, target >= 5x end to end), same run.
+
+Both evaluate the same Banking77 test rows with the base model (zero-shot) and an adapter, as `make demo` and
+`loraforge train --baseline` do: HF runs padded batches of `evaluation.batch_size`, one model after the other;
+the engine runs every row of both runs in one continuous batch. Prints seconds, rows/s, the ratio and how
+many predictions agree (in bf16 the two backends' matmuls may round differently; in fp32 they agree exactly,
+tests/evaluate/test_engine_backend.py).
+
+    .venv/bin/python benchmarks/eval_throughput.py                      # 512 rows, a random r=16 adapter
+    .venv/bin/python benchmarks/eval_throughput.py --rows 3080 --adapter runs/demo-banking77/adapter
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from loraforge.config import load_config
+from loraforge.data.examples import ExampleBuilder
+from loraforge.data.splits import load_splits
+from loraforge.evaluate.generation import ADAPTER
+from loraforge.evaluate.runner import evaluate_records, open_backend, select_rows
+from loraforge.hardware import describe
+from loraforge.models import resolve_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_throughput import make_adapters  # noqa: E402  (a sibling benchmark's random adapters)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=ROOT / "examples/banking77.yaml")
+    ap.add_argument("--rows", type=int, default=512, help="test rows (seeded sample; Banking77 has 3,080)")
+    ap.add_argument("--adapter", type=Path, help="a trained adapter (default: a random r=16 all-linear one)")
+    ap.add_argument(
+        "--constrain", action="store_true", help="decode only labels (evaluation.constrain_to_labels)"
+    )
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    print(f"CPU: {describe()}", flush=True)
+    torch.set_num_threads(args.threads)
+    overrides = [
+        f"evaluation.limit={args.rows}",
+        f"evaluation.constrain_to_labels={str(args.constrain).lower()}",
+    ]
+    config = load_config(args.config, overrides)
+    rows = select_rows(load_splits(config.data).test, config.evaluation.limit, config.data.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = args.adapter
+        if adapter is None:
+            adapter = Path(tmp) / make_adapters(resolve_model(config.base_model).path, Path(tmp), 1, 16)[0]
+        timings, predictions = {}, {}
+        for backend in ("hf", "engine"):
+            config.evaluation.backend = backend
+            generator = open_backend(config, {ADAPTER: adapter})
+            builder = ExampleBuilder(config.prompt, config.target, generator.tokenizer)
+            start = time.perf_counter()
+            report = evaluate_records(
+                generator, builder, rows, config.evaluation, baseline=True, show_progress=False
+            )
+            timings[backend] = time.perf_counter() - start
+            predictions[backend] = [(s["base"], s[ADAPTER]) for s in report["samples"]]
+            print(
+                f"{backend}: {timings[backend]:.1f} s, accuracy {report['results'][ADAPTER]['accuracy']:.3f}"
+            )
+            del generator
+    same = sum(a == b for a, b in zip(predictions["hf"], predictions["engine"], strict=True))
+    n = len(rows)
+    print(f"\n{n} rows x 2 runs (base + adapter), max_new_tokens {config.evaluation.max_new_tokens}\n")
+    print("| backend | seconds | rows/s |\n|---|---|---|")
+    for backend, seconds in timings.items():
+        print(f"| {backend} | {seconds:.1f} | {2 * n / seconds:.1f} |")
+    print(f"\nengine vs hf: {timings['hf'] / timings['engine']:.2f}x (target >= 5x)")
+    print(f"rows whose two predictions agree between backends: {same}/{n}")
+
+
+if __name__ == "__main__":
+    main()

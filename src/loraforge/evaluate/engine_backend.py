@@ -1,0 +1,65 @@
+"""Evaluation through the serving engine: every prompt of every run (base model, one or more adapters) goes
+into one continuous batch, instead of HF `generate`'s padded batches run one model at a time.
+
+Same greedy decoding and the same label constraint as the HF backend (`evaluate/generation.py`), so both
+give the same outputs where their arithmetic agrees (fp32; `tests/evaluate/test_engine_backend.py`); bf16
+matmuls may round differently between the two. `benchmarks/eval_throughput.py` measures the speed-up.
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+
+from loraforge.serve.engine import Engine, EngineConfig, SamplingParams
+from loraforge.serve.engine.constraints import ChoiceConstraint
+
+BASE = None  # the run without an adapter
+
+
+class EngineBackend:
+    """Greedy generation for evaluation on an `Engine`; adapters are registered by name."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+
+    @classmethod
+    def load(
+        cls, spec: str, adapters: dict[str, Path], precision: str = "auto", device: str = "cpu"
+    ) -> "EngineBackend":
+        engine = Engine(EngineConfig(model=spec, precision=precision, device=device))
+        for name, path in adapters.items():
+            engine.adapters.register(name, path)
+        return cls(engine)
+
+    def generate_runs(
+        self,
+        prompts: list[str],
+        adapters: list[str | None],
+        max_new_tokens: int = 64,
+        on_done: Callable[[int], None] | None = None,
+        allowed_outputs: list[str] | None = None,
+        batch_size: int | None = None,
+    ) -> dict[str | None, list[str]]:
+        """Completions of `prompts` (already templated) for each adapter name (None: the base model), all in
+        one batch stream; special tokens removed and whitespace stripped, as the HF backend does.
+        `batch_size` is the HF backend's padded batch; the engine batches continuously and needs none."""
+        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        constraint = (
+            ChoiceConstraint.from_strings(allowed_outputs, self.tokenizer) if allowed_outputs else None
+        )
+        params = [
+            SamplingParams(max_tokens=max_new_tokens, temperature=0.0, constraint=constraint)
+            for _ in adapters
+            for _ in encoded
+        ]
+        names = [adapter for adapter in adapters for _ in encoded]
+        seqs = self.engine.generate(
+            encoded * len(adapters), params, names, on_finish=(lambda _: on_done(1)) if on_done else None
+        )
+        failed = next((s.error for s in seqs if s.error is not None), None)
+        if failed is not None:  # an adapter that did not load: no partial report
+            raise failed
+        texts = [self.tokenizer.decode(s.output_ids, skip_special_tokens=True).strip() for s in seqs]
+        return {
+            adapter: texts[i * len(encoded) : (i + 1) * len(encoded)] for i, adapter in enumerate(adapters)
+        }

@@ -1,0 +1,144 @@
+"""A complete fine-tuning config inferred from a task's data, with the reason for each choice (`init`).
+
+The rules, in one place:
+- task: `json` when nearly every target parses as a JSON object or array; `classification` when the targets
+  are short and repeat (at most half as many distinct values as rows, at most MAX_CLASSES); else `generation`.
+- classification: the label set is written beside the config and decoding is constrained to it (free
+  decoding invents labels that do not exist); `max_new_tokens` fits the longest tokenized target.
+- `max_seq_length` covers the longest prompt + target the data holds (rounded up, capped by the model).
+- the schedule scales with the data: about TARGET_STEPS optimizer steps, so small data gets more epochs
+  (between MIN_EPOCHS and MAX_EPOCHS), with early stopping on a validation split guarding against overfitting.
+"""
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loraforge.config.schema import PromptConfig, TargetConfig
+from loraforge.data.examples import ExampleBuilder
+from loraforge.data.sources import read_records
+from loraforge.errors import DataError
+
+MAX_CLASSES = 1000
+MAX_LABEL_CHARS = 64  # longer targets read as text to generate, not labels
+JSON_SHARE = 0.95
+BATCH_SIZE = 16
+TARGET_STEPS = 300
+MIN_EPOCHS, MAX_EPOCHS = 2, 10
+MAX_SEQ_CAP = 2048
+VALIDATION_FRACTION = 0.1  # carved from train for early stopping
+
+
+@dataclass
+class Inferred:
+    """The config as a dict (validated by the caller), the label set if any, and why each choice was made."""
+
+    config: dict[str, Any]
+    labels: list[str] | None
+    reasons: list[str] = field(default_factory=list)
+
+
+def _is_json(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict | list)
+    except (json.JSONDecodeError, TypeError):
+        return False
+
+
+def infer_task(targets: list[str]) -> tuple[str, str]:
+    """(task, why) from the training targets."""
+    distinct = set(targets)
+    json_share = sum(_is_json(t) for t in targets) / len(targets)
+    if json_share >= JSON_SHARE:
+        return "json", f"{json_share:.0%} of targets parse as JSON"
+    longest = max(len(t) for t in distinct)
+    if len(distinct) <= min(MAX_CLASSES, len(targets) / 2) and longest <= MAX_LABEL_CHARS:
+        return "classification", (
+            f"{len(distinct)} distinct targets in {len(targets)} rows, at most {longest} characters: labels"
+        )
+    return "generation", f"{len(distinct)} distinct targets in {len(targets)} rows: free text"
+
+
+def steps_per_epoch(rows: int) -> int:
+    return math.ceil(rows * (1 - VALIDATION_FRACTION) / BATCH_SIZE)
+
+
+def schedule(rows: int) -> tuple[int, float, str]:
+    """(epochs, learning rate, why) for `rows` training examples."""
+    epochs = max(MIN_EPOCHS, min(MAX_EPOCHS, math.ceil(TARGET_STEPS * BATCH_SIZE / rows)))
+    lr = 1e-3 if rows < 20_000 else 5e-4
+    steps = steps_per_epoch(rows) * epochs
+    return epochs, lr, f"{rows} rows: {epochs} epochs of batch {BATCH_SIZE} (~{steps} steps), lr {lr:g}"
+
+
+def infer_config(
+    train: Path,
+    input_column: str,
+    target_column: str,
+    tokenizer,
+    *,
+    test: Path | None,
+    base_model: str,
+    labels_path: Path,
+) -> Inferred:
+    """Read `train` and infer everything a config needs (see the module docstring); a classification
+    config names `labels_path` as its label set, for the caller to write."""
+    records = read_records(train)
+    if not records:
+        raise DataError(f"{train} has no rows")
+    for column in (input_column, target_column):
+        if column not in records[0]:
+            raise DataError(f"{train} has no column '{column}' (it has: {', '.join(map(str, records[0]))})")
+    targets = [str(r[target_column]) for r in records]
+    task, why = infer_task(targets)
+    reasons = [f"task {task}: {why}"]
+    prompt = PromptConfig(
+        template=f"{{{input_column}}}", chat_template=bool(getattr(tokenizer, "chat_template", None))
+    )
+    builder = ExampleBuilder(prompt, TargetConfig(column=target_column), tokenizer)
+    lengths = []
+    for record in records:
+        example = builder.build(record)
+        text = example.prompt + example.completion
+        lengths.append(len(tokenizer(text, add_special_tokens=False).input_ids))
+    context = getattr(tokenizer, "model_max_length", MAX_SEQ_CAP)
+    max_seq = min(MAX_SEQ_CAP, context, 32 * math.ceil((max(lengths) + 8) / 32))
+    reasons.append(f"max_seq_length {max_seq}: the longest prompt + target is {max(lengths)} tokens")
+    target_tokens = max(len(tokenizer(t, add_special_tokens=False).input_ids) for t in set(targets))
+    max_new = min(4096, target_tokens + 2 if task == "classification" else 2 * target_tokens + 8)
+    reasons.append(f"max_new_tokens {max_new}: the longest target is {target_tokens} tokens")
+    epochs, lr, why = schedule(len(records))
+    reasons.append(why)
+    labels = sorted(set(targets)) if task == "classification" else None
+    evaluation: dict[str, Any] = {"task": task, "max_new_tokens": max_new}
+    if labels is not None:
+        evaluation |= {"labels": str(labels_path), "constrain_to_labels": True}
+        reasons.append(f"decoding constrained to the {len(labels)} labels: every output is a valid label")
+    data: dict[str, Any] = {"train": str(train), "validation_fraction": VALIDATION_FRACTION, "seed": 42}
+    if test is not None:
+        data["test"] = str(test)
+    else:
+        evaluation["split"] = "validation"
+        reasons.append("no --test file: evaluation runs on the validation split carved from train")
+    config = {
+        "base_model": base_model,
+        "data": data,
+        "prompt": prompt.model_dump(exclude_defaults=True) | {"chat_template": prompt.chat_template},
+        "target": {"column": target_column},
+        "adapter": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
+        "trainer": {
+            "epochs": epochs,
+            "batch_size": BATCH_SIZE,
+            "learning_rate": lr,
+            "scheduler": "cosine",
+            "warmup_ratio": 0.05,
+            "max_seq_length": max_seq,
+            "eval_every": max(10, steps_per_epoch(len(records)) * epochs // 10),  # ~10 validations a run
+            "early_stopping_patience": 3,
+            "seed": 42,
+        },
+        "evaluation": evaluation,
+    }
+    return Inferred(config, labels, reasons)

@@ -1,0 +1,139 @@
+"""Evaluation on the serving engine gives the HF backend's greedy outputs (fp32: the same arithmetic), for the
+base model and an adapter, free and constrained to labels; several adapters share one batch stream."""
+
+import json
+import sys
+
+import pytest
+import yaml
+
+from loraforge.errors import ConfigError
+from loraforge.evaluate.engine_backend import EngineBackend
+from loraforge.evaluate.generation import ADAPTER, GenerationModel, attach_adapter
+from loraforge.models import load_causal_lm, load_tokenizer, resolve_model
+from tests.serve.conftest import make_adapter_registry
+
+LABELS = ["card_arrival", "card_linking", "exchange_rate", "transfer_failed"]
+TEXTS = [
+    "hi",
+    "where is my card now?",
+    "rate for euros",
+    "my transfer failed twice",
+    "x",
+    "card linking help",
+]
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir, tmp_path_factory):
+    return make_adapter_registry(tiny_model_dir, tmp_path_factory.mktemp("adapters"))
+
+
+@pytest.fixture(scope="module")
+def engine_backend(tiny_model_dir, adapter_dir):
+    adapters = {ADAPTER: adapter_dir / "alpha", "beta": adapter_dir / "beta"}
+    return EngineBackend.load(str(tiny_model_dir), adapters, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def hf_backend(tiny_model_dir, adapter_dir):
+    resolved = resolve_model(str(tiny_model_dir))
+    return GenerationModel(
+        attach_adapter(load_causal_lm(resolved), adapter_dir / "alpha"), load_tokenizer(resolved)
+    )
+
+
+@pytest.fixture(scope="module")
+def prompts(hf_backend):
+    return [hf_backend.chat_prompt([{"role": "user", "content": text}]) for text in TEXTS]
+
+
+@pytest.mark.parametrize("allowed", [None, LABELS], ids=["free", "labels"])
+def test_the_engine_gives_the_hf_outputs(engine_backend, hf_backend, prompts, allowed):
+    runs = [None, ADAPTER]
+    got = engine_backend.generate_runs(prompts, runs, max_new_tokens=8, allowed_outputs=allowed)
+    expected = hf_backend.generate_runs(
+        prompts, runs, max_new_tokens=8, allowed_outputs=allowed, batch_size=4
+    )
+    assert got == expected
+    assert got[None] != got[ADAPTER]  # the adapter changes outputs: a dropped LoRA term would show
+    if allowed:
+        assert all(out in LABELS for run in got.values() for out in run)
+    else:
+        assert not all(out in LABELS for out in got[None])
+
+
+def test_several_adapters_run_in_one_batch_stream(engine_backend, prompts):
+    engine = engine_backend.engine
+    slots_per_step, run = [], engine.runner.run
+
+    def recording_run(seqs, is_prefill):
+        slots_per_step.append({s.lora_slot for s in seqs})
+        return run(seqs, is_prefill)
+
+    engine.runner.run = recording_run
+    try:
+        done = []
+        both = engine_backend.generate_runs(prompts, [ADAPTER, "beta"], max_new_tokens=6, on_done=done.append)
+    finally:
+        engine.runner.run = run
+    assert sum(done) == 2 * len(prompts)
+    assert any(len(slots) == 2 for slots in slots_per_step)
+    for name in (ADAPTER, "beta"):
+        assert both[name] == engine_backend.generate_runs(prompts, [name], max_new_tokens=6)[name]
+
+
+def test_the_hf_backend_runs_one_adapter(hf_backend, prompts):
+    with pytest.raises(ConfigError, match="one adapter"):
+        hf_backend.generate_runs(prompts, [ADAPTER, "beta"])
+
+
+def test_evaluate_cli_compares_several_adapters(monkeypatch, capsys, tmp_path, tiny_model_dir, adapter_dir):
+    from loraforge.cli.main import main
+
+    data = tmp_path / "data.jsonl"
+    data.write_text(
+        "".join(json.dumps({"text": t, "label": LABELS[i % 4]}) + "\n" for i, t in enumerate(TEXTS))
+    )
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps(LABELS))
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "base_model": str(tiny_model_dir),
+                "data": {"train": str(data), "test": str(data)},
+                "prompt": {"template": "Message: {text}\nIntent:"},
+                "target": {"column": "label"},
+                "trainer": {"precision": "fp32"},
+                "evaluation": {
+                    "task": "classification",
+                    "labels": str(labels),
+                    "constrain_to_labels": True,
+                    "max_new_tokens": 8,
+                },
+            }
+        )
+    )
+    out = tmp_path / "eval.json"
+    args = [
+        "evaluate",
+        str(config),
+        "--adapter",
+        str(adapter_dir / "alpha"),
+        "--adapter",
+        str(adapter_dir / "beta"),
+    ]
+    monkeypatch.setattr(sys, "argv", ["loraforge", *args, "--baseline", "--output", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 0
+    report = json.loads(out.read_text())
+    assert list(report["results"]) == ["base", "alpha", "beta"]
+    assert report["results"]["alpha"]["out_of_label_rate"] == 0.0
+    assert "Δ (beta" in capsys.readouterr().out  # a column per adapter against the base model
+    monkeypatch.setattr(sys, "argv", ["loraforge", *args, "--backend", "hf"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert "one adapter at a time" in capsys.readouterr().err

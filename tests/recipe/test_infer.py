@@ -1,0 +1,68 @@
+"""`loraforge init`: the task, lengths and schedule inferred from data, and a config `train` accepts."""
+
+import json
+import sys
+
+import pytest
+
+from loraforge.config import load_config
+from loraforge.recipe.infer import MAX_EPOCHS, MIN_EPOCHS, infer_task, schedule
+
+INTENTS = ["card_arrival", "activate_my_card", "transfer_failed", "exchange_rate"]
+
+
+def test_the_task_follows_the_targets():
+    assert infer_task([INTENTS[i % 4] for i in range(40)])[0] == "classification"
+    assert infer_task([json.dumps({"name": f"x{i}", "n": i}) for i in range(40)])[0] == "json"
+    assert infer_task([f"a different sentence number {i}" for i in range(40)])[0] == "generation"
+    # repeating but long targets are text to generate, not labels
+    assert infer_task(["a long answer " * 10, "another long answer " * 10] * 20)[0] == "generation"
+
+
+def test_small_data_gets_more_epochs_within_bounds():
+    epochs = [schedule(rows)[0] for rows in (50, 400, 800, 2000, 10_000, 100_000)]
+    assert epochs == sorted(epochs, reverse=True)
+    assert epochs[0] == MAX_EPOCHS and epochs[-1] == MIN_EPOCHS
+
+
+def _cli(monkeypatch, capsys, *args):
+    from loraforge.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["loraforge", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+def test_init_writes_a_config_train_accepts(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    data = tmp_path / "train.jsonl"
+    data.write_text(
+        "".join(json.dumps({"text": f"msg {i}", "label": INTENTS[i % 4]}) + "\n" for i in range(40))
+    )
+    out = tmp_path / "cfg" / "task.yaml"
+    base = ["init", "--data", str(data), "--input", "text", "--target", "label", "--out", str(out)]
+    code, printed, _ = _cli(monkeypatch, capsys, *base, "--base-model", str(tiny_model_dir))
+    assert code == 0
+    assert "task classification: 4 distinct targets in 40 rows" in printed
+    config = load_config(out)
+    assert config.evaluation.task == "classification" and config.evaluation.constrain_to_labels
+    assert json.loads(config.evaluation.labels.read_text()) == sorted(INTENTS)
+    assert config.trainer.epochs == MAX_EPOCHS and config.evaluation.split == "validation"
+    assert config.evaluation.max_new_tokens >= max(len(i) for i in INTENTS) // 8  # tokens, not characters
+    # mistakes: one line, exit 2
+    code, _, err = _cli(monkeypatch, capsys, *base, "--base-model", str(tiny_model_dir))
+    assert code == 2 and "exists" in err and len(err.strip().splitlines()) == 1
+    wrong = [
+        "init",
+        "--data",
+        str(data),
+        "--input",
+        "message",
+        "--target",
+        "label",
+        "--out",
+        str(tmp_path / "x.yaml"),
+    ]
+    code, _, err = _cli(monkeypatch, capsys, *wrong, "--base-model", str(tiny_model_dir))
+    assert code == 2 and "no column 'message'" in err and "Traceback" not in err
