@@ -7,6 +7,9 @@ import typer
 from loraforge.cli.main import app
 from loraforge.errors import ConfigError
 from loraforge.models.aliases import DEFAULT_MODEL
+from loraforge.serve.limits import ServeLimits
+
+_LIM = ServeLimits()  # the defaults of every limit flag
 
 
 @app.command()
@@ -32,6 +35,44 @@ def serve(
     max_waiting: int = typer.Option(256, "--max-waiting", min=1, help="Queued requests before 429."),
     kv_cache_mb: int = typer.Option(512, "--kv-cache-mb", min=1, help="Memory for the KV cache."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
+    admin_api_key: str | None = typer.Option(
+        None,
+        "--admin-api-key",
+        envvar="LORAFORGE_ADMIN_API_KEY",
+        help="Key for POST/DELETE /v1/adapters; enables loading adapters from a server path.",
+    ),
+    adapter_root: Path | None = typer.Option(
+        None, "--adapter-root", help="Adapters loaded by path at run time must lie under this folder."
+    ),
+    allow_hub_adapters: bool = typer.Option(
+        _LIM.allow_hub_adapters,
+        "--allow-hub-adapters",
+        help="Let a request name a Hugging Face Hub adapter (org/name), downloaded on first use.",
+    ),
+    hub_max_mb: int = typer.Option(
+        _LIM.hub_max_bytes >> 20, "--hub-max-mb", min=1, help="Largest hub adapter downloaded."
+    ),
+    hub_timeout: float = typer.Option(
+        _LIM.hub_timeout_s, "--hub-timeout", min=1, help="Seconds one hub adapter download may take."
+    ),
+    max_body_bytes: int = typer.Option(
+        _LIM.max_body_bytes, "--max-body-bytes", min=1, help="Largest request body (413 beyond)."
+    ),
+    max_prompt_tokens: int | None = typer.Option(
+        _LIM.max_prompt_tokens, "--max-prompt-tokens", min=1, help="Longest prompt [default: the context]."
+    ),
+    max_tokens: int | None = typer.Option(
+        _LIM.max_tokens, "--max-tokens", min=1, help="Largest max_tokens [default: the context]."
+    ),
+    max_stop_sequences: int = typer.Option(
+        _LIM.max_stop_sequences, "--max-stop-sequences", min=0, help="Stop strings per request."
+    ),
+    max_stop_chars: int = typer.Option(
+        _LIM.max_stop_chars, "--max-stop-chars", min=1, help="Length of one stop string."
+    ),
+    max_adapter_rank: int = typer.Option(
+        _LIM.max_adapter_rank, "--max-adapter-rank", min=1, help="Highest LoRA rank of a loaded adapter."
+    ),
 ) -> None:
     """Serve the base model and its LoRA adapters with an OpenAI-compatible API."""
     import uvicorn
@@ -50,6 +91,19 @@ def serve(
         if not sep or not name or not path:
             raise ConfigError(f"--adapter expects NAME=DIR, got '{spec}'")
         extra[name] = Path(path)
+    if adapter_root is not None and not adapter_root.is_dir():
+        raise ConfigError(f"--adapter-root {adapter_root} is not a directory")
+    limits = ServeLimits(
+        max_body_bytes=max_body_bytes,
+        max_prompt_tokens=max_prompt_tokens,
+        max_tokens=max_tokens,
+        max_stop_sequences=max_stop_sequences,
+        max_stop_chars=max_stop_chars,
+        max_adapter_rank=max_adapter_rank,
+        allow_hub_adapters=allow_hub_adapters,
+        hub_max_bytes=hub_max_mb << 20,
+        hub_timeout_s=hub_timeout,
+    )
     config = EngineConfig(
         model=model,
         precision=precision,
@@ -59,9 +113,11 @@ def serve(
         max_num_seqs=max_num_seqs,
         kv_cache_bytes=kv_cache_mb << 20,
         num_threads=threads,
+        limits=limits,
     )
     engine = AsyncEngine(config, max_waiting=max_waiting)
     for name, path in extra.items():
         engine.engine.adapters.register(name, path)
     typer.echo(f"serving {engine.model_name} ({engine.engine.dtype}) on http://{host}:{port}/v1", err=True)
-    uvicorn.run(create_app(engine, api_key=api_key), host=host, port=port, log_level="info")
+    app = create_app(engine, api_key=api_key, admin_api_key=admin_api_key, adapter_root=adapter_root)
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -4,9 +4,10 @@ import httpx
 import openai
 import pytest
 
-from tests.serve.api.conftest import API_KEY, start_server
+from tests.serve.api.conftest import ADMIN_KEY, API_KEY, start_server
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def post(live, path, body, headers=AUTH):
@@ -67,7 +68,7 @@ def test_api_key_is_required(live):
 def test_adapter_names_that_escape_the_registry_are_rejected(live, name):
     r = post(live, "/v1/completions", {"model": name, "prompt": "x", "max_tokens": 1})
     assert r.status_code in (400, 404)
-    r = post(live, "/v1/adapters", {"name": name})
+    r = post(live, "/v1/adapters", {"name": name}, headers=ADMIN)
     assert r.status_code in (400, 404)
     assert not any(".." in n or "/" in n for n in live.engine.engine.adapters.resident)
 
@@ -93,7 +94,7 @@ def test_hub_adapter_offline_is_a_clear_404(live):
 
 
 def test_unloading_an_unknown_adapter_is_404(live):
-    assert_error(httpx.delete(live.url + "/v1/adapters/nope", headers=AUTH), 404)
+    assert_error(httpx.delete(live.url + "/v1/adapters/nope", headers=ADMIN), 404)
 
 
 def test_full_queue_is_429(tiny_model_dir):

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.serve.api.conftest import start_server
+from tests.serve.api.conftest import start_server, stream_in_background
 
 
 def test_shutdown_finishes_in_flight_streams(tiny_model_dir):
@@ -21,18 +21,7 @@ def test_shutdown_finishes_in_flight_streams(tiny_model_dir):
         "ignore_eos": True,
         "stream": True,
     }
-    chunks, first = [], threading.Event()
-
-    def consume():
-        with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=60) as r:
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    chunks.append(line[6:])
-                    first.set()
-
-    reader = threading.Thread(target=consume)
-    reader.start()
-    assert first.wait(30)
+    reader, chunks = stream_in_background(srv.url, body)
     srv.server.should_exit = True  # what SIGTERM/SIGINT do in uvicorn
     reader.join(timeout=60)
     srv.thread.join(timeout=60)
@@ -44,7 +33,11 @@ def test_shutdown_finishes_in_flight_streams(tiny_model_dir):
 
 @pytest.mark.parametrize(
     ("args", "needle"),
-    [(["--adapter-dir", "{tmp}/nope"], "--adapter-dir"), (["--adapter", "no-equals-sign"], "--adapter")],
+    [
+        (["--adapter-dir", "{tmp}/nope"], "--adapter-dir"),
+        (["--adapter", "no-equals-sign"], "--adapter"),
+        (["--adapter-root", "{tmp}/nope"], "--adapter-root"),
+    ],
 )
 def test_serve_cli_rejects_user_mistakes_in_one_line(monkeypatch, capsys, tmp_path, args, needle):
     from loraforge.cli.main import main
@@ -66,7 +59,7 @@ def test_serve_cli_starts_a_server(tiny_model_dir, tmp_path):
 
     extra = write_random_adapter(tiny_model_dir, tmp_path / "extra-adapter", r=2)
     args = ["serve", "--model", str(tiny_model_dir), "--port", "0", "--precision", "fp32", "--api-key", "k"]
-    args += ["--adapter", f"extra={extra}"]
+    args += ["--adapter", f"extra={extra}", "--admin-api-key", "adm", "--max-stop-sequences", "2"]
     code = "from loraforge.cli.main import main; main()"
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
@@ -83,6 +76,14 @@ def test_serve_cli_starts_a_server(tiny_model_dir, tmp_path):
         assert r.status_code == 200
         assert [m["id"] for m in r.json()["data"]] == [tiny_model_dir.name, "extra"]
         assert httpx.get(f"{url}/v1/models").status_code == 401
+        # The limit flags reach the server, and the admin key guards the adapter routes.
+        body = {"model": tiny_model_dir.name, "prompt": "x", "max_tokens": 1, "stop": ["a", "b", "c"]}
+        r = httpx.post(f"{url}/v1/completions", json=body, headers={"Authorization": "Bearer k"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "stop"
+        r = httpx.delete(f"{url}/v1/adapters/extra", headers={"Authorization": "Bearer k"})
+        assert r.status_code == 401
+        r = httpx.delete(f"{url}/v1/adapters/extra", headers={"Authorization": "Bearer adm"})
+        assert r.status_code == 200
     finally:
         proc.terminate()
         proc.wait(timeout=30)

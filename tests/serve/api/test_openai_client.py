@@ -4,7 +4,7 @@ import asyncio
 
 import httpx
 
-from tests.serve.api.conftest import API_KEY, NUM_ADAPTERS
+from tests.serve.api.conftest import ADMIN_KEY, API_KEY, NUM_ADAPTERS
 from tests.serve.conftest import write_random_adapter
 
 MSG = [{"role": "user", "content": "How do I activate my card?"}]
@@ -106,7 +106,7 @@ def test_64_concurrent_streams_over_16_adapters(live):
 
 def test_load_and_unload_an_adapter_by_path(client, live, tiny_model_dir, tmp_path):
     path = write_random_adapter(tiny_model_dir, tmp_path / "somewhere", r=8, seed=999)
-    headers = {"Authorization": f"Bearer {API_KEY}"}
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
     r = httpx.post(live.url + "/v1/adapters", json={"name": "extra", "path": str(path)}, headers=headers)
     assert r.status_code == 200 and r.json()["resident"] is True
     assert "extra" in [m.id for m in client.models.list().data]

@@ -122,8 +122,79 @@ def test_names_escaping_the_registry_are_rejected(tiny_model_dir, registry, name
         engine.adapters.locate(name)
 
 
-def test_hub_id_offline_gives_a_clear_error(tiny_model_dir, registry):
+def test_hub_adapters_are_off_by_default(tiny_model_dir, registry):
     engine = _engine(tiny_model_dir, registry)
-    assert engine.adapters.locate("org/adapter") is None  # a hub id: fetched on load
-    seq = engine.generate([[5, 6]], SamplingParams(max_tokens=1), ["org/adapter"])[0]
-    assert isinstance(seq.error, ModelNotFoundError) and "Hugging Face Hub" in str(seq.error)
+    with pytest.raises(ModelNotFoundError, match="--allow-hub-adapters"):
+        engine.adapters.locate("org/adapter")
+    with pytest.raises(ModelNotFoundError, match="Hugging Face Hub"):
+        engine.add_request([5, 6], SamplingParams(max_tokens=1), "org/adapter")
+    assert not engine.adapters.loading  # nothing was fetched
+
+
+def test_resident_memory_counts_every_slot_at_the_padded_rank(tiny_model_dir, registry, tmp_path):
+    wide = write_random_adapter(tiny_model_dir, tmp_path / "reg" / "wide", r=16, seed=7)
+    for i in range(2):
+        write_random_adapter(tiny_model_dir, wide.parent / f"n{i}", r=4, seed=i)
+    probe = _engine(tiny_model_dir, wide.parent)
+    small, big = probe.lora.slot_bytes_at(4), probe.lora.slot_bytes_at(16)
+    assert big == 4 * small
+    engine = _engine(tiny_model_dir, wide.parent, max_adapter_bytes=2 * small)
+    _use(engine, "n0")
+    _use(engine, "n1")
+    assert list(engine.adapters.resident) == ["n0", "n1"] and engine.adapters.resident_bytes == 2 * small
+    _use(engine, "wide")  # every slot now pads to rank 16: only one adapter fits the bound
+    assert list(engine.adapters.resident) == ["wide"] and engine.adapters.resident_bytes == big
+    _use(engine, "n0")  # still padded to 16
+    assert list(engine.adapters.resident) == ["n0"] and engine.adapters.resident_bytes == big
+
+
+def test_an_adapter_over_the_rank_limit_is_refused(tiny_model_dir, registry):
+    from loraforge.serve.limits import ServeLimits
+
+    engine = _engine(tiny_model_dir, registry, limits=ServeLimits(max_adapter_rank=2))
+    seq = engine.generate([[5, 6]], SamplingParams(max_tokens=1), ["r0"])[0]
+    assert isinstance(seq.error, LoraforgeError) and "--max-adapter-rank" in str(seq.error)
+    assert engine.lora.rank == 0  # nothing was installed
+
+
+def test_remembered_failures_are_bounded(tiny_model_dir, tmp_path):
+    from loraforge.serve.limits import ServeLimits
+
+    for i in range(5):
+        folder = tmp_path / f"broken{i}"
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text("{}")  # no weights
+    engine = _engine(tiny_model_dir, tmp_path, limits=ServeLimits(max_remembered_failures=3))
+    seqs = engine.generate([[5, 6]] * 5, SamplingParams(max_tokens=1), [f"broken{i}" for i in range(5)])
+    assert all(s.error is not None for s in seqs)
+    assert list(engine.adapters.failed) == ["broken2", "broken3", "broken4"]
+
+
+def test_loaded_but_not_installed_adapters_are_bounded(tiny_model_dir, registry):
+    engine = _engine(tiny_model_dir, registry, max_adapters=1)
+    long = engine.add_request([5, 6, 7], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True), "r0")
+    others = [
+        engine.add_request([5, 6, 7], SamplingParams(max_tokens=1, temperature=0), f"r{i}") for i in (1, 2, 3)
+    ]
+    manager = engine.adapters
+    while engine.has_work():
+        # r0 holds the only slot while it runs: at most one other adapter waits loaded in memory.
+        assert len(manager.loading) + len(manager.ready) <= 1
+        manager.wait_for_load(0.01)
+        engine.step()
+    assert long.error is None and all(s.error is None and s.is_finished for s in others)
+
+
+def test_a_failure_polled_by_someone_else_still_fails_the_waiting_requests(tiny_model_dir, tmp_path):
+    """Issue 17: POST /v1/adapters polls the manager itself; the failure it takes must still reach the
+    requests waiting for that adapter (they used to wait forever)."""
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")  # no weights: the load fails
+    engine = _engine(tiny_model_dir, tmp_path)
+    seq = engine.add_request([5, 6], SamplingParams(max_tokens=1), "broken")
+    engine.adapters.wait_for_load(10)
+    engine.adapters.poll()  # what the /v1/adapters route does, before the engine's own step
+    for _ in range(3):
+        engine.step()
+    assert seq.is_finished and "pickles are refused" in str(seq.error)

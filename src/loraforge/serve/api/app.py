@@ -1,49 +1,48 @@
-"""The OpenAI-compatible HTTP API over the async engine."""
+"""The OpenAI-compatible HTTP API over the async engine.
 
-import asyncio
+The event loop only moves bytes: tokenizing, chat templating and file-system lookups run in the thread
+pool, the model on the engine thread."""
+
 import json
-import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException
+from starlette.concurrency import run_in_threadpool
 
-from loraforge.errors import LoraforgeError, ModelNotFoundError
+from loraforge.errors import ModelNotFoundError
 from loraforge.serve.api import protocol as p
+from loraforge.serve.api.adapters import adapter_routes
+from loraforge.serve.api.auth import key_checker
+from loraforge.serve.api.body_limit import BodyLimitMiddleware
+from loraforge.serve.api.errors import APIError, from_engine_error, install_error_handlers
 from loraforge.serve.api.metrics import Metrics
-from loraforge.serve.engine.async_engine import AsyncEngine, Event, QueueFullError, ShuttingDownError
-from loraforge.serve.engine.engine import RequestError
+from loraforge.serve.engine.async_engine import AsyncEngine, Event
 from loraforge.serve.engine.sequence import SamplingParams
 
 
-class APIError(Exception):
-    def __init__(
-        self, status: int, message: str, type_: str, param: str | None = None, code: str | None = None
-    ):
-        super().__init__(message)
-        self.status, self.body = status, p.error_body(message, type_, param, code)
+def failure_of(event: Event) -> APIError | None:
+    """The error of an event that ends a request unsuccessfully ("abort" is never an answer)."""
+    if event.error is not None:
+        return from_engine_error(event.error)
+    if event.finished and event.finish_reason not in ("stop", "length"):
+        return APIError(500, "the request was aborted by the server", "server_error")
+    return None
 
 
-def _from_engine_error(exc: Exception) -> APIError:
-    if isinstance(exc, RequestError):
-        return APIError(400, str(exc), "invalid_request_error", exc.param, exc.code)
-    if isinstance(exc, ModelNotFoundError):
-        return APIError(404, str(exc), "invalid_request_error", "model", "model_not_found")
-    if isinstance(exc, QueueFullError):
-        return APIError(429, str(exc), "rate_limit_error", None, "queue_full")
-    if isinstance(exc, ShuttingDownError):
-        return APIError(503, str(exc), "server_error", None, "shutting_down")
-    if isinstance(exc, LoraforgeError):
-        return APIError(400, str(exc), "invalid_request_error")
-    return APIError(500, f"internal error: {type(exc).__name__}", "server_error")
+def create_app(
+    engine: AsyncEngine,
+    api_key: str | None = None,
+    admin_api_key: str | None = None,
+    adapter_root: Path | None = None,
+) -> FastAPI:
+    """Build the app; `engine` is started with the app and drained (in-flight requests finish) at shutdown.
 
-
-def create_app(engine: AsyncEngine, api_key: str | None = None) -> FastAPI:
-    """Build the app; `engine` is started with the app and drained (in-flight requests finish) at shutdown."""
+    `admin_api_key` guards changes of the adapter set; `adapter_root` confines adapter paths given at run
+    time (see serve/api/adapters.py). Limits come from `engine.engine.config.limits`."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -52,42 +51,22 @@ def create_app(engine: AsyncEngine, api_key: str | None = None) -> FastAPI:
         await engine.drain()
         engine.close()
 
+    limits = engine.engine.config.limits
     app = FastAPI(title="loraforge", lifespan=lifespan)
-    metrics = Metrics(engine)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
+    install_error_handlers(app)
+    metrics = Metrics(engine, limits.max_metric_models)
     tokenizer = engine.engine.tokenizer
+    manager = engine.engine.adapters
+    check_key = Depends(key_checker(api_key))
+    app.include_router(adapter_routes(engine, api_key, admin_api_key, adapter_root))
 
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError):
-        return JSONResponse(exc.body, status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError):
-        err = exc.errors()[0]
-        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-        param = ".".join(loc) or None
-        msg = f"{param}: {err.get('msg')}" if param else str(err.get("msg"))
-        return JSONResponse(p.error_body(msg, "invalid_request_error", param), status_code=400)
-
-    @app.exception_handler(HTTPException)
-    async def _http_error(_: Request, exc: HTTPException):
-        return JSONResponse(
-            p.error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code
-        )
-
-    async def check_key(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not given.startswith("Bearer ") or not secrets.compare_digest(given[7:].strip(), api_key):
-            raise APIError(
-                401, "missing or invalid API key", "invalid_request_error", None, "invalid_api_key"
-            )
-
-    def adapter_for(model: str) -> str | None:
+    def adapter_for(model: str) -> tuple[str | None, bool]:
+        """(adapter or None for the base model, whether the name is the operator's); runs in a thread."""
         if model == engine.model_name:
-            return None
+            return None, True
         try:
-            engine.engine.adapters.locate(model)
+            manager.locate(model)
         except ModelNotFoundError as exc:
             raise APIError(
                 404,
@@ -96,13 +75,23 @@ def create_app(engine: AsyncEngine, api_key: str | None = None) -> FastAPI:
                 "model",
                 "model_not_found",
             ) from None
-        return model
+        return model, manager.is_local(model)
 
-    def sampling(req: p._Request, max_tokens: int | None) -> SamplingParams:
-        if req.logprobs not in (None, False, 0):
-            raise APIError(400, "logprobs: not supported", "invalid_request_error", "logprobs")
+    def sampling(req: p._Request, num_prompt: int, max_tokens: int | None) -> SamplingParams:
+        context = engine.engine.max_model_len
+        # (A prompt that is too long by itself is the engine's error, about the prompt.)
+        fits = num_prompt <= engine.engine.max_prompt_tokens
+        if max_tokens is not None and fits and num_prompt + max_tokens > context:
+            raise APIError(
+                400,
+                f"max_tokens: the model's context is {context} tokens; the prompt ({num_prompt}) plus "
+                f"max_tokens ({max_tokens}) exceed it",
+                "invalid_request_error",
+                "max_tokens",
+                "context_length_exceeded",
+            )
         return SamplingParams(
-            max_tokens=max_tokens or engine.engine.max_model_len,
+            max_tokens=max_tokens or min(engine.engine.max_tokens_limit, context - num_prompt),
             temperature=req.temperature,
             top_p=req.top_p,
             top_k=req.top_k,
@@ -117,9 +106,9 @@ def create_app(engine: AsyncEngine, api_key: str | None = None) -> FastAPI:
         try:
             first = await anext(stream)
         except Exception as exc:
-            raise _from_engine_error(exc) from None
-        if first.error is not None:
-            raise _from_engine_error(first.error)
+            raise from_engine_error(exc) from None
+        if (err := failure_of(first)) is not None:
+            raise err
         return first, stream
 
     async def events(first: Event, stream: AsyncIterator[Event]) -> AsyncIterator[Event]:
@@ -130,15 +119,16 @@ def create_app(engine: AsyncEngine, api_key: str | None = None) -> FastAPI:
     async def run(
         endpoint: str, req: p._Request, prompt_ids: list[int], max_tokens: int | None, make_body, make_chunks
     ):
-        adapter = adapter_for(req.model)
-        params = sampling(req, max_tokens)
+        adapter, local = await run_in_threadpool(adapter_for, req.model)
+        label = metrics.label(req.model, local)
+        params = sampling(req, len(prompt_ids), max_tokens)
         started = time.monotonic()
         first, stream = await start(prompt_ids, params, adapter)
         first_at = time.monotonic() if first.text or first.completion_tokens else None
 
         def record(last: Event, status: str) -> None:
             metrics.observe(
-                req.model,
+                label,
                 endpoint,
                 status,
                 last.prompt_tokens,
@@ -152,21 +142,33 @@ def create_app(engine: AsyncEngine, api_key: str | None = None) -> FastAPI:
             text, last = "", first
             async for event in events(first, stream):
                 text, last = text + event.text, event
+            if (err := failure_of(last)) is not None:
+                record(last, "error")
+                raise err
             record(last, "ok")
             use = p.usage(last.prompt_tokens, last.completion_tokens)
             return JSONResponse(make_body(text, last.finish_reason, use))
 
-        include_usage = bool((req.stream_options or {}).get("include_usage"))
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         async def sse() -> AsyncIterator[str]:
-            last, status = first, "aborted"
+            last, status = first, "aborted"  # stays "aborted" when the client goes away
             try:
                 async for event in events(first, stream):
                     last = event
+                    if (err := failure_of(event)) is not None:
+                        # After the first event the status line is sent: the error goes in the stream,
+                        # as OpenAI sends it (the official client raises it).
+                        status = "error"
+                        yield f"data: {json.dumps(err.body)}\n\n"
+                        return
                     for chunk in make_chunks(event, include_usage):
                         yield f"data: {json.dumps(chunk)}\n\n"
                 yield "data: [DONE]\n\n"
                 status = "ok"
+            except Exception as exc:
+                status = "error"
+                yield f"data: {json.dumps(from_engine_error(exc).body)}\n\n"
             finally:
                 record(last, status)
 
@@ -174,40 +176,47 @@ def create_app(engine: AsyncEngine, api_key: str | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health():
+        if not engine.alive:
+            body = {"status": "error", "model": engine.model_name, "error": f"engine stopped: {engine.dead}"}
+            return JSONResponse(body, status_code=503)
         return {"status": "ok", "model": engine.model_name}
 
     @app.get("/metrics")
     async def prometheus():
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/models", dependencies=[Depends(check_key)])
+    @app.get("/v1/models", dependencies=[check_key])
     async def models():
         now = int(time.time())
         base = {"id": engine.model_name, "object": "model", "created": now, "owned_by": "loraforge"}
         adapters = [
             {"id": n, "object": "model", "created": now, "owned_by": "loraforge", "parent": engine.model_name}
-            for n in engine.engine.adapters.known()
+            for n in await run_in_threadpool(manager.known)
         ]
         return {"object": "list", "data": [base, *adapters]}
 
-    @app.post("/v1/completions", dependencies=[Depends(check_key)])
+    @app.post("/v1/completions", dependencies=[check_key])
     async def completions(req: p.CompletionRequest):
         prompt = req.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-            if len(prompt) != 1:
-                raise APIError(400, "prompt: only one prompt per request", "invalid_request_error", "prompt")
-            prompt = prompt[0]
-        ids = tokenizer(prompt).input_ids if isinstance(prompt, str) else list(prompt)
+        if isinstance(prompt, str):
+            ids = await run_in_threadpool(lambda: tokenizer(prompt).input_ids)
+        else:
+            ids = list(prompt)
         if not ids:
             raise APIError(400, "prompt: must not be empty", "invalid_request_error", "prompt")
         rid = p.new_id("cmpl")
-        prefix = prompt if req.echo and isinstance(prompt, str) else ""
+        echo = ""
+        if req.echo:
+            echo = prompt if isinstance(prompt, str) else await run_in_threadpool(tokenizer.decode, ids)
+        state = {"echoed": False}
 
         def body(text, finish, use):
-            return p.completion_body(rid, req.model, prefix + text, finish, use, False)
+            return p.completion_body(rid, req.model, echo + text, finish, use, False)
 
         def chunks(event: Event, include_usage: bool):
-            out = [p.completion_body(rid, req.model, event.text, event.finish_reason, None, True)]
+            prefix = "" if state["echoed"] else echo
+            state["echoed"] = True
+            out = [p.completion_body(rid, req.model, prefix + event.text, event.finish_reason, None, True)]
             if event.finished and include_usage:
                 usage_chunk = p.completion_body(
                     rid, req.model, "", None, p.usage(event.prompt_tokens, event.completion_tokens), True
@@ -218,18 +227,25 @@ def create_app(engine: AsyncEngine, api_key: str | None = None) -> FastAPI:
 
         return await run("completions", req, ids, req.max_tokens, body, chunks)
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
+    @app.post("/v1/chat/completions", dependencies=[check_key])
     async def chat(req: p.ChatRequest):
-        messages = [
-            {"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in req.messages
-        ]
-        try:
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception as exc:
-            raise APIError(
-                400, f"messages: the chat template failed ({exc})", "invalid_request_error", "messages"
-            ) from None
-        ids = tokenizer(text, add_special_tokens=False).input_ids
+        messages = []
+        for m in req.messages:
+            message = {"role": m.role if m.role != "developer" else "system", "content": m.text()}
+            if m.name is not None:
+                message["name"] = m.name
+            messages.append(message)
+
+        def encode() -> list[int]:
+            try:
+                text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except Exception as exc:
+                raise APIError(
+                    400, f"messages: the chat template failed ({exc})", "invalid_request_error", "messages"
+                ) from None
+            return tokenizer(text, add_special_tokens=False).input_ids
+
+        ids = await run_in_threadpool(encode)
         rid = p.new_id("chatcmpl")
         state = {"role_sent": False}
 
@@ -251,51 +267,5 @@ def create_app(engine: AsyncEngine, api_key: str | None = None) -> FastAPI:
             return out
 
         return await run("chat", req, ids, req.max_completion_tokens or req.max_tokens, body, chunks)
-
-    @app.post("/v1/adapters", dependencies=[Depends(check_key)])
-    async def load_adapter(req: p.AdapterLoadRequest):
-        manager = engine.engine.adapters
-        try:
-            if req.path is not None:
-                manager.register(req.name, req.path)
-            manager.locate(req.name)
-        except ModelNotFoundError as exc:
-            raise APIError(404, str(exc), "invalid_request_error", "name", "model_not_found") from None
-        except LoraforgeError as exc:
-            raise APIError(400, str(exc), "invalid_request_error", "name") from None
-        future = manager.start_load(req.name)
-        if future is not None:
-            try:
-                await asyncio.wrap_future(future)
-            except Exception as exc:
-                manager.unload(req.name)
-                raise _from_engine_error(exc) from None
-        # Install now (on the engine thread) so the next request finds it resident.
-        await engine.run_in_engine(lambda: engine.engine.adapters.poll())
-        manager.pin(req.name, req.pinned)
-        return {
-            "id": req.name,
-            "object": "adapter",
-            "resident": req.name in manager.resident,
-            "pinned": req.pinned,
-        }
-
-    @app.delete("/v1/adapters/{name:path}", dependencies=[Depends(check_key)])
-    async def unload_adapter(name: str):
-        manager = engine.engine.adapters
-        if name not in manager.known() and name not in manager.resident:
-            raise APIError(
-                404, f"adapter '{name}' is not loaded", "invalid_request_error", "name", "model_not_found"
-            )
-        ok = await engine.run_in_engine(lambda: manager.unload(name))
-        if not ok:
-            raise APIError(
-                409,
-                f"adapter '{name}' is serving requests; retry when they finish",
-                "invalid_request_error",
-                "name",
-                "adapter_in_use",
-            )
-        return {"id": name, "object": "adapter", "deleted": True}
 
     return app

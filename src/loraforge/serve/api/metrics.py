@@ -15,8 +15,13 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 
 
+OTHER_MODELS = "other"  # the label of every model name past the bound
+
+
 class Metrics:
-    def __init__(self, engine):
+    def __init__(self, engine, max_models: int = 512):
+        self.max_models = max_models
+        self._models: set[str] = set()
         self.registry = r = CollectorRegistry()
         self.requests = Counter(
             "loraforge_requests", "Finished requests", ["model", "endpoint", "status"], registry=r
@@ -56,6 +61,17 @@ class Metrics:
         self.resident.set_function(lambda: len(engine.engine.adapters.resident))
         self.preemptions = Gauge("loraforge_preemptions", "Sequences preempted so far", registry=r)
         self.preemptions.set_function(lambda: engine.engine.scheduler.num_preemptions)
+
+    def label(self, model: str, local: bool) -> str:
+        """The `model` label of a request: the base model and the operator's adapters always have their
+        own; a client-chosen name (a hub id) only while fewer than `max_models` names have one, so that
+        clients cannot grow the number of series without bound."""
+        if model in self._models:
+            return model
+        if local or len(self._models) < self.max_models:
+            self._models.add(model)
+            return model
+        return OTHER_MODELS
 
     def observe(
         self,

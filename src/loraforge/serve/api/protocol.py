@@ -2,30 +2,59 @@
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from loraforge.serve.limits import SEED_MAX, SEED_MIN
 
 
-class _Request(BaseModel):
-    # Unknown fields are ignored, like OpenAI does for fields it does not use.
-    model_config = ConfigDict(extra="ignore")
+def _only(*neutral: object, why: str = "not supported by this server") -> AfterValidator:
+    """A field of the OpenAI API we do not implement: accepted only at a value that changes nothing."""
+    shown = " or ".join(repr(v) if v is not None else "null" for v in neutral)
 
+    def check(value: object) -> object:
+        # (True == 1 in Python, but `n: true` is not `n: 1`.)
+        if not any(value is v or (value == v and type(value) is not bool) for v in neutral):
+            raise ValueError(f"{why} (only {shown})")
+        return value
+
+    return AfterValidator(check)
+
+
+Unsupported = Annotated[Any, _only(None)]
+NoTools = Annotated[Any, _only(None, [], "none")]
+
+
+class _Strict(BaseModel):
+    # A field we do not know is refused by name (400), never silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _Request(_Strict):
     model: str
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0)  # extension (vLLM has it too); 0 = off
-    n: int = Field(1, ge=1, le=1)  # one choice per request
+    n: Annotated[int | None, _only(None, 1, why="one choice per request")] = None
     stream: bool = False
-    stream_options: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     ignore_eos: bool = False  # extension, for benchmarks
-    presence_penalty: float = Field(0.0, ge=0.0, le=0.0)  # not implemented: only the neutral value
-    frequency_penalty: float = Field(0.0, ge=0.0, le=0.0)
-    logprobs: Any = Field(None)
+    presence_penalty: Annotated[float | None, _only(None, 0)] = None
+    frequency_penalty: Annotated[float | None, _only(None, 0)] = None
+    logit_bias: Annotated[dict[str, float] | None, _only(None, {})] = None
+    # Harmless in OpenAI's semantics: they change nothing about the generated text.
     user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
 
     def stop_list(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -33,31 +62,77 @@ class _Request(BaseModel):
 
 
 class CompletionRequest(_Request):
-    prompt: str | list[str] | list[int]
+    prompt: Any
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
     echo: bool = False
+    logprobs: Annotated[int | None, _only(None, 0)] = None
+    best_of: Annotated[int | None, _only(None, 1)] = None
+    suffix: Annotated[str | None, _only(None, "")] = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one_prompt(cls, value: Any) -> str | list[int]:
+        """One prompt: a string or token ids, alone or as the only element of a list."""
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str | list):
+            value = value[0]
+        elif isinstance(value, list) and value and all(isinstance(v, str | list) for v in value):
+            raise ValueError("only one prompt per request")
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+            return value
+        raise ValueError("must be a string or a list of token ids (or a list holding one of these)")
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
 
+
+class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[TextPart] | None = None
+    name: str | None = None  # passed to the chat template, which may use it
+    tool_call_id: str | None = None
+    tool_calls: NoTools = None
+    function_call: Unsupported = None
+    refusal: str | None = None
+    audio: Unsupported = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_only(cls, value: Any) -> Any:
+        for part in value if isinstance(value, list) else ():
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                raise ValueError(f"content parts of type {kind!r} are not supported (text only)")
+        return value
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+            return "".join(part.text for part in self.content)
         return self.content or ""
 
 
 class ChatRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: Annotated[bool | None, _only(None, False)] = None
+    top_logprobs: Annotated[int | None, _only(None, 0)] = None
+    tools: NoTools = None
+    tool_choice: NoTools = None
+    parallel_tool_calls: bool | None = None  # no tools, so nothing to call in parallel
+    functions: NoTools = None
+    function_call: NoTools = None
+    response_format: Annotated[Any, _only(None, {"type": "text"})] = None
+    modalities: Annotated[Any, _only(None, ["text"])] = None
+    audio: Unsupported = None
+    prediction: Unsupported = None
+    reasoning_effort: Unsupported = None
+    web_search_options: Unsupported = None
 
 
-class AdapterLoadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AdapterLoadRequest(_Strict):
     name: str
     path: str | None = None  # local folder; without it, the name is looked up (registry, then hub)
     pinned: bool = False

@@ -6,6 +6,7 @@ cold adapter never stalls the batch.
 """
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -29,6 +30,10 @@ class ShuttingDownError(LoraforgeError):
     """The server is draining and takes no new requests."""
 
 
+class EngineDeadError(LoraforgeError):
+    """The engine thread has stopped; the server cannot generate any more."""
+
+
 @dataclass
 class Event:
     """A snapshot of one request's progress, safe to read on the event loop."""
@@ -50,6 +55,10 @@ class AsyncEngine:
         self._streams: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue, int]] = {}
         self._stopping = False
         self._closed = False
+        self.dead: BaseException | None = None  # why the engine thread stopped, if it did
+        # Futures of callers waiting on the engine thread, failed if that thread dies.
+        self._waiters: dict[asyncio.Future, asyncio.AbstractEventLoop] = {}
+        self._waiters_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self.on_step: Callable[[list[StepOutput]], None] | None = None  # metrics hook, engine thread
         self.steps = 0
@@ -65,8 +74,18 @@ class AsyncEngine:
         self._wakeup.set()
 
     def _call(self, fn: Callable[[], None]) -> None:
+        self._check_alive()
         self._commands.put(fn)
         self._wakeup.set()
+
+    @property
+    def alive(self) -> bool:
+        """False once the engine thread has died (after `start()`); the server then answers 503."""
+        return self.dead is None and (self._thread.is_alive() or self._thread.ident is None)
+
+    def _check_alive(self) -> None:
+        if self.dead is not None:
+            raise EngineDeadError(f"the engine stopped ({type(self.dead).__name__}: {self.dead})")
 
     def num_waiting(self) -> int:
         return len(self.engine.scheduler.waiting) + len(self.engine.pending)
@@ -76,38 +95,56 @@ class AsyncEngine:
 
     # ---- engine thread -----------------------------------------------------------------------------
     def _run(self) -> None:
-        engine = self.engine
-        while not self._closed:
-            while True:
-                try:
-                    self._commands.get_nowait()()
-                except queue.Empty:
-                    break
-            if not engine.has_work():
-                self._wakeup.wait(0.05)
-                self._wakeup.clear()
-                continue
-            try:
-                outputs = engine.step()
-            except Exception as exc:  # a bug must not hang every client: fail the in-flight requests
-                log.exception("engine step failed")
-                outputs = self._fail_all(exc)
-            self.steps += 1
-            for out in outputs:
-                self._emit(out.seq, out.finished)
-            if self.on_step is not None:
-                self.on_step(outputs)
-            if not outputs and engine.pending and not engine.scheduler.has_work():
-                self._wakeup.wait(0.01)  # only adapter loads in flight: wait for one instead of spinning
-                self._wakeup.clear()
+        try:
+            while not self._closed:
+                self._run_once()
+        except BaseException as exc:  # a bug here: say so everywhere rather than leave requests hanging
+            log.critical("the engine thread died", exc_info=True)
+            self.dead = exc
+            self._fail_everyone(exc)
 
-    def _fail_all(self, exc: Exception) -> list[StepOutput]:
-        engine, outputs = self.engine, []
-        for seq in [*engine.scheduler.running, *engine.scheduler.waiting, *engine.pending]:
-            seq.error = exc
-            engine.abort(seq)
-            outputs.append(StepOutput(seq, "", True))
-        return outputs
+    def _run_once(self) -> None:
+        engine = self.engine
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                command()
+            except Exception:  # a failed command concerns its own caller only (each reports its errors)
+                log.exception("engine command failed")
+        if not engine.has_work():
+            self._wakeup.wait(0.05)
+            self._wakeup.clear()
+            return
+        try:
+            outputs = engine.step()
+        except Exception as exc:  # step() isolates sequences itself; this is a bug outside them
+            log.exception("engine step failed")
+            outputs = self._fail_batch(exc)
+        self.steps += 1
+        for out in outputs:
+            try:
+                self._emit(out.seq, out.finished)
+            except Exception as exc:
+                log.exception("sending the output of %s failed", out.seq.request_id)
+                self._fail_stream(out.seq, exc)
+        if self.on_step is not None:
+            try:
+                self.on_step(outputs)
+            except Exception:
+                log.exception("the on_step hook failed")
+        if not outputs and engine.pending and not engine.scheduler.has_work():
+            self._wakeup.wait(0.01)  # only adapter loads in flight: wait for one instead of spinning
+            self._wakeup.clear()
+
+    def _fail_batch(self, exc: Exception) -> list[StepOutput]:
+        """Fail the running batch (the step that raised ran it); only when nothing runs, the failure is
+        in admitting requests, and the waiting ones fail instead. The engine goes on."""
+        engine = self.engine
+        victims = list(engine.scheduler.running) or [*engine.scheduler.waiting, *engine.pending]
+        return [engine.fail(seq, exc) for seq in victims]
 
     def _emit(self, seq: Sequence, finished: bool) -> None:
         entry = self._streams.get(seq.seq_id)
@@ -128,27 +165,49 @@ class AsyncEngine:
         if event.text or finished:
             loop.call_soon_threadsafe(q.put_nowait, event)
 
+    def _fail_stream(self, seq: Sequence, exc: Exception) -> None:
+        """Finish one request with an error after its output could not be sent."""
+        self.engine.fail(seq, exc)
+        entry = self._streams.pop(seq.seq_id, None)
+        if entry is not None:
+            loop, q, _ = entry
+            event = Event("", len(seq.prompt_ids), len(seq.output_ids), True, "error", exc)
+            loop.call_soon_threadsafe(q.put_nowait, event)
+
+    def _fail_everyone(self, exc: BaseException) -> None:
+        err = EngineDeadError(f"the engine stopped ({type(exc).__name__}: {exc})")
+        for _, (loop, q, _) in list(self._streams.items()):
+            with contextlib.suppress(RuntimeError):  # that event loop is closed: nobody waits there
+                loop.call_soon_threadsafe(q.put_nowait, Event("", 0, 0, True, "error", err))
+        self._streams.clear()
+        with self._waiters_lock:
+            waiters = list(self._waiters.items())
+        for fut, loop in waiters:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._settle, fut, None, err)
+
     # ---- event loop --------------------------------------------------------------------------------
     async def generate(
         self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None
     ) -> AsyncIterator[Event]:
         """Submit a request and yield its events (the last has `finished=True`); errors raise before any."""
+        self._check_alive()
         if self._stopping:
             raise ShuttingDownError("the server is shutting down")
         if self.num_waiting() >= self.max_waiting:
             raise QueueFullError(f"too many queued requests ({self.max_waiting}); retry later")
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
-        added: asyncio.Future = loop.create_future()
+        added = self._future(loop)
 
         def add() -> None:
             try:
                 seq = self.engine.add_request(prompt_ids, params, adapter)
             except Exception as exc:
-                loop.call_soon_threadsafe(_set, added, None, exc)
+                loop.call_soon_threadsafe(self._settle, added, None, exc)
                 return
             self._streams[seq.seq_id] = (loop, q, 0)
-            loop.call_soon_threadsafe(_set, added, seq, None)
+            loop.call_soon_threadsafe(self._settle, added, seq, None)
 
         self._call(add)
         seq: Sequence = await added
@@ -159,24 +218,36 @@ class AsyncEngine:
                 finished = event.finished
                 yield event
         finally:
-            if not finished:  # the client went away: stop generating for it
+            if not finished and self.dead is None:  # the client went away: stop generating for it
                 self._call(lambda: (self._streams.pop(seq.seq_id, None), self.engine.abort(seq)))
 
     def run_in_engine(self, fn: Callable[[], object]) -> asyncio.Future:
         """Run `fn` on the engine thread (adapter registry changes) and await its result."""
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
+        fut = self._future(loop)
 
         def call() -> None:
             try:
                 result = fn()
             except Exception as exc:
-                loop.call_soon_threadsafe(_set, fut, None, exc)
+                loop.call_soon_threadsafe(self._settle, fut, None, exc)
             else:
-                loop.call_soon_threadsafe(_set, fut, result, None)
+                loop.call_soon_threadsafe(self._settle, fut, result, None)
 
         self._call(call)
         return fut
+
+    def _future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+        """A future the engine thread settles; tracked so that a dying engine thread fails it."""
+        fut = loop.create_future()
+        with self._waiters_lock:
+            self._waiters[fut] = loop
+        return fut
+
+    def _settle(self, fut: asyncio.Future, result, exc) -> None:
+        with self._waiters_lock:
+            self._waiters.pop(fut, None)
+        _set(fut, result, exc)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Stop taking requests and wait for the in-flight ones to finish."""

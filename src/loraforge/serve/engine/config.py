@@ -1,7 +1,9 @@
 """Engine settings."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from loraforge.serve.limits import ServeLimits
 
 
 @dataclass
@@ -24,6 +26,7 @@ class EngineConfig:
     # None: 4 GiB on CUDA (32 r=16 all-linear adapters of a 7B model), 512 MiB on CPU.
     lora_batch_cache_bytes: int | None = None
     num_threads: int | None = None  # torch intra-op threads on CPU; None = leave torch's default
+    limits: ServeLimits = field(default_factory=ServeLimits)  # request and adapter limits, hub policy
 
     def lora_cache_bytes(self) -> int:
         """`lora_batch_cache_bytes`, or its default for the device."""

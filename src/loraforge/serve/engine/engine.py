@@ -1,6 +1,7 @@
 """The engine loop: admit requests, schedule a step, run the model, append tokens, finish sequences."""
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ from loraforge.serve.engine.lora_math import LoRAWeights
 from loraforge.serve.engine.model_runner import ModelRunner
 from loraforge.serve.engine.scheduler import Scheduler
 from loraforge.serve.engine.sequence import FinishReason, SamplingParams, Sequence
+
+log = logging.getLogger(__name__)
 
 
 class RequestError(LoraforgeError):
@@ -48,6 +51,10 @@ class Engine:
         self.model = Llama.load(resolved.path, self.dtype, config.device)
         cfg = self.model.cfg
         self.max_model_len = min(config.max_model_len or 8192, cfg.max_position_embeddings)
+        self.vocab_size = cfg.vocab_size
+        lim = config.limits
+        self.max_prompt_tokens = min(lim.max_prompt_tokens or self.max_model_len, self.max_model_len - 1)
+        self.max_tokens_limit = min(lim.max_tokens or self.max_model_len, self.max_model_len)
         self.eos_ids = set(cfg.eos_token_ids) | _generation_eos(resolved.path)
         if self.tokenizer.eos_token_id is not None:
             self.eos_ids.add(self.tokenizer.eos_token_id)
@@ -84,7 +91,13 @@ class Engine:
             config.lora_cache_bytes(),
         )
         self.adapters = AdapterManager(
-            self.lora, dims, config.adapter_dir, config.max_adapters, config.max_adapter_bytes, on_ready
+            self.lora,
+            dims,
+            config.adapter_dir,
+            config.max_adapters,
+            config.max_adapter_bytes,
+            on_ready,
+            config.limits,
         )
         self.runner = ModelRunner(self.model, self.kv, self.lora, config.device)
         self.detok = Detokenizer(self.tokenizer)
@@ -92,21 +105,34 @@ class Engine:
 
     # ---- requests ----------------------------------------------------------------------------------
     def validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
-        """Raise RequestError for a request that can never run."""
+        """Raise RequestError for a request that can never run (or would fail inside a step)."""
+        lim = self.config.limits
         if not prompt_ids:
             raise RequestError("prompt", "must not be empty")
-        if len(prompt_ids) >= self.max_model_len:
+        if len(prompt_ids) > self.max_prompt_tokens:
             raise RequestError(
                 "prompt",
-                f"{len(prompt_ids)} tokens leave no room in the model's {self.max_model_len}-token context",
+                f"{len(prompt_ids)} tokens: this server takes prompts of at most {self.max_prompt_tokens} "
+                f"tokens (the model's context is {self.max_model_len})",
                 "context_length_exceeded",
             )
+        bad = next((t for t in prompt_ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            # Checked here, not left to the embedding lookup: a negative id would silently wrap around,
+            # and an out-of-range one would fail the whole batch's step.
+            raise RequestError("prompt", f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
         if params.max_tokens < 1:
             raise RequestError("max_tokens", "must be at least 1")
+        if params.max_tokens > self.max_tokens_limit:
+            raise RequestError("max_tokens", f"must be at most {self.max_tokens_limit}")
         if params.top_p <= 0 or params.top_p > 1:
             raise RequestError("top_p", "must be in (0, 1]")
         if params.temperature < 0:
             raise RequestError("temperature", "must be >= 0")
+        if len(params.stop) > lim.max_stop_sequences:
+            raise RequestError("stop", f"at most {lim.max_stop_sequences} stop sequences")
+        if any(len(s) > lim.max_stop_chars for s in params.stop):
+            raise RequestError("stop", f"a stop sequence may have at most {lim.max_stop_chars} characters")
         if self.blocks.blocks_needed(len(prompt_ids) + 1) > self.blocks.num_blocks:
             raise RequestError("prompt", "longer than the whole KV cache", "context_length_exceeded")
 
@@ -149,38 +175,76 @@ class Engine:
 
     # ---- the loop ----------------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
+        """Run one step. A failure of one sequence (in the model, sampling or detokenizing) finishes that
+        sequence with its error; the others of the batch go on."""
         outputs = self._admit_loaded()
         if not self.scheduler.has_work():
             return outputs
         seqs, is_prefill = self.scheduler.schedule()
         if not seqs:
             return outputs
-        tokens = self.runner.run(seqs, is_prefill)
+        try:
+            tokens: list[int | None] = list(self.runner.run(seqs, is_prefill))
+        except Exception as exc:
+            if len(seqs) == 1:
+                log.exception("sequence %s failed", seqs[0].request_id)
+                return [*outputs, self.fail(seqs[0], exc)]
+            log.exception("a step of %d sequences failed; running them one by one", len(seqs))
+            tokens = [self._run_alone(seq, is_prefill, outputs) for seq in seqs]
         for seq, token in zip(seqs, tokens, strict=True):
-            seq.output_ids.append(token)
-            delta = self.detok.step(seq)
-            reason = self._check_stop(seq, token, delta)
+            if token is None:
+                continue
+            try:
+                seq.output_ids.append(token)
+                delta = self.detok.step(seq)
+                reason = self._check_stop(seq, token, delta)
+            except Exception as exc:
+                log.exception("sequence %s failed", seq.request_id)
+                outputs.append(self.fail(seq, exc))
+                continue
             if reason is not None:
                 self.scheduler.finish(seq)
                 self._finish(seq, reason)
             outputs.append(StepOutput(seq, delta, seq.is_finished))
         return outputs
 
+    def _run_alone(self, seq: Sequence, is_prefill: bool, outputs: list[StepOutput]) -> int | None:
+        """Run one sequence of a failed batch by itself (its KV writes are simply redone); on failure,
+        fail it and return None. Nothing is cached before the model returns, so a retry is exact."""
+        try:
+            return self.runner.run([seq], is_prefill)[0]
+        except Exception as exc:
+            log.exception("sequence %s failed", seq.request_id)
+            outputs.append(self.fail(seq, exc))
+            return None
+
+    def fail(self, seq: Sequence, exc: Exception) -> StepOutput:
+        """Finish `seq` with an error (it reaches the client); frees its blocks and adapter reference."""
+        if seq.is_finished:
+            return StepOutput(seq, "", True)
+        seq.error = exc
+        if seq in self.pending:
+            self.pending.remove(seq)
+        self.scheduler.finish(seq)
+        self._finish(seq, FinishReason.ABORT)
+        return StepOutput(seq, "", True)
+
     def _admit_loaded(self) -> list[StepOutput]:
         if not self.pending:
             return []
-        installed, failed = self.adapters.poll()
+        _, failed = self.adapters.poll()
         outputs = []
         for seq in list(self.pending):
-            if seq.adapter in installed or seq.adapter in self.adapters.resident:
+            # The manager's own record, not poll()'s return value: another caller (the /v1/adapters
+            # route) may have polled the load that this request waits for.
+            if seq.adapter in self.adapters.resident:
                 self.pending.remove(seq)
                 seq.lora_slot = self.adapters.resident[seq.adapter][0]
                 self.scheduler.add(seq)
-            elif seq.adapter in failed:
-                self.pending.remove(seq)
-                seq.error = failed[seq.adapter]
-                self._finish(seq, FinishReason.ABORT)
-                outputs.append(StepOutput(seq, "", True))
+            elif (err := failed.get(seq.adapter) or self.adapters.failure(seq.adapter)) is not None:
+                outputs.append(self.fail(seq, err))
+            elif not self.adapters.is_settled(seq.adapter):
+                self.adapters.start_load(seq.adapter)  # deferred, or dropped by an unload: start it now
         return outputs
 
     def _check_stop(self, seq: Sequence, token: int, delta: str) -> FinishReason | None:

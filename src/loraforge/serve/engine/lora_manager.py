@@ -1,110 +1,38 @@
 """Adapter manager: find adapters by name, load them in the background, keep an LRU set resident in slots.
 
 Sources, in order: adapters registered with an explicit path, folders of the registry directory (the folder
-name is the adapter name), then Hugging Face hub ids (`org/name`). Only safetensors are read, never pickles.
+name is the adapter name), then Hugging Face hub ids (`org/name`, only where the operator allowed them).
+Only safetensors are read, never pickles (see adapter_file.py).
 """
 
-import json
-import math
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
+from loraforge.errors import ModelNotFoundError
+from loraforge.serve.engine.adapter_file import AdapterError, LoadedAdapter, read_adapter
+from loraforge.serve.engine.hub import HubBusyError, HubFetcher
+from loraforge.serve.engine.lora_math import LoRAWeights
+from loraforge.serve.limits import ServeLimits
 
-from loraforge.errors import LoraforgeError, ModelNotFoundError
-from loraforge.serve.engine.lora_math import MODULE_TO_PROJECTION, LoRAWeights
-
-LORA_KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 NAME = re.compile(r"^[A-Za-z0-9][\w.\-]*$")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*$")
 
-
-class AdapterError(LoraforgeError):
-    """An adapter is malformed or does not fit the base model."""
-
-
-@dataclass
-class LoadedAdapter:
-    name: str
-    rank: int
-    nbytes: int  # resident size in the engine's dtype
-    # (layer, module) -> (lora_A [r, in], lora_B [out, r], scale), as stored in the file
-    modules: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, float]]
-
-
-MODULE_DIMS = {
-    "q_proj": ("hidden_size", "q_size"),
-    "k_proj": ("hidden_size", "kv_size"),
-    "v_proj": ("hidden_size", "kv_size"),
-    "o_proj": ("q_size", "hidden_size"),
-    "gate_proj": ("hidden_size", "intermediate_size"),
-    "up_proj": ("hidden_size", "intermediate_size"),
-    "down_proj": ("intermediate_size", "hidden_size"),
-}
-
-
-def read_adapter(
-    name: str, path: Path, dims: dict[str, int], num_layers: int, dtype: torch.dtype
-) -> LoadedAdapter:
-    """Read a PEFT LoRA folder (safetensors only) and check it against the base model's shapes.
-
-    Tensors stay as stored: transposing, scaling and casting happen in one copy when installed into a slot.
-    """
-    cfg_path, weights = path / "adapter_config.json", path / "adapter_model.safetensors"
-    if not cfg_path.is_file():
-        raise ModelNotFoundError(f"adapter '{name}': {path} has no adapter_config.json")
-    if not weights.is_file():
-        raise AdapterError(f"adapter '{name}': {path} has no adapter_model.safetensors (pickles are refused)")
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise AdapterError(f"adapter '{name}': peft_type {cfg.get('peft_type')} is not LoRA")
-    if cfg.get("use_dora") or cfg.get("modules_to_save"):
-        raise AdapterError(f"adapter '{name}': DoRA and modules_to_save are not supported by the engine")
-    alpha, alpha_pattern = float(cfg.get("lora_alpha", 8)), cfg.get("alpha_pattern") or {}
-    pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-    paths: dict[tuple[int, str], str] = {}
-    for key, tensor in load_file(str(weights)).items():
-        m = LORA_KEY.search(key)
-        if m is None or m.group(2) not in MODULE_TO_PROJECTION or int(m.group(1)) >= num_layers:
-            raise AdapterError(
-                f"adapter '{name}': unsupported tensor '{key}' (only LoRA on attention/MLP linears)"
-            )
-        pairs.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = tensor
-        paths[(int(m.group(1)), m.group(2))] = key.split(".lora_")[0]
-    modules, rank, nbytes = {}, 0, 0
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    for (layer, module), ab in pairs.items():
-        if set(ab) != {"A", "B"}:
-            raise AdapterError(f"adapter '{name}': layer {layer} {module} lacks lora_A or lora_B")
-        a, b = ab["A"], ab["B"]
-        r = a.shape[0]
-        din, dout = (dims[d] for d in MODULE_DIMS[module])
-        if a.shape != (r, din) or b.shape != (dout, r):
-            raise AdapterError(
-                f"adapter '{name}': {module} of layer {layer} has shapes {tuple(a.shape)}/{tuple(b.shape)}, "
-                f"the base model needs ({r}, {din})/({dout}, {r}) — was it trained on another base model?"
-            )
-        full = paths[(layer, module)]
-        mod_alpha = next(
-            (v for k, v in alpha_pattern.items() if re.search(rf"(^|\.){re.escape(k)}$", full)), alpha
-        )
-        scale = float(mod_alpha) / (math.sqrt(r) if cfg.get("use_rslora") else r)
-        modules[(layer, module)] = (a, b, scale)
-        rank, nbytes = max(rank, r), nbytes + r * (din + dout) * itemsize
-    if not modules:
-        raise AdapterError(f"adapter '{name}': no LoRA weights found")
-    return LoadedAdapter(name, rank, nbytes, modules)
+__all__ = ["AdapterError", "AdapterManager", "LoadedAdapter", "read_adapter"]
 
 
 class AdapterManager:
-    """Tracks known, loading and resident adapters. Loads run on a worker thread; `poll()` (engine thread)
-    installs finished loads into slots, evicting least-recently-used adapters that no request is using."""
+    """Tracks known, loading and resident adapters. Loads run on worker threads (one for local folders, a
+    few for hub downloads, so a slow download never delays a local load); `poll()` (engine thread)
+    installs finished loads into slots, evicting least-recently-used adapters that no request is using.
+
+    Everything a client can make it remember is bounded: loads in flight plus loaded-but-not-installed
+    adapters by `max_adapters`, failures by `limits.max_remembered_failures` (each kept
+    `limits.adapter_failure_ttl_s`, so a bad name is not retried on every request)."""
 
     def __init__(
         self,
@@ -114,20 +42,27 @@ class AdapterManager:
         max_adapters: int = 64,
         max_bytes: int = 4 << 30,
         on_ready: Callable[[], None] | None = None,
+        limits: ServeLimits | None = None,
+        hub: HubFetcher | None = None,
     ):
         self.weights, self.dims = weights, dims
         self.registry = Path(registry_dir).resolve() if registry_dir else None
         self.max_adapters, self.max_bytes = min(max_adapters, weights.num_slots - 1), max_bytes
         self.on_ready = on_ready or (lambda: None)
+        self.limits = limits or ServeLimits()
+        self.hub = hub or HubFetcher(self.limits)
         self.explicit: dict[str, Path] = {}
         self.resident: OrderedDict[str, tuple[int, int]] = OrderedDict()  # name -> (slot, nbytes), LRU first
         self.pinned: set[str] = set()
         self.refs: dict[str, int] = {}
         self.loading: dict[str, Future] = {}
         self.ready: dict[str, LoadedAdapter] = {}  # loaded, waiting for a free slot
-        self.failed: dict[str, Exception] = {}
+        self.failed: OrderedDict[str, tuple[Exception, float]] = OrderedDict()  # name -> (error, expiry)
         self.lock = threading.RLock()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapter-load")
+        self.hub_pool = ThreadPoolExecutor(
+            max_workers=self.limits.hub_max_downloads, thread_name_prefix="adapter-hub"
+        )
 
     # ---- names and sources -------------------------------------------------------------------------
     def register(self, name: str, path: Path) -> None:
@@ -139,12 +74,18 @@ class AdapterManager:
             raise ModelNotFoundError(f"adapter path '{path}' has no adapter_config.json")
         with self.lock:
             self.explicit[name] = path
+            self.failed.pop(name, None)
 
     def locate(self, name: str) -> Path | None:
         """The local folder of adapter `name`, or None when it is a hub id; raises if it cannot exist."""
         if name in self.explicit:
             return self.explicit[name]
-        if HUB_ID.match(name) and ".." not in name.split("/"):
+        if _is_hub_id(name):
+            if not self.limits.allow_hub_adapters:
+                raise ModelNotFoundError(
+                    f"unknown model or adapter '{name}' (adapters from the Hugging Face Hub are off on this "
+                    "server; its operator can allow them with --allow-hub-adapters)"
+                )
             return None
         if not NAME.match(name) or name in {".", ".."}:
             raise ModelNotFoundError(f"invalid adapter name '{name}'")
@@ -164,6 +105,10 @@ class AdapterManager:
         except ModelNotFoundError:
             return False
 
+    def is_local(self, name: str) -> bool:
+        """Whether `name` is an adapter the operator provided (explicit or in the registry), not a hub id."""
+        return not _is_hub_id(name) and self.exists(name)
+
     def known(self) -> list[str]:
         with self.lock:
             names = set(self.explicit) | set(self.resident)
@@ -173,28 +118,47 @@ class AdapterManager:
 
     def _fetch(self, name: str) -> Path:
         path = self.locate(name)
-        if path is not None:
-            return path
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(name, allow_patterns=["adapter_config.json", "*.safetensors"]))
-        except Exception as exc:  # offline, unknown or gated repo: all mean "cannot get it"
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelNotFoundError(
-                f"could not download adapter '{name}' from the Hugging Face Hub ({reason})"
-            ) from None
+        return path if path is not None else self.hub.fetch(name)
 
     def _load(self, name: str) -> LoadedAdapter:
         w = self.weights
-        return read_adapter(name, self._fetch(name), self.dims, w.num_layers, w.dtype)
+        return read_adapter(
+            name, self._fetch(name), self.dims, w.num_layers, w.dtype, self.limits.max_adapter_rank
+        )
+
+    # ---- failures ----------------------------------------------------------------------------------
+    def failure(self, name: str) -> Exception | None:
+        """The error of a recent failed load of `name`, while it is remembered."""
+        with self.lock:
+            entry = self.failed.get(name)
+            if entry is None:
+                return None
+            if entry[1] <= time.monotonic():
+                del self.failed[name]
+                return None
+            return entry[0]
+
+    def _remember(self, name: str, exc: Exception) -> None:
+        ttl = 1.0 if isinstance(exc, HubBusyError) else self.limits.adapter_failure_ttl_s
+        self.failed.pop(name, None)
+        self.failed[name] = (exc, time.monotonic() + ttl)
+        while len(self.failed) > self.limits.max_remembered_failures:
+            self.failed.popitem(last=False)
+
+    def forget_failure(self, name: str) -> None:
+        with self.lock:
+            self.failed.pop(name, None)
 
     # ---- residency ---------------------------------------------------------------------------------
     def acquire(self, name: str) -> int | None:
-        """Take a reference for one request: the adapter's slot if resident, else None (a load is started)."""
+        """Take a reference for one request: the adapter's slot if resident, else None (a load is started).
+
+        Raises the remembered error of a recent failed load instead of trying again."""
         with self.lock:
+            err = self.failure(name)
+            if err is not None:
+                raise err.with_traceback(None)
             self.refs[name] = self.refs.get(name, 0) + 1
-            self.failed.pop(name, None)
             if name in self.resident:
                 self.resident.move_to_end(name)
                 return self.resident[name][0]
@@ -214,17 +178,35 @@ class AdapterManager:
             if not self.refs[name]:
                 del self.refs[name]
 
+    def is_settled(self, name: str) -> bool:
+        """Whether `name` is resident, loading, loaded or failed: False means a load must be (re)started."""
+        with self.lock:
+            return (
+                name in self.resident
+                or name in self.loading
+                or name in self.ready
+                or self.failure(name) is not None
+            )
+
     def start_load(self, name: str) -> Future | None:
+        """Start loading `name` unless it is already resident or on its way. Returns the load's future, or
+        None when there is nothing to wait for (resident, or deferred: `max_adapters` loads are already
+        loaded or in flight; the engine starts it again when one of them is installed)."""
         with self.lock:
             if name in self.resident or name in self.loading or name in self.ready:
                 return self.loading.get(name)
-            future = self.pool.submit(self._load, name)
+            if len(self.loading) + len(self.ready) >= self.max_adapters:
+                return None
+            pool = self.hub_pool if _is_hub_id(name) else self.pool
+            future = pool.submit(self._load, name)
             self.loading[name] = future
             future.add_done_callback(lambda _: self.on_ready())
             return future
 
     def poll(self) -> tuple[dict[str, int], dict[str, Exception]]:
-        """Engine thread: install finished loads; returns (new name -> slot, failed name -> error)."""
+        """Engine thread: install finished loads; returns (new name -> slot, failed name -> error).
+
+        Failures are also remembered in `failed`, so whoever polls, no waiting request misses one."""
         installed, failed = {}, {}
         with self.lock:
             for name, future in list(self.loading.items()):
@@ -233,22 +215,30 @@ class AdapterManager:
                     try:
                         self.ready[name] = future.result()
                     except Exception as exc:
-                        failed[name] = self.failed[name] = exc
+                        failed[name] = exc
+                        self._remember(name, exc)
             for name in list(self.ready):
-                slot = self._install(self.ready[name])
+                try:
+                    slot = self._install(self.ready[name])
+                except Exception as exc:  # e.g. out of memory growing the stacks: fail this adapter only
+                    del self.ready[name]
+                    failed[name] = exc
+                    self._remember(name, exc)
+                    continue
                 if slot is not None:
                     del self.ready[name]
                     installed[name] = slot
         return installed, failed
 
     def _install(self, adapter: LoadedAdapter) -> int | None:
-        used = {slot for slot, _ in self.resident.values()}
+        # Every slot is padded to the largest rank ever installed, so that is what each one costs.
+        per_slot = self.weights.slot_bytes_at(max(self.weights.rank, adapter.rank))
         while len(self.resident) >= self.max_adapters or (
-            self.resident and self.resident_bytes + adapter.nbytes > self.max_bytes
+            self.resident and (len(self.resident) + 1) * per_slot > self.max_bytes
         ):
             if not self._evict_one():
                 return None
-            used = {slot for slot, _ in self.resident.values()}
+        used = {slot for slot, _ in self.resident.values()}
         slot = next(s for s in range(1, self.weights.num_slots) if s not in used)
         self.weights.ensure_rank(adapter.rank, sorted(used))
         self.weights.install(slot, adapter.modules)
@@ -264,7 +254,8 @@ class AdapterManager:
 
     @property
     def resident_bytes(self) -> int:
-        return sum(n for _, n in self.resident.values())
+        """Memory of the resident adapters, each slot counted at the common (padded) rank."""
+        return len(self.resident) * self.weights.slot_bytes_at(self.weights.rank)
 
     def pin(self, name: str, pinned: bool = True) -> None:
         with self.lock:
@@ -277,9 +268,21 @@ class AdapterManager:
                 return False
             self.resident.pop(name, None)
             self.ready.pop(name, None)
+            self.loading.pop(name, None)  # a load in flight would install what may be stale weights
             self.pinned.discard(name)
             self.explicit.pop(name, None)
+            self.failed.pop(name, None)
             return True
+
+    def unregister(self, name: str) -> None:
+        """Forget the explicit path of `name` (its load failed)."""
+        with self.lock:
+            self.explicit.pop(name, None)
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.hub_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _is_hub_id(name: str) -> bool:
+    return bool(HUB_ID.match(name)) and ".." not in name.split("/")

@@ -164,6 +164,15 @@ class LoRAWeights:
             if tail:
                 blocked[full, :, :tail].copy_(bt[:, full * B_BLOCK :])
 
+    def slot_bytes_at(self, rank: int) -> int:
+        """Memory of one slot once the common rank is `rank` (every slot is padded to it)."""
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        per_layer = sum(
+            len(subs) * rank * self.dims[din] + sum(_blocks(self.dims[d]) * rank * B_BLOCK for _, d in subs)
+            for din, subs in PROJECTIONS.values()
+        )
+        return self.num_layers * per_layer * itemsize
+
     @property
     def slot_bytes(self) -> int:
         return sum(

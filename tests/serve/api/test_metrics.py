@@ -1,0 +1,38 @@
+"""Prometheus labels: clients cannot grow the number of series without bound."""
+
+from types import SimpleNamespace
+
+import httpx
+
+from loraforge.serve.api.metrics import OTHER_MODELS, Metrics
+
+
+def _engine_stub():
+    adapters = SimpleNamespace(resident={})
+    inner = SimpleNamespace(adapters=adapters, scheduler=SimpleNamespace(num_preemptions=0))
+    return SimpleNamespace(engine=inner, num_waiting=lambda: 0, num_running=lambda: 0)
+
+
+def test_client_chosen_names_share_one_label_past_the_bound():
+    metrics = Metrics(_engine_stub(), max_models=3)
+    assert [metrics.label(f"org/a{i}", local=False) for i in range(5)] == [
+        "org/a0",
+        "org/a1",
+        "org/a2",
+        OTHER_MODELS,
+        OTHER_MODELS,
+    ]
+    assert metrics.label("org/a1", local=False) == "org/a1"  # a name that has a label keeps it
+    assert metrics.label("registry-adapter", local=True) == "registry-adapter"  # the operator's: always
+    for i in range(100):
+        metrics.observe(metrics.label(f"org/b{i}", False), "chat", "ok", 1, 1, 0.0, None, 1.0)
+    text = metrics.render().decode()
+    series = [line for line in text.splitlines() if line.startswith("loraforge_requests_total{")]
+    assert series == [f'loraforge_requests_total{{endpoint="chat",model="{OTHER_MODELS}",status="ok"}} 100.0']
+
+
+def test_unknown_models_make_no_series(live):
+    for i in range(5):
+        body = {"model": f"nope-{i}", "prompt": "x", "max_tokens": 1}
+        httpx.post(live.url + "/v1/completions", json=body, headers={"Authorization": "Bearer test-key"})
+    assert "nope-" not in httpx.get(live.url + "/metrics").text
