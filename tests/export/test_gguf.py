@@ -98,11 +98,19 @@ def test_the_adapter_alone_becomes_a_gguf_lora(run_dir, tmp_path):
     assert "blk.0.attn_q.weight.lora_a" in names and "blk.1.ffn_down.weight.lora_b" in names
 
 
-def test_q8_0_is_smaller_and_mistakes_are_named(run_dir, tmp_path):
+def test_quantized_files_are_smaller_and_load_and_mistakes_are_named(run_dir, tmp_path):
+    from loraforge.export.llamacpp import tool
+
     run, base = run_dir
     full = export_gguf(run, tmp_path / "f32.gguf", base_model=str(base))
     small = export_gguf(run, tmp_path / "q8.gguf", base_model=str(base), quant="q8_0")
     assert small.stat().st_size < full.stat().st_size / 2
+    q4 = export_gguf(run, tmp_path / "q4.gguf", base_model=str(base), quant="q4_k_m")  # via llama-quantize
+    assert q4.stat().st_size < small.stat().st_size
+    done = subprocess.run(
+        [str(tool("llama-simple")), "-m", str(q4), "-n", "4", PROMPT], capture_output=True, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.decode().startswith(PROMPT)
     with pytest.raises(ConfigError, match="exists"):
         export_gguf(run, small, base_model=str(base))
     with pytest.raises(ConfigError, match="--quant"):
