@@ -40,6 +40,10 @@ def create_upstream(control: UpstreamControl) -> FastAPI:
             return invalid("the body is not valid JSON")
         if not isinstance(body, dict):
             return invalid("the body must be a JSON object")
+        try:
+            json.dumps(body, ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800"): not text, and the reply could not echo it
+            return invalid("the body holds invalid Unicode")
         control.requests.append(body)
         control.headers.append(dict(request.headers))
         if control.delay_s:
