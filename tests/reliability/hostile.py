@@ -202,14 +202,15 @@ def success_problem(response: httpx.Response, stream: bool) -> str | None:
     return None
 
 
-def judge(response: httpx.Response, stream: bool) -> str | None:
-    """The oracle: None when the answer is acceptable for any input, else what is wrong with it."""
+def judge(response: httpx.Response, stream: bool, completion: bool = True) -> str | None:
+    """The oracle: None when the answer is acceptable for any input, else what is wrong with it.
+    `completion`: the answer of a completion endpoint, whose 200 must be a well-formed completion."""
     if response.status_code >= 500:
         return f"HTTP {response.status_code}: {response.text[:200]!r}"
     if response.status_code >= 400:
         return error_shape_problem(response)
     if response.status_code == 200:
-        return success_problem(response, stream)
+        return success_problem(response, stream) if completion else None
     return f"unexpected HTTP {response.status_code}"
 
 
@@ -225,10 +226,18 @@ class Sweep:
     def server_errors(self) -> int:
         return sum(n for status, n in self.statuses.items() if isinstance(status, int) and status >= 500)
 
-    def record(self, label: str, what: str, response: httpx.Response, stream: bool, shown: str) -> None:
+    def record(
+        self,
+        label: str,
+        what: str,
+        response: httpx.Response,
+        stream: bool,
+        shown: str,
+        completion: bool = True,
+    ) -> None:
         """Count an answer and judge it."""
         self.statuses[response.status_code] += 1
-        problem = judge(response, stream)
+        problem = judge(response, stream, completion)
         if problem:
             self.violations.append(f"{label} {what}: {problem} for {shown}")
 

@@ -21,7 +21,7 @@ from tests.reliability.hostile import (
 )
 from tests.serve.api.conftest import API_KEY
 
-pytestmark = [pytest.mark.reliability, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(600)]  # the sweeps are also slow
 
 PER_FIELD = 5  # hostile values per field and endpoint: 266 requests per server
 OVERSIZED_BODY_BYTES = 64 << 20  # far beyond any sane limit for one completion request
@@ -32,6 +32,7 @@ def normal_body(model: str) -> dict:
     return {"model": model, "prompt": "the quick brown fox", "max_tokens": 24, "ignore_eos": True}
 
 
+@pytest.mark.slow
 def test_serve_answers_hostile_bodies_with_4xx_and_keeps_serving_others(serve):
     models = [serve.engine.model_name, "ad00", "ad07", "no-such-adapter", "../ad00"]
     with (
@@ -44,6 +45,7 @@ def test_serve_answers_hostile_bodies_with_4xx_and_keeps_serving_others(serve):
     assert bystander.completed and not bystander.failures, bystander.failures[:5]
 
 
+@pytest.mark.slow
 def test_gateway_answers_hostile_bodies_with_4xx_and_keeps_serving_others(gateway):
     chat = {"model": "stub-model", "messages": [{"role": "user", "content": "hi"}]}
     with (
@@ -152,12 +154,14 @@ def oversized_body(chat: bool) -> bytes:
     return json.dumps(body).encode()
 
 
+@pytest.mark.slow
 def test_serve_rejects_an_oversized_body_with_413(serve):
     # Last in the module on purpose: a server without a limit spends a long time on this body.
     r = post(serve.url + "/v1/completions", raw=oversized_body(False), headers=bearer(API_KEY))
     assert_rejected(r, 413)
 
 
+@pytest.mark.slow
 def test_gateway_rejects_an_oversized_body_with_413(gateway, upstream_server):
     sent = len(upstream_server.requests)
     r = post(gateway.url + "/v1/chat/completions", raw=oversized_body(True), headers=bearer(GATEWAY_KEY))
