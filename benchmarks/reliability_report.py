@@ -57,11 +57,17 @@ def cpu_description() -> str:
     return f"{name}, {cores} cores, {avx512} ({' '.join(features) or 'no AVX2'})"
 
 
+def server_errors(result) -> str:
+    """5xx answers, and connections the server dropped without answering (as bad as a 5xx)."""
+    dropped = sum(n for status, n in result.statuses.items() if isinstance(status, str))
+    return f"{result.server_errors}" + (f" (+{dropped} dropped)" if dropped else "")
+
+
 def hostile_rows(serve_url: str, serve_models: list[str], per_field: int, work: Path) -> list[tuple]:
     rows, violations = [], []
     with httpx.Client(base_url=serve_url, headers={"Authorization": f"Bearer {API_KEY}"}) as client:
         result = sweep_bodies(client, serve_models, per_field, "serve")
-    rows.append(("hostile input -> serve", result.tried, result.server_errors, "-", "-", "-", "-"))
+    rows.append(("hostile input -> serve", result.tried, server_errors(result), "-", "-", "-", "-"))
     violations += result.violations
 
     control = UpstreamControl()
@@ -70,7 +76,7 @@ def hostile_rows(serve_url: str, serve_models: list[str], per_field: int, work: 
         _, _, gateway = start_gateway(work, f"sqlite:///{work / 'hostile.db'}", control.url)
         with gateway, httpx.Client(base_url=gateway.url) as client:
             result = sweep_bodies(client, ["stub-model", ""], per_field, "gateway")
-    rows.append(("hostile input -> gateway", result.tried, result.server_errors, "-", "-", "-", "-"))
+    rows.append(("hostile input -> gateway", result.tried, server_errors(result), "-", "-", "-", "-"))
     return rows, violations + result.violations
 
 
