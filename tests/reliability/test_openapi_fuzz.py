@@ -51,11 +51,13 @@ def _sweep_mode(
             result.statuses[type(exc).__name__] += 1
             result.violations.append(f"{label} {what}: {type(exc).__name__} {exc} for {shown}")
             return
-        body = case.body if isinstance(case.body, dict) else {}
-        stream = body.get("stream") is True and not response.stream_cut_short
-        result.record(
-            label, what, httpx.Response(response.status_code, content=response.content), stream, shown
-        )
+        # What the server answered decides how it is judged: an event stream as a stream (unless
+        # schemathesis stopped reading it early), a completion endpoint's JSON as a completion.
+        content_type = "".join(response.headers.get("content-type", []))
+        stream = content_type.startswith("text/event-stream")
+        completion = case.formatted_path in COMPLETION_PATHS and not response.stream_cut_short
+        as_httpx = httpx.Response(response.status_code, content=response.content)
+        result.record(label, what, as_httpx, stream, shown, completion)
 
     probe()
 
