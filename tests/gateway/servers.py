@@ -57,20 +57,38 @@ def loraforge_cli() -> list[str]:
 
 def start_gateway_process(args: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`loraforge gateway ARGS --port PORT` as a subprocess, returned once /health answers."""
+    return start_loraforge_process("gateway", args, port, env)
+
+
+def start_loraforge_process(
+    command: str,
+    args: list[str],
+    port: int,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    startup_s: float = 60,
+) -> subprocess.Popen:
+    """`loraforge COMMAND ARGS --host 127.0.0.1 --port PORT` as a subprocess, returned once /health
+    answers. Its output goes to `log` when given (a busy server's access log would fill a pipe and block
+    it), else to a pipe."""
+    out = log.open("wb") if log is not None else subprocess.PIPE
     proc = subprocess.Popen(
-        [*loraforge_cli(), "gateway", *args, "--host", "127.0.0.1", "--port", str(port)],
+        [*loraforge_cli(), command, *args, "--host", "127.0.0.1", "--port", str(port)],
         env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
+        stdout=out,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 60
+    if log is not None:
+        out.close()  # the child holds its own copy
+    deadline = time.monotonic() + startup_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited: {proc.stdout.read().decode(errors='replace')}")
+            output = log.read_bytes() if log is not None else proc.stdout.read()
+            raise RuntimeError(f"{command} exited: {output.decode(errors='replace')[-3000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return proc
         except httpx.HTTPError:
             time.sleep(0.1)
     proc.kill()
-    raise RuntimeError("gateway did not answer /health within 60 s")
+    raise RuntimeError(f"{command} did not answer /health within {startup_s:.0f} s")

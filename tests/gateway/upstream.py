@@ -34,7 +34,16 @@ def create_upstream(control: UpstreamControl) -> FastAPI:
     app = FastAPI()
 
     async def common(request: Request) -> dict[str, Any] | JSONResponse:
-        body = await request.json()
+        try:
+            body = await request.json()
+        except ValueError:
+            return invalid("the body is not valid JSON")
+        if not isinstance(body, dict):
+            return invalid("the body must be a JSON object")
+        try:
+            json.dumps(body, ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800"): not text, and the reply could not echo it
+            return invalid("the body holds invalid Unicode")
         control.requests.append(body)
         control.headers.append(dict(request.headers))
         if control.delay_s:
@@ -56,24 +65,37 @@ def create_upstream(control: UpstreamControl) -> FastAPI:
         body = await common(request)
         if isinstance(body, JSONResponse):
             return body
-        messages = body["messages"]
-        prompt = " ".join(str(m.get("content", "")) for m in messages)
-        reply = "echo: " + str(messages[-1].get("content", ""))
-        return _respond(body, "chat.completion", reply, words(prompt), control)
+        try:
+            messages = body["messages"]
+            prompt = " ".join(str(m.get("content", "")) for m in messages)
+            reply = "echo: " + str(messages[-1].get("content", ""))
+            return _respond(body, "chat.completion", reply, words(prompt), control)
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            return invalid(f"malformed request: {exc!r}")
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await common(request)
         if isinstance(body, JSONResponse):
             return body
-        prompt = body["prompt"] if isinstance(body["prompt"], str) else " ".join(body["prompt"])
-        return _respond(body, "text_completion", "echo: " + prompt, words(prompt), control)
+        try:
+            prompt = body["prompt"] if isinstance(body["prompt"], str) else " ".join(map(str, body["prompt"]))
+            return _respond(body, "text_completion", "echo: " + prompt, words(prompt), control)
+        except (KeyError, TypeError, AttributeError) as exc:
+            return invalid(f"malformed request: {exc!r}")
 
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": "stub-model", "object": "model", "owned_by": "tests"}]}
 
     return app
+
+
+def invalid(message: str) -> JSONResponse:
+    """What OpenAI answers to a body it cannot use: a 400, never a 500 (so that a 5xx seen through the
+    gateway is the gateway's own)."""
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+    return JSONResponse({"error": error}, status_code=400)
 
 
 def _respond(body: dict[str, Any], kind: str, reply: str, prompt_tokens: int, control: UpstreamControl):

@@ -64,11 +64,22 @@ def save_checkpoint(
     tmp.rename(directory)
 
 
+def _step_of(path: Path) -> int | None:
+    """N for a finished checkpoint `step-N`; None for anything else (a `step-N.tmp` that a kill left
+    half-written is not a checkpoint)."""
+    suffix = path.name.removeprefix("step-")
+    return int(suffix) if path.name.startswith("step-") and suffix.isdigit() else None
+
+
+def _checkpoints(checkpoints: Path) -> list[Path]:
+    """Finished checkpoints, oldest first."""
+    found = [p for p in checkpoints.glob("step-*") if _step_of(p) is not None] if checkpoints.exists() else []
+    return sorted(found, key=_step_of)
+
+
 def latest_checkpoint(checkpoints: Path) -> Path | None:
-    found = (
-        [p for p in checkpoints.glob("step-*") if (p / STATE_FILE).exists()] if checkpoints.exists() else []
-    )
-    return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
+    found = [p for p in _checkpoints(checkpoints) if (p / STATE_FILE).exists()]
+    return found[-1] if found else None
 
 
 def read_state(directory: Path) -> TrainerState:
@@ -92,6 +103,5 @@ def load_checkpoint(directory: Path, model, optimizer, scheduler) -> TrainerStat
 
 
 def prune_checkpoints(checkpoints: Path, keep: int = 2) -> None:
-    found = sorted(checkpoints.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    for old in found[:-keep]:
+    for old in _checkpoints(checkpoints)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

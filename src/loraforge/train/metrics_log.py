@@ -1,6 +1,7 @@
 """The run's `metrics.jsonl` (one JSON object per logged event) and its `loss.png` curve."""
 
 import json
+import os
 from pathlib import Path
 
 
@@ -10,7 +11,10 @@ class MetricsLog:
         if truncate_after_step is not None and path.exists():
             # On resume, drop rows logged after the checkpoint so the file tells one consistent story.
             rows = [row for row in self.read() if row.get("step", 0) <= truncate_after_step]
-            path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+            # Replaced atomically: a kill during the rewrite must not lose the history before the checkpoint.
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+            os.replace(tmp, path)
         elif truncate_after_step is None:
             path.write_text("")
 
@@ -19,9 +23,11 @@ class MetricsLog:
             handle.write(json.dumps(row) + "\n")
 
     def read(self) -> list[dict]:
+        """The logged rows; a last line without its newline is a write a kill cut short, and is dropped."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        complete = self.path.read_text().split("\n")[:-1]
+        return [json.loads(line) for line in complete if line.strip()]
 
 
 def plot_losses(rows: list[dict], out: Path) -> None:
