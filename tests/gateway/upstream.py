@@ -18,6 +18,7 @@ class UpstreamControl:
     fail_status: int | None = None
     delay_s: float = 0.0
     chunk_delay_s: float = 0.0
+    reply: str | None = None  # answer this text instead of echoing the prompt
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
 
@@ -58,7 +59,9 @@ def create_upstream(control: UpstreamControl) -> FastAPI:
             return body
         messages = body["messages"]
         prompt = " ".join(str(m.get("content", "")) for m in messages)
-        reply = "echo: " + str(messages[-1].get("content", ""))
+        reply = (
+            control.reply if control.reply is not None else "echo: " + str(messages[-1].get("content", ""))
+        )
         return _respond(body, "chat.completion", reply, words(prompt), control)
 
     @app.post("/v1/completions")

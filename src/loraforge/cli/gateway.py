@@ -19,6 +19,17 @@ def gateway(
         "--upstream-api-key-env",
         help="Name of the environment variable holding the upstream's API key.",
     ),
+    specialist_url: str | None = typer.Option(
+        None,
+        "--specialist-url",
+        help="OpenAI base URL of the server hosting the adapters (`loraforge serve`), for routed tasks.",
+    ),
+    specialist_api_key_env: str | None = typer.Option(
+        None, "--specialist-api-key-env", help="Name of the environment variable holding its API key."
+    ),
+    route_refresh: float = typer.Option(
+        2.0, "--route-refresh", min=0.1, help="Seconds between re-reads of the routes from the store."
+    ),
     store: str | None = typer.Option(
         None,
         "--store",
@@ -48,13 +59,10 @@ def gateway(
 
     if not upstream_url.startswith(("http://", "https://")):
         raise ConfigError(f"--upstream-url {upstream_url!r} must start with http:// or https://")
-    upstream_key = None
-    if upstream_api_key_env:
-        upstream_key = os.environ.get(upstream_api_key_env)
-        if not upstream_key:
-            raise ConfigError(
-                f"--upstream-api-key-env: environment variable {upstream_api_key_env} is not set"
-            )
+    if specialist_url is not None and not specialist_url.startswith(("http://", "https://")):
+        raise ConfigError(f"--specialist-url {specialist_url!r} must start with http:// or https://")
+    upstream_key = _key_from_env("--upstream-api-key-env", upstream_api_key_env)
+    specialist_key = _key_from_env("--specialist-api-key-env", specialist_api_key_env)
     settings = GatewaySettings(
         upstream_url=upstream_url,
         upstream_api_key=upstream_key,
@@ -64,7 +72,19 @@ def gateway(
         prices_file=prices,
         timeout_s=timeout,
         sqlite_sync=sqlite_sync,
+        specialist_url=specialist_url,
+        specialist_api_key=specialist_key,
+        route_refresh_s=route_refresh,
     )
     asgi = create_app(settings)
     typer.echo(f"loraforge gateway on http://{host}:{port}/v1 -> {upstream_url}", err=True)
     uvicorn.run(asgi, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def _key_from_env(option: str, variable: str | None) -> str | None:
+    if not variable:
+        return None
+    key = os.environ.get(variable)
+    if not key:
+        raise ConfigError(f"{option}: environment variable {variable} is not set")
+    return key

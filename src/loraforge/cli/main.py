@@ -18,7 +18,7 @@ app = typer.Typer(
 
 
 # Each command group lives in its own module and registers itself on `app` when imported.
-COMMAND_MODULES = ["generate", "train", "evaluate", "demo", "serve", "gateway", "dataset", "synth"]
+COMMAND_MODULES = ["generate", "train", "evaluate", "demo", "serve", "gateway", "dataset", "synth", "route"]
 
 
 def _register_commands() -> None:

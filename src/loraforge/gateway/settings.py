@@ -21,6 +21,10 @@ class GatewaySettings:
     store_busy_timeout_s: float = 5.0
     sqlite_sync: str = "full"  # "normal": crash-safe but not power-loss-safe commits, far fewer fsyncs
     retry_interval_s: float = 2.0  # how often a down store is retried
+    specialist_url: str | None = None  # OpenAI base URL of the server hosting adapters (`loraforge serve`)
+    specialist_api_key: str | None = None
+    route_refresh_s: float = 2.0  # how often routes are re-read from the store
+    shadow_concurrency: int = 8  # shadow requests in flight at most; more are dropped, not queued
 
     def resolved_store_url(self) -> str:
         return resolve_store_url(self.store_url)

@@ -155,7 +155,8 @@ def _insert_dataset(
 
 def select_rows(store: Store, filt: DatasetFilter) -> tuple[list[Row], dict[str, int]]:
     """The rows of a dataset (with splits) and counts of what each step kept or dropped."""
-    query = select(Call).where(Call.task == filt.task, Call.status == "ok").order_by(Call.time, Call.id)
+    query = select(Call).where(Call.task == filt.task, Call.status == "ok", Call.shadow_of.is_(None))
+    query = query.order_by(Call.time, Call.id)  # shadow answers mirror a call: never examples of their own
     if filt.since:
         query = query.where(Call.time >= parse_since(filt.since))
     fb_query = (
