@@ -157,3 +157,16 @@ def test_since_honours_utc_offsets():
 
     assert parse_since("2026-01-31T12:00+02:00") == parse_since("2026-01-31T10:00")
     assert parse_since("2026-01-31") == parse_since("2026-01-31T00:00:00Z")
+
+
+def test_since_takes_a_span_back_from_now():
+    from datetime import timedelta
+
+    from loraforge.errors import LoraforgeError
+    from loraforge.store.datasets import parse_since
+    from loraforge.store.models import utcnow
+
+    assert abs(utcnow() - timedelta(days=7) - parse_since("7d")) < timedelta(seconds=5)
+    assert abs(utcnow() - timedelta(minutes=30) - parse_since("30m")) < timedelta(seconds=5)
+    with pytest.raises(LoraforgeError, match="7d, 12h or 30m"):
+        parse_since("7 days")

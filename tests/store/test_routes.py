@@ -70,3 +70,19 @@ def test_invalid_routes_are_refused_and_nothing_is_stored(store, stage, kwargs, 
     with pytest.raises(LoraforgeError, match=message):
         set_route(store, "t", stage, "ad1", **kwargs)
     assert route_history(store, "t") == []
+
+
+def test_a_batch_mixing_plain_and_routed_calls_keeps_every_routing_field(store):
+    from tests.store.calls import chat_call
+
+    plain = chat_call("t", "q", "a")
+    shadow = chat_call("t", "q", "b")
+    shadow.update(served_by="adapter:ad1", route_stage="shadow", shadow_of=plain["id"], fallback_reason="x")
+    store.insert_calls([plain, shadow])  # one multi-row insert, as the recorder's group commit does
+    got = store.get_call(shadow["id"])
+    assert (got.served_by, got.route_stage, got.shadow_of, got.fallback_reason) == (
+        "adapter:ad1",
+        "shadow",
+        plain["id"],
+        "x",
+    )

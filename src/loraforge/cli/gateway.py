@@ -61,8 +61,8 @@ def gateway(
         raise ConfigError(f"--upstream-url {upstream_url!r} must start with http:// or https://")
     if specialist_url is not None and not specialist_url.startswith(("http://", "https://")):
         raise ConfigError(f"--specialist-url {specialist_url!r} must start with http:// or https://")
-    upstream_key = _key_from_env("--upstream-api-key-env", upstream_api_key_env)
-    specialist_key = _key_from_env("--specialist-api-key-env", specialist_api_key_env)
+    upstream_key = key_from_env("--upstream-api-key-env", upstream_api_key_env)
+    specialist_key = key_from_env("--specialist-api-key-env", specialist_api_key_env)
     settings = GatewaySettings(
         upstream_url=upstream_url,
         upstream_api_key=upstream_key,
@@ -81,7 +81,8 @@ def gateway(
     uvicorn.run(asgi, host=host, port=port, log_level=log_level, access_log=False)
 
 
-def _key_from_env(option: str, variable: str | None) -> str | None:
+def key_from_env(option: str, variable: str | None) -> str | None:
+    """The API key held by environment variable `variable` (named by `option`); None when not asked for."""
     if not variable:
         return None
     key = os.environ.get(variable)

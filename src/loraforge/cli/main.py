@@ -18,7 +18,18 @@ app = typer.Typer(
 
 
 # Each command group lives in its own module and registers itself on `app` when imported.
-COMMAND_MODULES = ["generate", "train", "evaluate", "demo", "serve", "gateway", "dataset", "synth", "route"]
+COMMAND_MODULES = [
+    "generate",
+    "train",
+    "evaluate",
+    "demo",
+    "serve",
+    "gateway",
+    "dataset",
+    "synth",
+    "route",
+    "compare",
+]
 
 
 def _register_commands() -> None:
