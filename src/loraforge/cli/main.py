@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "synth",
     "route",
     "compare",
+    "report",
 ]
 
 
