@@ -93,8 +93,11 @@ def test_no_throughput_leaves_adapter_calls_unpriced_not_free(tmp_path):
     r = chat_call("t", "q", "a")
     r.update(served_by="adapter:ad1", latency_ms=None)
     s.insert_calls([r])
-    row = cost_report(s, PriceTable.load(), HOUR, None)["tasks"]["t"]["by_who"]["adapter:ad1"]
+    task = cost_report(s, PriceTable.load(), HOUR, None)["tasks"]["t"]
+    row = task["by_who"]["adapter:ad1"]
     assert (row["spend_usd"], row["unpriced_calls"]) == (0.0, 1)
+    # Nor can savings be told when the general model it replaces has no price: unknown, not a number.
+    assert task["savings_usd"] is None and task["counterfactual"].startswith("unknown")
     s.close()
 
 

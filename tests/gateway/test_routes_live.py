@@ -129,7 +129,9 @@ def test_adapter_timeout_falls_back(routed, specialist):
     started = time.monotonic()
     served_by, call_id, _ = ask(client)
     assert served_by == "fallback" and time.monotonic() - started < 1.5
-    assert store.get_call(call_id).fallback_reason.startswith("timeout: ")
+    call = store.get_call(call_id)
+    assert call.fallback_reason.startswith("timeout: ")
+    assert call.latency_ms >= 200  # what the client waited: the adapter's try included
 
 
 def test_adapter_error_without_fallback_reaches_the_client_as_its_error(routed, specialist):

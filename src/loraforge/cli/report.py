@@ -81,11 +81,14 @@ def render(report: dict) -> None:
             )  # fmt: skip
     console.print(table)
     for name, t in sorted(report["tasks"].items()):
-        console.print(
-            f"{name}: spend ${t['spend_usd']:.6f}, saved ${t['savings_usd']:.6f} so far, "
-            f"projected ${t['projected_monthly_savings_usd']:.2f}/month at the current mix "
-            f"(counterfactual: {t['counterfactual']})"
-        )
+        if t["savings_usd"] is None:
+            saved = "savings unknown"
+        else:
+            saved = (
+                f"saved ${t['savings_usd']:.6f} so far, projected "
+                f"${t['projected_monthly_savings_usd']:.2f}/month at the current mix"
+            )
+        console.print(f"{name}: spend ${t['spend_usd']:.6f}, {saved} (counterfactual: {t['counterfactual']})")
     total = report["total"]
     console.print(
         f"total: {total['calls']} calls, spend ${total['spend_usd']:.6f}, saved ${total['savings_usd']:.6f}, "

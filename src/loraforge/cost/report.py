@@ -38,6 +38,7 @@ class _Group:
     spend: float = 0.0
     unpriced: int = 0  # calls that could not be priced (no token counts, or no price for the model)
     counterfactual: float = 0.0  # adapters: what the general model would have cost
+    no_counterfactual: int = 0  # adapter calls whose general price is unknown: savings cannot be told
 
 
 def who_answered(call: Call) -> str:
@@ -133,9 +134,12 @@ def _task_summary(
             counterfactual = mean_general
         else:
             counterfactual = prices.estimate(call.requested_model, call.prompt_tokens, call.completion_tokens)
-        if counterfactual is not None:
+        if counterfactual is None:
+            by_who[call.served_by].no_counterfactual += 1
+        else:
             by_who[call.served_by].counterfactual += counterfactual
     rows = {}
+    unknown = sum(g.no_counterfactual for g in by_who.values())
     for who, g in sorted(by_who.items()):
         if who.startswith("adapter:"):
             savings += g.counterfactual - g.spend
@@ -152,11 +156,17 @@ def _task_summary(
             "latency_p95_ms": float(np.percentile(g.latencies, 95)) if g.latencies else None,
             **({"general_would_cost_usd": g.counterfactual} if who.startswith("adapter:") else {}),
         }
+    if unknown:
+        basis = f"unknown: {unknown} adapter calls ask for a general model without a price"
+    else:
+        basis = "mean general call of the task" if mean_general is not None else "token prices"
     return {
         "calls": sum(g.calls for who, g in by_who.items() if not who.startswith("shadow ")),
         "spend_usd": sum(g.spend for g in by_who.values()),
-        "savings_usd": savings,
-        "projected_monthly_savings_usd": savings / (span / timedelta(days=1)) * DAYS_PER_MONTH,
-        "counterfactual": "mean general call of the task" if mean_general is not None else "token prices",
+        "savings_usd": None if unknown else savings,
+        "projected_monthly_savings_usd": None
+        if unknown
+        else savings / (span / timedelta(days=1)) * DAYS_PER_MONTH,
+        "counterfactual": basis,
         "by_who": rows,
     }

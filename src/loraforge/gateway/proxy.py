@@ -48,10 +48,15 @@ class Proxy:
         self.metrics = metrics
 
     async def forward(
-        self, req: ParsedRequest, headers: dict[str, str], extra: dict[str, Any] | None = None
+        self,
+        req: ParsedRequest,
+        headers: dict[str, str],
+        extra: dict[str, Any] | None = None,
+        call: "_CallLog | None" = None,
     ) -> Response:
-        """`extra`: routing fields of the call record (served_by, route_stage, fallback_reason)."""
-        call = _CallLog(req, self, extra)
+        """`extra`: routing fields of the call record (served_by, route_stage, fallback_reason); `call`: the
+        record begun by an earlier attempt (a fallback's latency includes the adapter's try)."""
+        call = call or _CallLog(req, self, extra)
         try:
             resp = await self.upstream.request(
                 "POST", PATHS[req.endpoint], json.dumps(req.upstream_body).encode(), headers
@@ -158,6 +163,12 @@ class _CallLog:
         self.started = time.perf_counter()
         self.extra = {"served_by": "general", **(extra or {})}
         self.headers = {CALL_ID_HEADER: self.id, SERVED_BY_HEADER: self.extra["served_by"]}
+
+    def annotate(self, req: ParsedRequest, fields: dict[str, Any]) -> None:
+        """Change who answers (a fallback): the request sent and the routing fields."""
+        self.req = req
+        self.extra.update(fields)
+        self.headers[SERVED_BY_HEADER] = self.extra["served_by"]
 
     async def finish(self, body: dict[str, Any]) -> None:
         usage = body.get("usage") or {}

@@ -167,23 +167,24 @@ class Router:
 
     async def _adapter(self, req: ParsedRequest, headers: dict[str, str], route: Route) -> Response:
         areq = replace(req, upstream_body={**req.upstream_body, "model": route.adapter})
-        extra = {"served_by": adapter_label(route.adapter), "route_stage": route.stage}
+        call = self.proxy.call_log(
+            areq, {"served_by": adapter_label(route.adapter), "route_stage": route.stage}
+        )
         outcome = await self._ask(areq, route)
         if isinstance(outcome, _Answer):
-            return await self._serve(areq, outcome, extra)
+            return await self._serve(call, outcome)
         allowed = ("on-invalid" if outcome.kind == "invalid" else "on-error") in route.fallback
         if allowed:
             log.info(
                 "task %s: %s fell back to the general model: %s", req.task, route.adapter, outcome.reason
             )
-            fallback = {"served_by": FALLBACK, "route_stage": route.stage, "fallback_reason": outcome.reason}
-            return await self.proxy.forward(req, headers, fallback)
+            call.annotate(req, {"served_by": FALLBACK, "fallback_reason": outcome.reason})
+            return await self.proxy.forward(req, headers, call=call)
         if outcome.answer is not None:  # invalid, but the route does not fall back on invalid answers
-            return await self._serve(areq, outcome.answer, {**extra, "fallback_reason": None})
-        return await self.proxy.call_log(areq, extra).fail(outcome.error)
+            return await self._serve(call, outcome.answer)
+        return await call.fail(outcome.error)
 
-    async def _serve(self, req: ParsedRequest, answer: _Answer, extra: dict[str, Any]) -> Response:
-        call = self.proxy.call_log(req, extra)
+    async def _serve(self, call, answer: _Answer) -> Response:
         if answer.lines is not None:
             return self.proxy.stream_response(call, _Replay(answer))
         await call.finish(answer.body or {})
@@ -273,15 +274,16 @@ class Router:
 
     async def _shadow(self, req: ParsedRequest, primary_id: str, route: Route) -> None:
         extra = {"served_by": adapter_label(route.adapter), "route_stage": "shadow", "shadow_of": primary_id}
+        call = self.proxy.call_log(req, extra)
         try:
             outcome = await self._ask(req, route)
             if isinstance(outcome, _Answer):
-                await self.proxy.call_log(req, extra).finish(outcome.body or {})
+                await call.finish(outcome.body or {})
             elif outcome.answer is not None:  # invalid: logged as an answer, with what a fallback would say
-                call = self.proxy.call_log(req, {**extra, "fallback_reason": outcome.reason})
+                call.annotate(req, {"fallback_reason": outcome.reason})
                 await call.finish(outcome.answer.body or {})
             else:
-                await self.proxy.call_log(req, extra).fail(outcome.error)
+                await call.fail(outcome.error)
         except GatewayError:
             pass  # the recorder already logged why the shadow call could not be recorded
         except Exception:
