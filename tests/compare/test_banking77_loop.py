@@ -7,19 +7,18 @@ Run with `-s` to see the comparison table and the cost report."""
 
 import json
 import shutil
-import sys
 from itertools import islice
 
 import httpx
 import pytest
 from openai import OpenAI
 
-from loraforge.cli.main import main
 from loraforge.config import validate_config
 from loraforge.store import Store
 from loraforge.store.datasets import DatasetFilter, build_dataset
 from loraforge.store.routes import OutputSpec, set_route
 from loraforge.train.run import run_training
+from tests.cli.test_errors import run_cli
 from tests.conftest import SHARED_DATA
 from tests.gateway.conftest import start_gateway
 from tests.serve.api.conftest import start_server
@@ -40,15 +39,7 @@ def examples():
     return rows
 
 
-def cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["loraforge", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+cli = run_cli
 
 
 @pytest.mark.slow  # trains an adapter and runs three servers: about a minute on 2 cores

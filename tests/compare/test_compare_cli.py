@@ -2,13 +2,12 @@
 shadow pairs, metrics with intervals, cost, the gate's exit status, saved comparisons, mistakes."""
 
 import json
-import sys
 
 import pytest
 
-from loraforge.cli.main import main
 from loraforge.store import Store
 from loraforge.store.datasets import DatasetFilter, build_dataset
+from tests.cli.test_errors import run_cli
 from tests.compare.judge_server import create_judge
 from tests.gateway.servers import ThreadServer
 from tests.gateway.upstream import UpstreamControl, create_upstream
@@ -19,14 +18,7 @@ PRICES = "taken: '2026-01-01'\nmodels:\n  gpt-x: {input: 1.0, output: 2.0}\n"
 
 
 def run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["loraforge", "compare", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(monkeypatch, capsys, "compare", *args)
 
 
 @pytest.fixture

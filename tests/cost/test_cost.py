@@ -2,14 +2,12 @@
 the throughput a `loraforge serve` reports in /metrics, and `loraforge report cost` as users run it."""
 
 import json
-import sys
 from types import SimpleNamespace
 
 import pytest
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
-from loraforge.cli.main import main
 from loraforge.cost.hardware import HardwarePrice, hardware_price
 from loraforge.cost.report import cost_report
 from loraforge.cost.throughput import Throughput, scrape_throughput
@@ -17,6 +15,7 @@ from loraforge.errors import ConfigError, LoraforgeError
 from loraforge.serve.api.metrics import Metrics
 from loraforge.store import Store
 from loraforge.store.prices import PriceTable
+from tests.cli.test_errors import run_cli
 from tests.gateway.servers import ThreadServer
 from tests.store.calls import chat_call
 
@@ -135,14 +134,7 @@ def test_serve_metrics_report_tokens_per_busy_second_and_the_report_reads_them()
 
 
 def run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["loraforge", "report", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(monkeypatch, capsys, "report", *args)
 
 
 def test_report_cost_cli(monkeypatch, capsys, store):

@@ -1,22 +1,14 @@
 """`loraforge route` as users run it: changes and history; mistakes exit 2 with one line."""
 
 import json
-import sys
 
 import pytest
 
-from loraforge.cli.main import main
+from tests.cli.test_errors import run_cli
 
 
 def run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["loraforge", "route", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(monkeypatch, capsys, "route", *args)
 
 
 def test_set_show_rollback_off(monkeypatch, capsys, tmp_path):
@@ -70,4 +62,16 @@ def test_set_show_rollback_off(monkeypatch, capsys, tmp_path):
 )
 def test_route_mistakes_exit_2_with_one_line(monkeypatch, capsys, tmp_path, args, message):
     code, _, err = run(monkeypatch, capsys, *args, "--store", f"sqlite:///{tmp_path / 'store.db'}")
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--specialist-url", "ftp://h/v1"], "--specialist-url 'ftp://h/v1' must start with http"),
+        (["--specialist-url", "http://h/v1", "--specialist-api-key-env", "LF_NO_SUCH_VAR"], "LF_NO_SUCH_VAR"),
+    ],
+)
+def test_gateway_specialist_mistakes_exit_2(monkeypatch, capsys, args, message):
+    code, _, err = run_cli(monkeypatch, capsys, "gateway", "--upstream-url", "http://127.0.0.1:1/v1", *args)
     assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1

@@ -47,6 +47,7 @@ class RouteTable:
         self.refresh_s = refresh_s
         self.routes: dict[str, Route] = {}
         self._task: asyncio.Task | None = None
+        self._failing = False  # warn once per outage, not at every refresh
 
     def get(self, task: str | None) -> Route | None:
         return self.routes.get(task) if task else None
@@ -54,8 +55,11 @@ class RouteTable:
     async def refresh(self) -> None:
         try:
             self.routes = await run_in_threadpool(current_routes, self.store)
+            self._failing = False
         except Exception as exc:  # a down store must not stop routing: keep the last routes read
-            log.warning("routes not refreshed (keeping the last ones read): %s", exc)
+            if not self._failing:
+                log.warning("routes not refreshed (keeping the last ones read): %s", exc)
+            self._failing = True
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
