@@ -78,7 +78,8 @@ def test_routes_switch_a_running_gateway_and_fallback_loses_no_call(engines, tmp
             if set(sides.values()) == {"general", "adapter:ad00"}:
                 break
             assert time.monotonic() < wait_for_canary, sides
-        cli("route", "set", "--task", "cards", "--adapter", "ad00", "--stage", "full", "--store", store_url)
+        cli("route", "set", "--task", "cards", "--adapter", "ad00", "--stage", "full", "--timeout-ms", "5000",
+            "--store", store_url)  # fmt: skip
         wait_for("adapter:ad00")
         specialist.stop()  # the adapter server dies: every call falls back, none is lost
         answers = [ask(f"user-{u}") for u in range(8)]
@@ -100,7 +101,7 @@ def test_routes_switch_a_running_gateway_and_fallback_loses_no_call(engines, tmp
         for _, call_id in answers:
             call = store.get_call(call_id)
             assert call.status == "ok" and call.served_by == "fallback"
-            assert call.fallback_reason.startswith("error: ")
+            assert call.fallback_reason.startswith(("error: ", "timeout: "))
         assert all(c.status == "ok" for c in store.calls(task="cards"))
     finally:
         store.close()
