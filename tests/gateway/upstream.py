@@ -3,6 +3,7 @@
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ class UpstreamControl:
     fail_status: int | None = None
     delay_s: float = 0.0
     chunk_delay_s: float = 0.0
+    reply: str | Callable[[str], str] | None = None  # answer this (or reply(last message)), not an echo
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
 
@@ -68,7 +70,9 @@ def create_upstream(control: UpstreamControl) -> FastAPI:
         try:
             messages = body["messages"]
             prompt = " ".join(str(m.get("content", "")) for m in messages)
-            reply = "echo: " + str(messages[-1].get("content", ""))
+            last = str(messages[-1].get("content", ""))
+            reply = "echo: " + last if control.reply is None else control.reply
+            reply = reply(last) if callable(reply) else reply
             return _respond(body, "chat.completion", reply, words(prompt), control)
         except (KeyError, TypeError, AttributeError, IndexError) as exc:
             return invalid(f"malformed request: {exc!r}")

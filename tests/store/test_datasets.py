@@ -177,3 +177,16 @@ def test_a_build_streams_calls_instead_of_loading_them_all(store, tmp_path, monk
         tracemalloc.stop()
     assert result.counts["rows"] == 300
     assert peak < 15_000_000, f"peak {peak / 1e6:.1f} MB for 30 MB of calls"
+
+
+def test_since_takes_a_span_back_from_now():
+    from datetime import timedelta
+
+    from loraforge.errors import LoraforgeError
+    from loraforge.store.datasets import parse_since
+    from loraforge.store.models import utcnow
+
+    assert abs(utcnow() - timedelta(days=7) - parse_since("7d")) < timedelta(seconds=5)
+    assert abs(utcnow() - timedelta(minutes=30) - parse_since("30m")) < timedelta(seconds=5)
+    with pytest.raises(LoraforgeError, match="7d, 12h or 30m"):
+        parse_since("7 days")

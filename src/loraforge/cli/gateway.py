@@ -21,6 +21,17 @@ def gateway(
         "--upstream-api-key-env",
         help="Name of the environment variable holding the upstream's API key.",
     ),
+    specialist_url: str | None = typer.Option(
+        None,
+        "--specialist-url",
+        help="OpenAI base URL of the server hosting the adapters (`loraforge serve`), for routed tasks.",
+    ),
+    specialist_api_key_env: str | None = typer.Option(
+        None, "--specialist-api-key-env", help="Name of the environment variable holding its API key."
+    ),
+    route_refresh: float = typer.Option(
+        2.0, "--route-refresh", min=0.1, help="Seconds between re-reads of the routes from the store."
+    ),
     store: str | None = typer.Option(
         None,
         "--store",
@@ -66,15 +77,10 @@ def gateway(
 
     if not upstream_url.startswith(("http://", "https://")):
         raise ConfigError(f"--upstream-url {upstream_url!r} must start with http:// or https://")
-    upstream_key = None
-    if upstream_api_key_env:
-        upstream_key = os.environ.get(upstream_api_key_env)
-        if not upstream_key:
-            raise ConfigError(
-                f"--upstream-api-key-env: environment variable {upstream_api_key_env} is not set"
-            )
-        if "\n" in upstream_key or "\r" in upstream_key:  # e.g. KEY=$(cat file) kept a newline
-            raise ConfigError(f"--upstream-api-key-env: {upstream_api_key_env} contains a line break")
+    if specialist_url is not None and not specialist_url.startswith(("http://", "https://")):
+        raise ConfigError(f"--specialist-url {specialist_url!r} must start with http:// or https://")
+    upstream_key = key_from_env("--upstream-api-key-env", upstream_api_key_env)
+    specialist_key = key_from_env("--specialist-api-key-env", specialist_api_key_env)
     _refuse_exposure(host, api_key, insecure_no_api_key, upstream_api_key_env)
     settings = GatewaySettings(
         upstream_url=upstream_url,
@@ -87,6 +93,9 @@ def gateway(
         sqlite_sync=sqlite_sync,
         max_body_bytes=max_body_bytes,
         record_timeout_s=record_timeout,
+        specialist_url=specialist_url,
+        specialist_api_key=specialist_key,
+        route_refresh_s=route_refresh,
     )
     asgi = create_app(settings)
     if not api_key:
@@ -125,3 +134,15 @@ def _warn_no_key(host: str, upstream_key_env: str | None) -> None:
         fg="yellow",
         bold=True,
     )
+
+
+def key_from_env(option: str, variable: str | None) -> str | None:
+    """The API key held by environment variable `variable` (named by `option`); None when not asked for."""
+    if not variable:
+        return None
+    key = os.environ.get(variable)
+    if not key:
+        raise ConfigError(f"{option}: environment variable {variable} is not set")
+    if "\n" in key or "\r" in key:  # e.g. KEY=$(cat file) kept a newline
+        raise ConfigError(f"{option}: {variable} contains a line break")
+    return key

@@ -31,6 +31,9 @@ COMMAND_MODULES = [
     "dataset",
     "store",
     "synth",
+    "route",
+    "compare",
+    "report",
 ]
 
 

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from loraforge.gateway.errors import GatewayError, json_response, upstream_error, upstream_status_error
 from loraforge.gateway.metrics import GatewayMetrics
 from loraforge.gateway.proxy import Proxy
+from loraforge.gateway.router import Router, RouteTable
 from loraforge.gateway.settings import GatewaySettings
 from loraforge.gateway.upstream import UpstreamClient, UpstreamError
 from loraforge.gateway.validation import TASK_HEADER, parse_feedback, parse_request
@@ -48,6 +49,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     upstream = UpstreamClient(settings.upstream_url, settings.timeout_s, settings.connect_timeout_s)
     proxy = Proxy(upstream, recorder, prices, metrics)
+    specialist = None
+    if settings.specialist_url:
+        specialist = UpstreamClient(settings.specialist_url, settings.timeout_s, settings.connect_timeout_s)
+    routes = RouteTable(store, settings.route_refresh_s)
+    router = Router(proxy, routes, specialist, settings.specialist_api_key, settings.shadow_concurrency)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -62,10 +68,17 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         recorder.store_healthy = store.migrated
         metrics.store_healthy.set(1 if store.migrated else 0)
         recorder.start()
+        if store.migrated:
+            await routes.refresh()  # routed from the first request on
+        routes.start()
         try:
             yield
         finally:
+            await routes.stop()
+            await router.aclose()
             await upstream.aclose()
+            if specialist is not None:
+                await specialist.aclose()
             await run_in_threadpool(recorder.stop)
             store.close()
 
@@ -74,6 +87,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.recorder = recorder
     app.state.metrics = metrics
     app.state.settings = settings
+    app.state.routes = routes
+    app.state.router = router
 
     def upstream_headers(request: Request, body: bool = True) -> dict[str, str]:
         headers = {"content-type": "application/json"} if body else {}
@@ -118,7 +133,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             parsed = parse_request(
                 await read_body(request), endpoint, request.headers.get(TASK_HEADER), settings.max_json_depth
             )
-            return await proxy.forward(parsed, upstream_headers(request))
+            return await router.forward(parsed, upstream_headers(request))
         except GatewayError as exc:
             if exc.status in (400, 401, 413):
                 metrics.requests.labels(endpoint, str(exc.status)).inc()

@@ -29,6 +29,7 @@ from loraforge.store.recorder import Recorder, RecordError
 log = logging.getLogger("loraforge.gateway")
 
 CALL_ID_HEADER = "X-Loraforge-Call-Id"
+SERVED_BY_HEADER = "X-Loraforge-Served-By"  # "general", "adapter:NAME" or "fallback" (see gateway.routing)
 _background: set[asyncio.Future] = set()
 PATHS = {"chat.completions": "/chat/completions", "completions": "/completions"}
 
@@ -46,8 +47,16 @@ class Proxy:
         self.prices = prices
         self.metrics = metrics
 
-    async def forward(self, req: ParsedRequest, headers: dict[str, str]) -> Response:
-        call = _CallLog(req, self)
+    async def forward(
+        self,
+        req: ParsedRequest,
+        headers: dict[str, str],
+        extra: dict[str, Any] | None = None,
+        call: "_CallLog | None" = None,
+    ) -> Response:
+        """`extra`: routing fields of the call record (served_by, route_stage, fallback_reason); `call`: the
+        record begun by an earlier attempt (a fallback's latency includes the adapter's try)."""
+        call = call or _CallLog(req, self, extra)
         try:
             resp = await self.upstream.request(
                 "POST", PATHS[req.endpoint], json.dumps(req.upstream_body).encode(), headers
@@ -55,9 +64,7 @@ class Proxy:
         except UpstreamError as exc:
             return await call.fail(upstream_error(exc))
         if req.stream and resp.status == 200:
-            return StreamingResponse(
-                self._stream(call, resp), media_type="text/event-stream", headers=call.headers
-            )
+            return self.stream_response(call, resp)
         try:
             content = await resp.read()
         except UpstreamError as exc:
@@ -74,6 +81,16 @@ class Proxy:
             return await call.fail(GatewayError(502, "upstream returned invalid JSON", type="upstream_error"))
         await call.finish(body)  # may raise GatewayError(503): then the client is never acknowledged
         return Response(content, 200, headers=call.headers, media_type="application/json")
+
+    def call_log(self, req: ParsedRequest, extra: dict[str, Any] | None = None) -> "_CallLog":
+        """The record of a call whose upstream request the caller makes (the router's adapter calls)."""
+        return _CallLog(req, self, extra)
+
+    def stream_response(self, call: "_CallLog", resp: UpstreamResponse) -> StreamingResponse:
+        """Relay an upstream event stream (anything with `iter_lines()` and `close()`), recording it."""
+        return StreamingResponse(
+            self._stream(call, resp), media_type="text/event-stream", headers=call.headers
+        )
 
     async def _stream(self, call: "_CallLog", resp: UpstreamResponse) -> AsyncIterator[bytes]:
         assembler = StreamAssembler(call.req.endpoint)
@@ -138,19 +155,30 @@ class Proxy:
 class _CallLog:
     """Builds the call record of one request and writes it through the recorder."""
 
-    def __init__(self, req: ParsedRequest, proxy: Proxy) -> None:
+    def __init__(self, req: ParsedRequest, proxy: Proxy, extra: dict[str, Any] | None = None) -> None:
         self.req = req
         self.proxy = proxy
         self.id = new_call_id()
         self.time = utcnow()
         self.started = time.perf_counter()
-        self.headers = {CALL_ID_HEADER: self.id}
+        self.extra = {"served_by": "general", **(extra or {})}
+        self.headers = {CALL_ID_HEADER: self.id, SERVED_BY_HEADER: self.extra["served_by"]}
+
+    def annotate(self, req: ParsedRequest, fields: dict[str, Any]) -> None:
+        """Change who answers (a fallback): the request sent and the routing fields."""
+        self.req = req
+        self.extra.update(fields)
+        self.headers[SERVED_BY_HEADER] = self.extra["served_by"]
 
     async def finish(self, body: dict[str, Any]) -> None:
         usage = body.get("usage") or {}
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         served = body.get("model")
-        cost = self.proxy.prices.estimate(served or self.req.model, prompt, completion)
+        cost = None
+        if not self.extra["served_by"].startswith("adapter:"):
+            # An adapter's answer is priced by the hardware it ran on (`loraforge report cost`), never by
+            # a token price table: its name may well prefix-match a general model's entry.
+            cost = self.proxy.prices.estimate(served or self.req.model, prompt, completion)
         m = self.proxy.metrics
         task = m.task_label(self.req.task or "")
         if isinstance(prompt, int) and isinstance(completion, int):
@@ -194,6 +222,7 @@ class _CallLog:
             "prompt_tokens": prompt if isinstance(prompt, int) else None,
             "completion_tokens": completion if isinstance(completion, int) else None,
             "cost_usd": cost,
+            **self.extra,
         }
         try:
             await self.proxy.recorder.record(record)

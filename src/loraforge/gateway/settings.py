@@ -47,6 +47,10 @@ class GatewaySettings:
     # must not hang the gateway); also the bound on PostgreSQL statements (statement_timeout).
     record_timeout_s: float = RECORD_TIMEOUT_S
     max_queued_records: int = MAX_QUEUED_RECORDS  # waiting for the store's writer; beyond it: spooled
+    specialist_url: str | None = None  # OpenAI base URL of the server hosting adapters (`loraforge serve`)
+    specialist_api_key: str | None = None
+    route_refresh_s: float = 2.0  # how often routes are re-read from the store
+    shadow_concurrency: int = 8  # shadow requests in flight at most; more are dropped, not queued
 
     def resolved_store_url(self) -> str:
         return resolve_store_url(self.store_url)

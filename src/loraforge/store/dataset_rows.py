@@ -120,7 +120,8 @@ def _query(task: str, since: datetime | None) -> Select:
             Feedback.corrected_output,
         )
         .outerjoin(Feedback, Feedback.id == latest_feedback)
-        .where(Call.task == task, Call.status == "ok")
+        # shadow answers mirror a call: never examples of their own
+        .where(Call.task == task, Call.status == "ok", Call.shadow_of.is_(None))
         .order_by(Call.time, Call.id)
     )
     return query.where(Call.time >= since) if since is not None else query

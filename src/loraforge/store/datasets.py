@@ -6,7 +6,7 @@ import re
 import shutil
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, insert, select
@@ -50,12 +50,22 @@ class BuildResult:
     reused: bool = False
 
 
+RELATIVE_SINCE = re.compile(r"^(\d+(?:\.\d+)?)([mhdw])$")
+_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
 def parse_since(value: str) -> datetime:
+    """An ISO date/time (UTC unless it has an offset) or a span back from now: 30m, 12h, 7d, 2w."""
+    relative = RELATIVE_SINCE.match(value.strip())
+    if relative:
+        seconds = float(relative.group(1)) * _UNIT_SECONDS[relative.group(2)]
+        return utcnow() - timedelta(seconds=seconds)
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError as exc:
         raise LoraforgeError(
-            f"--since {value!r} is not an ISO date (e.g. 2026-01-31 or 2026-01-31T12:00)"
+            f"--since {value!r} is not an ISO date (e.g. 2026-01-31 or 2026-01-31T12:00) "
+            "nor a span such as 7d, 12h or 30m"
         ) from exc
     # Calls are stored in naive UTC; an offset in the input is honoured, a naive input is taken as UTC.
     return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed

@@ -21,7 +21,7 @@ class Example:
 def call_to_example(call: Call) -> Example | None:
     """The example of a successful call, or None when it cannot be one (tool calls, images, batches)."""
     messages = _prompt_messages(call.endpoint, call.request_body or {})
-    output = _output(call.endpoint, call.response_body or {})
+    output = output_text(call.endpoint, call.response_body or {})
     if messages is None or output is None:
         return None
     return Example(call.id, messages, output, input_hash(messages))
@@ -62,7 +62,8 @@ def _text(content: Any) -> str | None:
     return None
 
 
-def _output(endpoint: str, body: dict[str, Any]) -> str | None:
+def output_text(endpoint: str, body: dict[str, Any]) -> str | None:
+    """The text of the first choice of a chat or text completion body."""
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return None

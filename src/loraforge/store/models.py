@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models of the store: calls, feedback, datasets and dataset rows (times are naive UTC)."""
+"""SQLAlchemy 2 models of the store: calls, feedback, datasets, routes, comparisons (times are naive UTC)."""
 
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +42,12 @@ class Call(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     cost_usd: Mapped[float | None] = mapped_column(Float)
+    # Routing (migration 0002): who answered ("general", "adapter:NAME" or "fallback"), under which stage,
+    # why it fell back, and for a shadow answer the id of the call it mirrors.
+    served_by: Mapped[str | None] = mapped_column(String(200))
+    route_stage: Mapped[str | None] = mapped_column(String(16))
+    fallback_reason: Mapped[str | None] = mapped_column(Text)
+    shadow_of: Mapped[str | None] = mapped_column(String(64), index=True)
 
     __table_args__ = (Index("ix_calls_task_time", "task", "time"),)
 
@@ -89,3 +95,47 @@ class DatasetRow(Base):
     corrected: Mapped[bool] = mapped_column(default=False)
     split: Mapped[str] = mapped_column(String(8))  # "train" or "test"
     input_hash: Mapped[str] = mapped_column(String(64))
+
+
+class RouteChange(Base):
+    """One change of a task's route; the newest change of a task is its current route (stage "off": none)."""
+
+    __tablename__ = "route_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(200))
+    seq: Mapped[int] = mapped_column(Integer)  # 1, 2, ... per task
+    time: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+    action: Mapped[str] = mapped_column(String(16))  # "set", "off", "rollback"
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    stage: Mapped[str] = mapped_column(String(16))  # "shadow", "canary", "full", "off"
+    adapter: Mapped[str | None] = mapped_column(String(200))
+    percent: Mapped[float | None] = mapped_column(Float)
+    fallback: Mapped[list[str]] = mapped_column(JsonType, default=list)  # "on-error", "on-invalid"
+    timeout_ms: Mapped[int | None] = mapped_column(Integer)
+    output: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)  # what a valid answer is
+    previous_seq: Mapped[int | None] = mapped_column(Integer)  # the state a rollback returns to
+
+    __table_args__ = (UniqueConstraint("task", "seq", name="uq_route_changes_task_seq"),)
+
+
+class Comparison(Base):
+    """One saved head-to-head comparison of a candidate against a baseline on a task."""
+
+    __tablename__ = "comparisons"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+    task: Mapped[str] = mapped_column(String(200))
+    candidate: Mapped[str] = mapped_column(String(200))
+    baseline: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(Text)  # "dataset NAME:VERSION" or "shadow since ..."
+    kind: Mapped[str] = mapped_column(String(32))
+    items: Mapped[int] = mapped_column(Integer)
+    inputs_hash: Mapped[str] = mapped_column(String(64))
+    gate: Mapped[str | None] = mapped_column(Text)
+    gate_passed: Mapped[bool | None] = mapped_column()
+    result: Mapped[dict[str, Any]] = mapped_column(JsonType)
+
+    __table_args__ = (Index("ix_comparisons_task_time", "task", "time"),)

@@ -29,15 +29,13 @@ class PriceTable:
     @classmethod
     def load(cls, user_file: Path | None = None) -> "PriceTable":
         """Shipped defaults updated by `user_file` / `$LORAFORGE_PRICES` / `$LORAFORGE_HOME/prices.yaml`."""
-        prices, taken = _read(DEFAULT_PRICES)
-        if user_file is None:
-            env = os.environ.get(PRICES_ENV)
-            user_file = Path(env) if env else loraforge_home() / "prices.yaml"
-            if not env and not user_file.exists():
-                return cls(prices, taken)
-        user_prices, user_taken = _read(Path(user_file))
-        prices.update(user_prices)
-        return cls(prices, user_taken or taken)
+        prices: dict[str, Price] = {}
+        taken = None
+        for path in price_files(user_file):
+            more, more_taken = _read(path)
+            prices.update(more)
+            taken = more_taken or taken
+        return cls(prices, taken)
 
     def lookup(self, model: str | None) -> Price | None:
         if not model:
@@ -57,18 +55,36 @@ class PriceTable:
         return (prompt_tokens * price.input_per_1m + completion_tokens * price.output_per_1m) / 1_000_000
 
 
-def _read(path: Path) -> tuple[dict[str, Price], str | None]:
+def price_files(user_file: Path | None = None) -> list[Path]:
+    """The price files in the order they apply: the shipped table, then the user's (when there is one)."""
+    if user_file is None:
+        env = os.environ.get(PRICES_ENV)
+        user_file = Path(env) if env else loraforge_home() / "prices.yaml"
+        if not env and not user_file.exists():
+            return [DEFAULT_PRICES]
+    return [DEFAULT_PRICES, Path(user_file)]
+
+
+def read_yaml(path: Path) -> dict:
+    """A price file's mapping; ConfigError when it is missing or not YAML."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError as exc:
         raise ConfigError(f"price table {path} does not exist") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"price table {path} is not valid YAML: {exc}") from exc
-    models = data.get("models") if isinstance(data, dict) else None
-    if not isinstance(models, dict):
+    if not isinstance(data, dict):
+        raise ConfigError(f"price table {path}: expected a mapping at the top level")
+    return data
+
+
+def _read(path: Path) -> tuple[dict[str, Price], str | None]:
+    data = read_yaml(path)
+    models = data.get("models")
+    if not isinstance(models, dict) and not (path != DEFAULT_PRICES and "hardware" in data):
         raise ConfigError(f"price table {path}: expected a `models:` mapping of name -> {{input, output}}")
     prices: dict[str, Price] = {}
-    for name, entry in models.items():
+    for name, entry in (models or {}).items():
         try:
             prices[str(name)] = Price(float(entry["input"]), float(entry["output"]))
         except (TypeError, KeyError, ValueError) as exc:

@@ -124,6 +124,9 @@ class Store:
 
 
 _CALL_COLUMNS = {c.name for c in Call.__table__.columns}
+# A multi-row insert takes its columns from the first row: every row must name every optional column, or a
+# value only later rows carry (a shadow call's `shadow_of` after a plain call) would be dropped.
+_OPTIONAL_COLUMNS = [c.name for c in Call.__table__.columns if c.nullable and c.default is None]
 
 
 def _call_row(record: dict[str, Any], dialect: str) -> dict[str, Any]:
@@ -132,6 +135,8 @@ def _call_row(record: dict[str, Any], dialect: str) -> dict[str, Any]:
     if isinstance(row.get("time"), str):
         row["time"] = datetime.fromisoformat(row["time"])
     row.setdefault("tags", {})
+    for key in _OPTIONAL_COLUMNS:
+        row.setdefault(key, None)
     for key in ("requested_model", "served_model", "task"):  # String(200): longer values would be refused
         if isinstance(row.get(key), str):
             row[key] = row[key][:200]

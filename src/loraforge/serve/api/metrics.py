@@ -61,6 +61,20 @@ class Metrics:
         self.resident.set_function(lambda: len(engine.engine.adapters.resident))
         self.preemptions = Gauge("loraforge_preemptions", "Sequences preempted so far", registry=r)
         self.preemptions.set_function(lambda: engine.engine.scheduler.num_preemptions)
+        # Throughput actually achieved, for pricing an adapter's calls by the hardware (`report cost`):
+        # tokens (prompt + generated) per second of wall time with at least one request in flight.
+        self.busy = Counter(
+            "loraforge_busy_seconds", "Wall time with at least one request in flight", registry=r
+        )
+        self.tokens_per_second = Gauge(
+            "loraforge_tokens_per_second",
+            "Prompt and generated tokens per busy second, since the server started",
+            registry=r,
+        )
+        self.tokens_per_second.set_function(self._tokens_per_second)
+        self._busy_until = 0.0
+        self._busy_s = 0.0
+        self._tokens = 0
 
     def label(self, model: str, local: bool) -> str:
         """The `model` label of a request: the base model and the operator's adapters always have their
@@ -85,6 +99,13 @@ class Metrics:
         ended: float,
     ) -> None:
         self.requests.labels(model, endpoint, status).inc()
+        # Requests are observed as they end, so `ended` never decreases: the union of their intervals
+        # grows by the part of this one after the last end seen.
+        busy = max(0.0, ended - max(started, self._busy_until))
+        self._busy_until = max(self._busy_until, ended)
+        self._busy_s += busy
+        self._tokens += prompt + completion
+        self.busy.inc(busy)
         self.prompt_tokens.labels(model).inc(prompt)
         self.completion_tokens.labels(model).inc(completion)
         self.latency.labels(model).observe(ended - started)
@@ -92,6 +113,9 @@ class Metrics:
             self.ttft.labels(model).observe(first_token - started)
             if completion > 1:
                 self.tpot.labels(model).observe((ended - first_token) / (completion - 1))
+
+    def _tokens_per_second(self) -> float:
+        return self._tokens / self._busy_s if self._busy_s > 0 else 0.0
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

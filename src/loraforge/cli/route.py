@@ -1,0 +1,181 @@
+"""`loraforge route set/show/rollback/off`: route a task's calls to its adapter (shadow, canary, full)."""
+
+from pathlib import Path
+
+import typer
+
+from loraforge.cli.dataset import STORE_HELP, _open
+from loraforge.cli.main import app
+from loraforge.errors import LoraforgeError
+
+route_app = typer.Typer(
+    help="Route a task's calls through the gateway to its adapter; every change is kept in the store.",
+    no_args_is_help=True,
+)
+app.add_typer(route_app, name="route")
+
+
+def parse_fallback(value: str) -> tuple[str, ...]:
+    """'on-error,on-invalid' -> ('on-error', 'on-invalid'); 'none' -> ()."""
+    if value.strip().lower() == "none":
+        return ()
+    return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+
+
+def output_spec(kind: str | None, labels: Path | None, schema: Path | None):
+    """The output spec from --kind/--labels/--json-schema (labels imply classification, a schema JSON)."""
+    from loraforge.store.routes import OUTPUT_KINDS, OutputSpec
+    from loraforge.synth.validation import load_labels, load_schema
+
+    if labels and schema:
+        raise LoraforgeError("pass either --labels or --json-schema, not both")
+    kind = kind or ("classification" if labels else "json" if schema else "text")
+    if kind not in OUTPUT_KINDS:
+        raise LoraforgeError(f"--kind {kind!r}: choose one of {', '.join(OUTPUT_KINDS)}")
+    if kind == "classification" and not labels:
+        raise LoraforgeError("--kind classification needs --labels FILE (the task's label set)")
+    if kind != "classification" and labels:
+        raise LoraforgeError(f"--labels applies to --kind classification, not {kind}")
+    if kind != "json" and schema:
+        raise LoraforgeError(f"--json-schema applies to --kind json, not {kind}")
+    return OutputSpec(
+        kind, tuple(load_labels(labels)) if labels else (), load_schema(schema) if schema else None
+    )
+
+
+@route_app.command("set")
+def set_(
+    task: str = typer.Option(..., "--task", help="The task (X-Loraforge-Task / metadata.task)."),
+    adapter: str = typer.Option(..., "--adapter", help="Adapter name as the specialist server knows it."),
+    stage: str = typer.Option(..., "--stage", help="shadow | canary | full."),
+    percent: float | None = typer.Option(None, "--percent", help="Canary: share of calls to the adapter."),
+    fallback: str = typer.Option(
+        "on-error,on-invalid",
+        "--fallback",
+        help="When the general model answers instead: on-error (errors, timeouts), on-invalid, or none.",
+    ),
+    timeout_ms: int = typer.Option(30_000, "--timeout-ms", help="The adapter's time to answer."),
+    kind: str | None = typer.Option(None, "--kind", help="text | classification | json (what is valid)."),
+    labels: Path | None = typer.Option(None, "--labels", help="Label set: JSON list or one per line."),
+    json_schema: Path | None = typer.Option(None, "--json-schema", help="JSON Schema the answers must meet."),
+    reason: str | None = typer.Option(None, "--reason", help="Why (kept in the history)."),
+    by: str | None = typer.Option(None, "--by", help="Who (default: user@host)."),
+    store: str | None = typer.Option(None, "--store", help=STORE_HELP),
+) -> None:
+    """Route TASK to ADAPTER at STAGE; a running gateway picks it up within its --route-refresh."""
+    from loraforge.store.routes import set_route
+
+    spec = output_spec(kind, labels, json_schema)
+    change = set_route(
+        _open(store),
+        task,
+        stage,
+        adapter,
+        percent=percent,
+        fallback=parse_fallback(fallback),
+        timeout_ms=timeout_ms,
+        output=spec,
+        actor=by,
+        reason=reason,
+    )
+    typer.echo(f"task {task}: route #{change.seq} {describe(change)}")
+
+
+@route_app.command("show")
+def show(
+    task: str | None = typer.Option(None, "--task", help="One task (with its full history)."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    store: str | None = typer.Option(None, "--store", help=STORE_HELP),
+) -> None:
+    """Current routes; with --task, that task's whole history (who, when, what, why)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from loraforge.store.routes import route_history
+
+    changes = route_history(_open(store), task)
+    if task is not None and not changes:
+        raise LoraforgeError(f"task {task!r} has never been routed")
+    shown = changes if task is not None else _latest_per_task(changes)
+    if json_out:
+        typer.echo(json.dumps([_as_json(c) for c in shown], indent=2))
+        return
+    table = Table("task", "#", "time (UTC)", "action", "route", "fallback", "by", "reason")
+    for c in shown:
+        fallback = ",".join(c.fallback) if c.stage in ("canary", "full") else ""
+        table.add_row(
+            c.task,
+            str(c.seq),
+            c.time.isoformat(timespec="seconds"),
+            c.action,
+            describe(c),
+            fallback or "-",
+            c.actor,
+            c.reason or "",
+        )
+    Console(width=160).print(table)
+
+
+@route_app.command("rollback")
+def rollback(
+    task: str = typer.Option(..., "--task"),
+    reason: str | None = typer.Option(None, "--reason"),
+    by: str | None = typer.Option(None, "--by"),
+    store: str | None = typer.Option(None, "--store", help=STORE_HELP),
+) -> None:
+    """Restore the route TASK had before its current one."""
+    from loraforge.store.routes import rollback_route
+
+    change = rollback_route(_open(store), task, actor=by, reason=reason)
+    typer.echo(f"task {task}: rolled back, route #{change.seq} {describe(change)}")
+
+
+@route_app.command("off")
+def off(
+    task: str = typer.Option(..., "--task"),
+    reason: str | None = typer.Option(None, "--reason"),
+    by: str | None = typer.Option(None, "--by"),
+    store: str | None = typer.Option(None, "--store", help=STORE_HELP),
+) -> None:
+    """Send all of TASK's calls to the general model again."""
+    from loraforge.store.routes import route_off
+
+    change = route_off(_open(store), task, actor=by, reason=reason)
+    typer.echo(f"task {task}: route #{change.seq} off (the general model answers every call)")
+
+
+def describe(change) -> str:
+    if change.stage == "off":
+        return "off"
+    what = f"{change.stage} -> adapter:{change.adapter}"
+    if change.stage == "canary":
+        what += f" ({change.percent:g}%)"
+    kind = (change.output or {}).get("kind")
+    return what + (f" [{kind}]" if kind and kind != "text" else "")
+
+
+def _latest_per_task(changes):
+    latest = {}
+    for c in changes:  # ordered by task, seq
+        latest[c.task] = c
+    return list(latest.values())
+
+
+def _as_json(c) -> dict:
+    return {
+        "task": c.task,
+        "seq": c.seq,
+        "time": c.time.isoformat(),
+        "action": c.action,
+        "stage": c.stage,
+        "adapter": c.adapter,
+        "percent": c.percent,
+        "fallback": c.fallback,
+        "timeout_ms": c.timeout_ms,
+        "output": c.output,
+        "actor": c.actor,
+        "reason": c.reason,
+        "previous_seq": c.previous_seq,
+    }

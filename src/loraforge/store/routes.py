@@ -1,0 +1,227 @@
+"""Routes of tasks to adapters, kept as an append-only history in the store.
+
+Each change (set, off, rollback) is one row holding the full resulting route, who made it, when and why; a
+task's current route is its newest row. A rollback returns to the state before the current one, so repeated
+rollbacks walk further back (like undo).
+"""
+
+import getpass
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from loraforge.errors import LoraforgeError
+from loraforge.store.models import RouteChange, utcnow
+from loraforge.store.store import Store
+
+STAGES = ("shadow", "canary", "full")
+FALLBACKS = ("on-error", "on-invalid")
+OUTPUT_KINDS = ("text", "classification", "json")
+DEFAULT_FALLBACK = FALLBACKS  # canary and full fall back on both unless told otherwise
+DEFAULT_TIMEOUT_MS = 30_000
+ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
+_RETRIES = 5  # concurrent changes of one task collide on (task, seq); the loser retries
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What a valid answer of the task is: any text, one label of a set, or JSON (optionally a schema)."""
+
+    kind: str = "text"
+    labels: tuple[str, ...] = ()
+    schema: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "labels": list(self.labels), "schema": self.schema}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> "OutputSpec":
+        data = data or {}
+        return cls(data.get("kind") or "text", tuple(data.get("labels") or ()), data.get("schema"))
+
+
+@dataclass(frozen=True)
+class Route:
+    """A task's current route to an adapter."""
+
+    task: str
+    stage: str
+    adapter: str
+    percent: float = 100.0
+    fallback: tuple[str, ...] = DEFAULT_FALLBACK
+    timeout_ms: int = DEFAULT_TIMEOUT_MS
+    output: OutputSpec = field(default_factory=OutputSpec)
+    seq: int = 0
+
+
+def default_actor() -> str:
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except Exception:  # no user name in a bare container: still say where it came from
+        return socket.gethostname()
+
+
+def validate_route(
+    stage: str, adapter: str, percent: float | None, fallback: tuple[str, ...], timeout_ms: int
+) -> float:
+    """Raises LoraforgeError naming the bad option; returns the effective percent."""
+    if stage not in STAGES:
+        raise LoraforgeError(f"--stage {stage!r}: choose one of {', '.join(STAGES)}")
+    if not ADAPTER_NAME_RE.match(adapter):
+        raise LoraforgeError(f"--adapter {adapter!r} is not a valid adapter name")
+    unknown = [f for f in fallback if f not in FALLBACKS]
+    if unknown:
+        raise LoraforgeError(f"--fallback {','.join(unknown)}: choose from {', '.join(FALLBACKS)} or none")
+    if timeout_ms <= 0:
+        raise LoraforgeError(f"--timeout-ms must be positive, got {timeout_ms}")
+    if stage == "canary":
+        if percent is None or not 0 < percent < 100:
+            raise LoraforgeError(
+                "--percent is required for a canary and must be between 0 and 100 (exclusive)"
+            )
+        return float(percent)
+    if percent is not None:
+        raise LoraforgeError(f"--percent applies to a canary only, not to stage {stage!r}")
+    return 100.0 if stage == "full" else 0.0
+
+
+def set_route(
+    store: Store,
+    task: str,
+    stage: str,
+    adapter: str,
+    *,
+    percent: float | None = None,
+    fallback: tuple[str, ...] = DEFAULT_FALLBACK,
+    timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    output: OutputSpec | None = None,
+    actor: str | None = None,
+    reason: str | None = None,
+) -> RouteChange:
+    effective = validate_route(stage, adapter, percent, fallback, timeout_ms)
+    state = {
+        "stage": stage,
+        "adapter": adapter,
+        "percent": effective,
+        "fallback": list(fallback),
+        "timeout_ms": timeout_ms,
+        "output": (output or OutputSpec()).to_json(),
+    }
+    return _append(store, task, "set", state, actor, reason, None)
+
+
+def route_off(store: Store, task: str, *, actor: str | None = None, reason: str | None = None) -> RouteChange:
+    """Send all of the task's calls to the general model again."""
+    current = latest_change(store, task)
+    if current is None or current.stage == "off":
+        raise LoraforgeError(f"task {task!r} has no route to turn off")
+    return _append(store, task, "off", _OFF, actor, reason, None)
+
+
+def rollback_route(
+    store: Store, task: str, *, actor: str | None = None, reason: str | None = None
+) -> RouteChange:
+    """Restore the route the task had before its current one."""
+    with Session(store.engine) as session:
+        current = _latest(session, task)
+        if current is None:
+            raise LoraforgeError(f"task {task!r} has no route history to roll back")
+        if current.previous_seq is None:
+            raise LoraforgeError(f"task {task!r}: nothing before route change #{current.seq} to roll back to")
+        target = session.scalars(
+            select(RouteChange).where(RouteChange.task == task, RouteChange.seq == current.previous_seq)
+        ).one()
+        state = _state_of(target)
+        before_target = target.previous_seq
+    return _append(store, task, "rollback", state, actor, reason, before_target, rollback=True)
+
+
+def latest_change(store: Store, task: str) -> RouteChange | None:
+    with Session(store.engine, expire_on_commit=False) as session:
+        return _latest(session, task)
+
+
+def current_routes(store: Store) -> dict[str, Route]:
+    """Every task's current route (tasks whose route is off are absent)."""
+    newest = select(RouteChange.task, func.max(RouteChange.seq).label("seq")).group_by(RouteChange.task)
+    sub = newest.subquery()
+    query = select(RouteChange).join(sub, (RouteChange.task == sub.c.task) & (RouteChange.seq == sub.c.seq))
+    with Session(store.engine) as session:
+        return {c.task: to_route(c) for c in session.scalars(query) if c.stage != "off"}
+
+
+def route_history(store: Store, task: str | None = None) -> list[RouteChange]:
+    query = select(RouteChange).order_by(RouteChange.task, RouteChange.seq)
+    if task is not None:
+        query = query.where(RouteChange.task == task)
+    with Session(store.engine, expire_on_commit=False) as session:
+        return list(session.scalars(query))
+
+
+def to_route(change: RouteChange) -> Route:
+    return Route(
+        task=change.task,
+        stage=change.stage,
+        adapter=change.adapter or "",
+        percent=change.percent if change.percent is not None else 0.0,
+        fallback=tuple(change.fallback or ()),
+        timeout_ms=change.timeout_ms or DEFAULT_TIMEOUT_MS,
+        output=OutputSpec.from_json(change.output),
+        seq=change.seq,
+    )
+
+
+_OFF: dict[str, Any] = {
+    "stage": "off",
+    "adapter": None,
+    "percent": None,
+    "fallback": [],
+    "timeout_ms": None,
+    "output": {},
+}
+
+
+def _state_of(change: RouteChange) -> dict[str, Any]:
+    return {key: getattr(change, key) for key in _OFF}
+
+
+def _latest(session: Session, task: str) -> RouteChange | None:
+    query = select(RouteChange).where(RouteChange.task == task).order_by(RouteChange.seq.desc()).limit(1)
+    return session.scalars(query).first()
+
+
+def _append(
+    store: Store,
+    task: str,
+    action: str,
+    state: dict[str, Any],
+    actor: str | None,
+    reason: str | None,
+    previous_seq: int | None,
+    rollback: bool = False,
+) -> RouteChange:
+    for _ in range(_RETRIES):
+        try:
+            with Session(store.engine, expire_on_commit=False) as session, session.begin():
+                current = _latest(session, task)
+                seq = current.seq + 1 if current else 1
+                change = RouteChange(
+                    task=task,
+                    seq=seq,
+                    time=utcnow(),
+                    action=action,
+                    actor=actor or default_actor(),
+                    reason=reason,
+                    previous_seq=previous_seq if rollback else (current.seq if current else None),
+                    **state,
+                )
+                session.add(change)
+            return change
+        except IntegrityError:
+            continue
+    raise LoraforgeError(f"task {task!r}: the route changed concurrently {_RETRIES} times; try again")
