@@ -108,3 +108,14 @@ def test_the_plain_copy_is_kept_for_weights_up_to_a_quarter_of_memory():
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert keep_plain_copy(250 << 20) and keep_plain_copy(total // 4)
     assert not keep_plain_copy(total // 4 + 1)
+
+
+def test_batches_are_padded_to_few_shapes_and_the_padding_is_cut_off():
+    """oneDNN compiles a primitive per shape: every batch size of a server must map onto few of them."""
+    shapes = {linear_mod.padded_rows(rows) for rows in range(1, 2049)}
+    assert len(shapes) <= 16 + (2048 - 256) // 64
+    assert all(linear_mod.padded_rows(r) >= r for r in range(1, 2049))
+    x, w, b = _inputs(37, torch.float32, True)
+    out = Linear(w, b)(x)
+    assert out.shape == (37, 200)
+    torch.testing.assert_close(out, F.linear(x, w, b), rtol=1e-5, atol=1e-4)

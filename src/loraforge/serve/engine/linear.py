@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 SMALL_BATCH_ROWS = 2  # up to this many rows the matrix-vector kernel beats packed oneDNN (cpu_kernels.py)
+ROW_BUCKET, LARGE_ROWS, ROW_BUCKET_LARGE = 16, 256, 64  # packed-path batch shapes, see padded_rows
 PLAIN_COPY_MAX_SHARE = 0.25  # of the machine's memory, for the linear weights when held in both forms
 
 
@@ -57,6 +58,15 @@ def pack(weight: torch.Tensor) -> torch.Tensor | None:
     return torch.ops.mkldnn._reorder_linear_weight(weight, 64)
 
 
+def padded_rows(rows: int) -> int:
+    """`rows` rounded up to a multiple of ROW_BUCKET (ROW_BUCKET_LARGE past LARGE_ROWS). oneDNN keeps a
+    compiled primitive per input shape, and a server sees every batch size and prompt length: unpadded, its
+    memory kept growing under a mixed load (tests/reliability/test_load.py). Few shapes bound it; the padded
+    rows cost little where reading the weights dominates."""
+    step = ROW_BUCKET if rows <= LARGE_ROWS else ROW_BUCKET_LARGE
+    return -(-rows // step) * step
+
+
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
@@ -83,5 +93,9 @@ class Linear:
             out = self.kernels.small_linear(x, self.weight)
             return out if self.bias is None else out + self.bias
         if self.packed is not None:
-            return packed_linear(x, self.packed, self.bias)
+            rows = x.shape[0]
+            padded = padded_rows(rows)
+            if padded == rows:
+                return packed_linear(x, self.packed, self.bias)
+            return packed_linear(F.pad(x, (0, 0, 0, padded - rows)), self.packed, self.bias)[:rows]
         return F.linear(x, self.weight, self.bias)
