@@ -9,7 +9,7 @@ from openai import OpenAI
 
 from loraforge.gateway.upstream import UpstreamClient
 from loraforge.store import Store
-from loraforge.store.datasets import DatasetFilter, select_rows
+from loraforge.store.datasets import DatasetFilter, build_dataset, dataset_rows, get_dataset
 from loraforge.store.routes import OutputSpec, rollback_route, set_route
 from tests.gateway.conftest import start_gateway
 from tests.gateway.servers import ThreadServer, free_port
@@ -145,7 +145,7 @@ def test_adapter_error_without_fallback_reaches_the_client_as_its_error(routed, 
     assert (call.status, call.served_by) == ("error", "adapter:ad1")
 
 
-def test_shadow_adds_no_latency_and_logs_linked_pairs(routed, upstream, specialist):
+def test_shadow_adds_no_latency_and_logs_linked_pairs(routed, upstream, specialist, tmp_path):
     client, store, app = routed
     specialist.delay_s = 1.0
     route(store, app, stage="shadow")
@@ -164,8 +164,9 @@ def test_shadow_adds_no_latency_and_logs_linked_pairs(routed, upstream, speciali
         assert shadow.response_body["choices"][0]["message"]["content"] == "card_arrival"
     primaries = [c for c in calls if not c.shadow_of]
     assert all(c.route_stage == "shadow" and c.served_by == "general" for c in primaries)
-    rows, _ = select_rows(store, DatasetFilter("intent"))
-    assert sorted(r.example.call_id for r in rows) == sorted(c.id for c in primaries)  # no shadow examples
+    built = build_dataset(store, "intent-ds", DatasetFilter("intent"), root=tmp_path)
+    rows = dataset_rows(store, get_dataset(store, built.name, built.version).id)
+    assert sorted(r.call_id for r in rows) == sorted(c.id for c in primaries)  # no shadow examples
 
 
 def test_shadow_is_dropped_not_queued_when_saturated(routed, specialist):
