@@ -10,8 +10,8 @@
   transformers' Llama rounds (bit-equal to the PyTorch code in bf16).
 
 The build goes to torch's extension cache (~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR): only the
-first start on a machine pays the ~2 minute compile (`make install` does it up front:
-`python -m loraforge.serve.engine.cpu_kernels`). It is tuned for the host CPU (`-march=native`: AVX-512 where
+first start on a machine pays the ~2 minute compile (`make install` does it up front with
+`cpu_kernels.main()`). It is tuned for the host CPU (`-march=native`: AVX-512 where
 there is one, AVX2 elsewhere; the kernels use portable vector types, no intrinsics), so its name carries a
 digest of the CPU's flags, of the target and of the sources (a home directory shared with another kind of CPU
 gets its own build). Where the compiler does not know `-march=native`, or with
@@ -29,7 +29,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import sysconfig
 import time
 from collections.abc import Iterator
@@ -196,7 +195,8 @@ def kernels_for(device: str | torch.device, dtype: torch.dtype):
     return cpu_kernels()
 
 
-if __name__ == "__main__":  # `python -m loraforge.serve.engine.cpu_kernels`: build now (make install does)
+def main() -> None:
+    """Build the kernels now and say for what (make install runs this, so a server's first start is fast)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(describe())
     if cpu_kernels() is not None:
@@ -204,4 +204,3 @@ if __name__ == "__main__":  # `python -m loraforge.serve.engine.cpu_kernels`: bu
     else:
         why = "LORAFORGE_NO_KERNELS is set" if os.environ.get("LORAFORGE_NO_KERNELS") else toolchain_missing()
         print(f"CPU kernels: none ({why})")
-    sys.exit(0)
