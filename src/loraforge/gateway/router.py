@@ -159,7 +159,8 @@ class Router:
             resp = await self._adapter(req, headers, route)
         else:
             resp = await self.proxy.forward(req, headers, {"route_stage": route.stage})
-        self.served.labels(req.task or "", resp.headers.get(SERVED_BY_HEADER, "")).inc()
+        task = self.proxy.metrics.task_label(req.task or "")  # a client-chosen name: capped series
+        self.served.labels(task, resp.headers.get(SERVED_BY_HEADER, "")).inc()
         return resp
 
     async def aclose(self, timeout_s: float = 10.0) -> None:
@@ -266,7 +267,9 @@ class Router:
 
     def _start_shadow(self, req: ParsedRequest, primary_id: str, route: Route) -> None:
         if len(self._shadows) >= self.shadow_concurrency:
-            self.shadow_dropped.labels(req.task or "").inc()  # dropped, not queued: never a backlog
+            self.shadow_dropped.labels(
+                self.proxy.metrics.task_label(req.task or "")
+            ).inc()  # dropped, not queued: never a backlog
             return
         body = {k: v for k, v in req.upstream_body.items() if k not in ("stream", "stream_options")}
         sreq = replace(

@@ -239,11 +239,16 @@ def create_app(
         def encode() -> list[int]:
             try:
                 text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            except Exception as exc:
+                return tokenizer(text, add_special_tokens=False).input_ids
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # the Rust tokenizer's panics are BaseExceptions, not Exceptions
                 raise APIError(
-                    400, f"messages: the chat template failed ({exc})", "invalid_request_error", "messages"
+                    400,
+                    f"messages: cannot be templated or tokenized ({exc})",
+                    "invalid_request_error",
+                    "messages",
                 ) from None
-            return tokenizer(text, add_special_tokens=False).input_ids
 
         ids = await run_in_threadpool(encode)
         rid = p.new_id("chatcmpl")

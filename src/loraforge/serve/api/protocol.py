@@ -4,7 +4,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from loraforge.serve.limits import SEED_MAX, SEED_MIN
 
@@ -26,9 +26,30 @@ Unsupported = Annotated[Any, _only(None)]
 NoTools = Annotated[Any, _only(None, [], "none")]
 
 
+def _valid_text(value: Any) -> Any:
+    """JSON may carry unpaired UTF-16 surrogates (\\ud800) that no tokenizer can encode: a 400 here."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text must be valid Unicode (it holds an unpaired surrogate)") from None
+    elif isinstance(value, dict):
+        for item in value.values():
+            _valid_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            _valid_text(item)
+    return value
+
+
 class _Strict(BaseModel):
     # A field we do not know is refused by name (400), never silently ignored.
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode(cls, data: Any) -> Any:
+        return _valid_text(data)
 
 
 class StreamOptions(_Strict):

@@ -4,6 +4,8 @@ import torch
 
 from loraforge.serve.engine.sequence import Sequence
 
+MIN_TEMPERATURE = 1e-5  # smaller ones (valid in the API: 1e-300) act as this; in fp32 they round to 0
+
 
 def sample(logits: torch.Tensor, seqs: list[Sequence], kernels=None) -> list[int]:
     """`logits` `[rows, vocab]` on CPU (the model's dtype), one row per sequence; `kernels` from cpu_kernels.
@@ -26,8 +28,11 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], kernels=None) -> list[int
         return out
     rows = logits[sampled].float()
     params = [seqs[i].params for i in sampled]
-    temps = torch.tensor([p.temperature for p in params], dtype=rows.dtype)[:, None]
-    rows = rows / temps
+    temps = torch.tensor([p.temperature for p in params], dtype=rows.dtype)[:, None].clamp_min(
+        MIN_TEMPERATURE
+    )
+    # The row's maximum first: a tiny temperature then sends the others to -inf, never inf - inf = NaN.
+    rows = (rows - rows.max(dim=-1, keepdim=True).values) / temps
     top_ks = [p.top_k for p in params]
     if any(k > 0 for k in top_ks):
         k_max = max(k if k > 0 else rows.shape[-1] for k in top_ks)
@@ -42,6 +47,7 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], kernels=None) -> list[int
         sorted_p, order = probs.sort(dim=-1, descending=True)
         # Keep the smallest prefix whose mass reaches top_p (the first token is always kept).
         drop = (sorted_p.cumsum(-1) - sorted_p) >= top_ps
+        drop[:, 0] = False  # even a top_p that rounds to 0 in fp32 (1e-300)
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(1, order, sorted_p)
     for row, i in enumerate(sampled):
