@@ -1,22 +1,22 @@
 """`loraforge tune`: hyperparameter search over fine-tuning runs."""
 
-import re
 from pathlib import Path
 
 import typer
 
 from loraforge.cli.main import app
 from loraforge.errors import ConfigError
-
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+from loraforge.spans import span_seconds
 
 
 def parse_duration(text: str) -> float:
-    """`90s`, `30m`, `2h`, `1d` (or plain seconds) as seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if not match:
+    """A span (`90s`, `30m`, `2h`, `1d`) or plain seconds, as seconds."""
+    seconds = span_seconds(text)
+    if seconds is None:
+        seconds = span_seconds(f"{text}s")  # plain seconds
+    if seconds is None:
         raise ConfigError(f"--timeout '{text}': expected a number with s, m, h or d (e.g. 2h)")
-    return float(match.group(1)) * UNITS[match.group(2) or "s"]
+    return seconds
 
 
 @app.command()

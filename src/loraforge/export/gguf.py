@@ -5,7 +5,7 @@ import tempfile
 from pathlib import Path
 
 from loraforge.errors import ConfigError
-from loraforge.export.llamacpp import run_script, tool
+from loraforge.export.llamacpp import run_script, run_tool
 from loraforge.export.merged import adapter_of, base_model_of, export_merged
 
 CONVERTER_TYPES = ("f32", "bf16", "f16", "q8_0")  # written by the converter itself
@@ -43,19 +43,7 @@ def export_gguf(
         if quant in QUANTIZE_TYPES:
             full = Path(tmp) / "f32.gguf"
             run_script("convert_hf_to_gguf.py", merged, "--outfile", full, "--outtype", "f32")
-            _quantize(full, out, QUANTIZE_TYPES[quant])
+            run_tool("llama-quantize", full, out, QUANTIZE_TYPES[quant])
         else:
             run_script("convert_hf_to_gguf.py", merged, "--outfile", out, "--outtype", quant)
     return out
-
-
-def _quantize(source: Path, out: Path, kind: str) -> None:
-    import subprocess
-
-    from loraforge.export.llamacpp import LlamaCppError
-
-    done = subprocess.run(
-        [str(tool("llama-quantize")), str(source), str(out), kind], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        raise LlamaCppError(f"llama-quantize {kind} failed: {(done.stderr or done.stdout)[-800:]}")

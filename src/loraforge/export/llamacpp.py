@@ -66,18 +66,24 @@ def tool(name: str) -> Path:
     configure += ["-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF"]
     build = ["cmake", "--build", str(tree / "build"), "-j", str(os.cpu_count() or 2), "--target", name]
     for step in (configure, build):
-        done = subprocess.run(step, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
-        if done.returncode != 0:
-            raise LlamaCppError(f"building llama.cpp's {name} failed: {(done.stderr or done.stdout)[-800:]}")
+        _run(step, f"building llama.cpp's {name}", timeout=BUILD_TIMEOUT_S)
     return binary
+
+
+def run_tool(name: str, *args: str | Path) -> None:
+    """Run a llama.cpp program (built on first use, see `tool`)."""
+    _run([tool(name), *args], f"llama.cpp's {name}")
 
 
 def run_script(script: str, *args: str | Path) -> None:
     """Run one of llama.cpp's Python converters with this interpreter (its own gguf-py comes first)."""
     tree = source_dir()
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tree / "gguf-py"), str(tree)])}
-    done = subprocess.run(
-        [sys.executable, str(tree / script), *map(str, args)], capture_output=True, text=True, env=env
-    )
+    _run([sys.executable, tree / script, *args], f"llama.cpp's {script}", env=env)
+
+
+def _run(command: list, what: str, env: dict | None = None, timeout: float | None = None) -> None:
+    """Run `command`; a failure raises LlamaCppError with the end of its output."""
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, env=env, timeout=timeout)
     if done.returncode != 0:
-        raise LlamaCppError(f"llama.cpp's {script} failed: {(done.stderr or done.stdout)[-800:]}")
+        raise LlamaCppError(f"{what} failed: {(done.stderr or done.stdout)[-800:]}")

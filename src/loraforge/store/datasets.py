@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from loraforge.errors import DataError, LoraforgeError
 from loraforge.paths import loraforge_home
+from loraforge.spans import span_seconds
 from loraforge.store.database import redact
 from loraforge.store.dataset_rows import BATCH_ROWS, RowRef, file_digest_into, write_rows
 from loraforge.store.models import Dataset, DatasetRow, utcnow
@@ -50,15 +51,10 @@ class BuildResult:
     reused: bool = False
 
 
-RELATIVE_SINCE = re.compile(r"^(\d+(?:\.\d+)?)([mhdw])$")
-_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
 def parse_since(value: str) -> datetime:
     """An ISO date/time (UTC unless it has an offset) or a span back from now: 30m, 12h, 7d, 2w."""
-    relative = RELATIVE_SINCE.match(value.strip())
-    if relative:
-        seconds = float(relative.group(1)) * _UNIT_SECONDS[relative.group(2)]
+    seconds = span_seconds(value)
+    if seconds is not None:
         return utcnow() - timedelta(seconds=seconds)
     try:
         parsed = datetime.fromisoformat(value)
