@@ -36,19 +36,23 @@ def build(
     ),
     dedupe: bool = typer.Option(False, "--dedupe", help="Keep one example per normalized input."),
     test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of inputs (by hash) in test."),
+    reviewed_only: bool = typer.Option(
+        False, "--reviewed-only", help="Only calls with a correction or a feedback score (>= --min-score)."
+    ),
     store: str | None = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
     """Build (or reuse) a dataset version from the task's logged calls."""
     from loraforge.store.datasets import DatasetFilter, build_dataset
 
-    filt = DatasetFilter(task, since, min_score, use_corrections, dedupe, test_fraction)
+    filt = DatasetFilter(task, since, min_score, use_corrections, dedupe, test_fraction, reviewed_only)
     result = build_dataset(_open(store), name, filt)
     verb = "unchanged, reusing" if result.reused else "built"
     c = result.counts
     typer.echo(
         f"{verb} {result.name} v{result.version}: {c['train']} train / {c['test']} test rows "
         f"({c['selected']} calls, {c['low_score']} low-scored, {c['duplicates']} duplicates, "
-        f"{c['corrected']} corrected, {c['unusable']} unusable) -> {result.path}"
+        f"{c['corrected']} corrected, {c['unusable']} unusable, {c['unreviewed']} unreviewed) "
+        f"-> {result.path}"
     )
 
 

@@ -1,4 +1,5 @@
-"""`loraforge demo`: the main job end to end on the embedded model: fine-tune Banking77, compare to base."""
+"""`loraforge demo`: the whole loop on the embedded model (traffic → few-shot → flywheel → switch), or with
+`--train-only` the fine-tuning job alone: fine-tune Banking77, compare to the base model."""
 
 from pathlib import Path
 
@@ -18,11 +19,27 @@ DEMO_OVERRIDES = [
 
 @app.command()
 def demo(
-    config_path: Path = typer.Option(Path("examples/banking77.yaml"), "--config", help="The config to demo."),
-    output_dir: Path = typer.Option(Path("runs/demo-banking77"), "--output-dir", "-o"),
+    train_only: bool = typer.Option(False, "--train-only", help="Only fine-tune and evaluate (no servers)."),
+    config_path: Path = typer.Option(
+        Path("examples/banking77.yaml"), "--config", help="--train-only: the config to demo."
+    ),
+    policy_path: Path = typer.Option(
+        Path("examples/flywheel/banking77.yaml"), "--policy", help="The flywheel policy to demo."
+    ),
+    data_dir: Path = typer.Option(Path("../shared/data/banking77"), "--data", help="Banking77's folder."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o"),
 ) -> None:
-    """Fine-tune a Banking77 intent adapter on a subset, then evaluate base (zero-shot) vs adapter."""
+    """The whole loop on the embedded model, ending with quality, routes and cost on one screen."""
     from rich.console import Console
+
+    if not train_only:
+        from loraforge.demo.loop import run_demo
+
+        if not policy_path.is_file():
+            raise ConfigError(f"demo policy not found: {policy_path} (run the demo from the project root)")
+        run_demo(policy_path, data_dir, output_dir or Path("runs/demo-loop"), Console())
+        return
+    output_dir = output_dir or Path("runs/demo-banking77")
 
     from loraforge.config import load_config
     from loraforge.evaluate.report import render_report

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 
 from loraforge.store.examples import Example, call_to_example
 from loraforge.store.models import Call, Feedback
@@ -49,7 +49,7 @@ def write_rows(
 ) -> tuple[list[RowRef], dict[str, int]]:
     """Write the rows of `filt` as OpenAI-chat JSONL into `train` / `test`; their provenance, and counts of
     what each step kept or dropped."""
-    counts = {"selected": 0, "unusable": 0, "low_score": 0, "corrected": 0, "duplicates": 0}
+    counts = {"selected": 0, "unusable": 0, "unreviewed": 0, "low_score": 0, "corrected": 0, "duplicates": 0}
     keep: set[str] | None = _winners(store, filt, since) if filt.dedupe else None
     refs: list[RowRef] = []
     for candidate in _candidates(store, filt, since, counts):
@@ -79,7 +79,7 @@ def _candidates(
     store: Store, filt: Any, since: datetime | None, counts: dict[str, int]
 ) -> Iterator[Candidate]:
     """Usable, not low-scored examples (corrections applied), oldest first; counts what was dropped."""
-    for count in ("selected", "unusable", "low_score", "corrected"):
+    for count in ("selected", "unusable", "unreviewed", "low_score", "corrected"):
         counts.setdefault(count, 0)
     with store.engine.connect() as conn:
         result = conn.execution_options(yield_per=BATCH_ROWS).execute(_query(filt.task, since))
@@ -88,6 +88,9 @@ def _candidates(
             example = call_to_example(row)
             if example is None:
                 counts["unusable"] += 1
+                continue
+            if filt.reviewed_only and not _reviewed(filt, row):
+                counts["unreviewed"] += 1
                 continue
             score = row.score
             if filt.min_score is not None and score is not None and score < filt.min_score:
@@ -98,6 +101,29 @@ def _candidates(
                 example = Example(example.call_id, example.messages, row.corrected_output, example.input_hash)
                 counts["corrected"] += 1
             yield Candidate(example, corrected, score, row.time)
+
+
+def _reviewed(filt: Any, row: Any) -> bool:
+    """A person looked at it: it was corrected (when corrections are used) or scored at least min_score."""
+    if filt.use_corrections and row.corrected_output is not None:
+        return True
+    return row.score is not None and (filt.min_score is None or row.score >= filt.min_score)
+
+
+def count_candidates(store: Store, filt: Any, since: datetime | None = None) -> int:
+    """How many calls `filt` would select, counted in SQL (bodies a build finds unusable still count)."""
+    query = _query(filt.task, since).order_by(None)
+    if filt.reviewed_only:
+        reviewed = Feedback.score.is_not(None)
+        if filt.min_score is not None:
+            reviewed = Feedback.score >= filt.min_score
+        if filt.use_corrections:
+            reviewed = reviewed | Feedback.corrected_output.is_not(None)
+        query = query.where(reviewed)
+    elif filt.min_score is not None:
+        query = query.where(Feedback.score.is_(None) | (Feedback.score >= filt.min_score))
+    with store.engine.connect() as conn:
+        return conn.scalar(select(func.count()).select_from(query.subquery())) or 0
 
 
 def _query(task: str, since: datetime | None) -> Select:

@@ -33,6 +33,7 @@ class DatasetFilter:
     use_corrections: bool = False
     dedupe: bool = False
     test_fraction: float = 0.1
+    reviewed_only: bool = False  # only calls a person reviewed: corrected, or scored >= min_score
 
     def validate(self) -> None:
         if not 0.0 <= self.test_fraction < 1.0:

@@ -139,3 +139,44 @@ class Comparison(Base):
     result: Mapped[dict[str, Any]] = mapped_column(JsonType)
 
     __table_args__ = (Index("ix_comparisons_task_time", "task", "time"),)
+
+
+class FlywheelRun(Base):
+    """One turn of a task's flywheel: dataset → train → compare → register → shadow → canary → full.
+
+    `step` is where the turn is (the step to do next, or the stage it waits in); `status` is "running",
+    "done" or "stopped" (with `reason`). Links name what each step made; `events` is the turn's log, one
+    {time, step, message} per thing that happened, so a crash resumes at `step` with the links it reached.
+    """
+
+    __tablename__ = "flywheel_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(200))
+    started: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+    updated: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+    step: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    dataset_name: Mapped[str | None] = mapped_column(String(200))
+    dataset_version: Mapped[int | None] = mapped_column(Integer)
+    run_dir: Mapped[str | None] = mapped_column(Text)
+    adapter: Mapped[str | None] = mapped_column(String(200))
+    comparison_id: Mapped[int | None] = mapped_column(Integer)
+    examples: Mapped[int | None] = mapped_column(Integer)  # usable examples when its dataset was built
+    route_before: Mapped[int | None] = mapped_column(Integer)  # the route a rollback returns to
+    route_seq: Mapped[int | None] = mapped_column(Integer)  # the route change of the current stage
+    stage_since: Mapped[datetime | None] = mapped_column(DateTime())  # when the current stage began
+    events: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, default=list)
+
+    __table_args__ = (Index("ix_flywheel_runs_task_started", "task", "started"),)
+
+
+class FlywheelLock(Base):
+    """Who turns a task's flywheel now: one row per task, held until `expires` (renewed while working)."""
+
+    __tablename__ = "flywheel_locks"
+
+    task: Mapped[str] = mapped_column(String(200), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    expires: Mapped[datetime] = mapped_column(DateTime())

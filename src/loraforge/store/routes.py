@@ -141,6 +141,23 @@ def rollback_route(
     return _append(store, task, "rollback", state, actor, reason, before_target, rollback=True)
 
 
+def restore_route(
+    store: Store, task: str, seq: int | None, *, actor: str | None = None, reason: str | None = None
+) -> RouteChange:
+    """Return the task to the route of change #seq (None: no route, the general model answers), recorded as
+    a rollback: what an automatic rollback does when a promotion fails."""
+    state, before_target = _OFF, None
+    if seq is not None:
+        with Session(store.engine) as session:
+            target = session.scalars(
+                select(RouteChange).where(RouteChange.task == task, RouteChange.seq == seq)
+            ).first()
+            if target is None:
+                raise LoraforgeError(f"task {task!r} has no route change #{seq}")
+            state, before_target = _state_of(target), target.previous_seq
+    return _append(store, task, "rollback", state, actor, reason, before_target, rollback=True)
+
+
 def latest_change(store: Store, task: str) -> RouteChange | None:
     with Session(store.engine, expire_on_commit=False) as session:
         return _latest(session, task)
