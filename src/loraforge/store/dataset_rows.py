@@ -82,7 +82,7 @@ def _candidates(
     for count in ("selected", "unusable", "low_score", "corrected"):
         counts.setdefault(count, 0)
     with store.engine.connect() as conn:
-        result = conn.execution_options(yield_per=BATCH_ROWS).execute(_query(filt.task, since))
+        result = conn.execution_options(yield_per=BATCH_ROWS).execute(feedback_query(filt.task, since))
         for row in result:
             counts["selected"] += 1
             example = call_to_example(row)
@@ -100,7 +100,9 @@ def _candidates(
             yield Candidate(example, corrected, score, row.time)
 
 
-def _query(task: str, since: datetime | None) -> Select:
+def feedback_query(task: str, since: datetime | None) -> Select:
+    """The task's successful calls (shadow answers excluded) with their latest feedback's score and
+    correction, oldest first."""
     latest_feedback = (
         select(Feedback.id)
         .where(Feedback.call_id == Call.id)
