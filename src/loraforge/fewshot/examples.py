@@ -9,14 +9,11 @@ from typing import Any
 from sqlalchemy import or_
 
 from loraforge.errors import DataError, LoraforgeError
+from loraforge.fewshot.settings import MAX_STORE_EXAMPLES
 from loraforge.store.dataset_rows import BATCH_ROWS, feedback_query
 from loraforge.store.examples import call_to_example, input_hash
 from loraforge.store.models import Call, Feedback
 from loraforge.store.store import Store
-
-# The newest good examples a store index holds: BM25 over this many answers a query in ~1 ms, and a task
-# with more good examples than this is a task for an adapter, not for few-shot prompting.
-MAX_STORE_EXAMPLES = 5000
 
 
 @dataclass(frozen=True)

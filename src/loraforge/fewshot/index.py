@@ -16,17 +16,15 @@ import bm25s
 import numpy as np
 
 from loraforge.fewshot.examples import (
-    MAX_STORE_EXAMPLES,
     FewShotExample,
     dedupe,
     examples_from_jsonl,
     examples_from_store,
     query_text,
 )
+from loraforge.fewshot.settings import DEFAULT_K, MAX_STORE_EXAMPLES
 from loraforge.store.store import Store
 
-DEFAULT_K = 8  # examples per prompt: enough to show the label set's neighbours, short enough for small models
-MAX_K = 64
 STOPWORDS = "en"  # function words ("is", "my") would make every example look alike
 
 
