@@ -2,11 +2,12 @@
 shadow pairs, metrics with intervals, cost, the gate's exit status, saved comparisons, mistakes."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from loraforge.store import Store
-from loraforge.store.datasets import DatasetFilter, build_dataset
+from loraforge.store.datasets import DatasetFilter, build_dataset, get_dataset
 from tests.cli.test_errors import run_cli
 from tests.compare.judge_server import create_judge
 from tests.gateway.servers import ThreadServer
@@ -93,6 +94,40 @@ def test_dataset_comparison_measures_both_sides_with_intervals_and_gates(monkeyp
     assert saved["inputs_hash"] == result["inputs_hash"] and saved["gate_passed"] is True
 
 
+def test_fewshot_sides_take_examples_from_the_train_split_only(monkeypatch, capsys, setup):
+    store, common, general, specialist = setup
+    args = [*common, "--dataset", "intent:1", "--k", "4", "--json"]
+    code, out, err = run(monkeypatch, capsys, *args, "--baseline", "fewshot:base")
+    assert code == 0, err
+    result = json.loads(out)
+    dataset = get_dataset(store, "intent", 1)
+    rows = [
+        json.loads(line)["messages"] for line in Path(dataset.path, "train.jsonl").read_text().splitlines()
+    ]
+    train = {m[0]["content"]: m[1]["content"] for m in rows}
+    test_rows = Path(dataset.path, "test.jsonl").read_text().splitlines()
+    tests = {json.loads(line)["messages"][0]["content"] for line in test_rows}
+    assert result["fewshot"] == {"k": 4, "examples": len(train), "from": "dataset intent v1 (train split)"}
+    asked = [r for r in specialist.requests if r["model"] == "base"]
+    assert len(asked) == result["items"] == len(tests)
+    for request in asked:
+        *shots, question = request["messages"]
+        assert question["content"] in tests and len(shots) == 8
+        pairs = list(zip(shots[::2], shots[1::2], strict=True))
+        assert all(train[user["content"]] == answer["content"] for user, answer in pairs)  # train rows
+        assert not {user["content"] for user, _ in pairs} & tests  # no test row is ever an example
+    assert "aws-g5.xlarge" in result["cost_basis"]["baseline"]  # a specialist model: priced by hardware
+
+    general.requests.clear()
+    code, out, err = run(monkeypatch, capsys, *args, "--candidate", "fewshot", "--baseline", "general")
+    assert code == 0, err
+    result = json.loads(out)
+    with_examples = [r for r in general.requests if len(r["messages"]) == 9]
+    assert len(with_examples) == len(general.requests) // 2 == result["items"]
+    assert "gpt-x token prices" in result["cost_basis"]["candidate"]
+    assert (result["candidate"], result["baseline"]) == ("fewshot", "general")
+
+
 def test_shadow_pairs_are_compared_from_the_store(monkeypatch, capsys, setup):
     store, common, general, specialist = setup
     pairs = []
@@ -135,6 +170,9 @@ def test_free_text_comparison_uses_the_judge(monkeypatch, capsys, setup, tmp_pat
         (["--shadow", "--since", "yesterday"], "--since 'yesterday'"),
         (["--dataset", "intent", "--baseline", "gpt"], "--baseline 'gpt'"),
         (["--dataset", "intent", "--judge-url", "http://x/v1"], "--judge-model"),
+        (["--dataset", "intent", "--baseline", "fewshot", "--k", "0"], "--k must be between 1 and 64"),
+        (["--dataset", "intent", "--baseline", "fewshot:"], "--baseline 'fewshot:'"),
+        (["--shadow", "--baseline", "fewshot"], "--shadow compares an adapter"),
     ],
 )
 def test_mistakes_exit_2_with_one_line_and_ask_nothing(monkeypatch, capsys, setup, extra, message):

@@ -39,6 +39,15 @@ def upstream():
         yield control
 
 
+@pytest.fixture
+def specialist():
+    """A scripted specialist server (adapters, or a base model prompted few-shot): answers card_arrival."""
+    control = UpstreamControl(reply="card_arrival")
+    with ThreadServer(create_upstream(control)) as server:
+        control.url = f"{server.url}/v1"
+        yield control
+
+
 def start_gateway(tmp_path, store_url: str, upstream_url: str, **overrides):
     prices = tmp_path / "prices.yaml"
     prices.write_text(PRICES)

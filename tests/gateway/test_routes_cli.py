@@ -42,6 +42,22 @@ def test_set_show_rollback_off(monkeypatch, capsys, tmp_path):
     assert code == 0 and "off" in out
 
 
+def test_fewshot_route_keeps_its_options_and_rollback_restores_them(monkeypatch, capsys, tmp_path):
+    store = ["--store", f"sqlite:///{tmp_path / 'store.db'}"]
+    code, out, _ = run(
+        monkeypatch, capsys, "set", "--task", "t", "--stage", "fewshot", "--model", "base", "--k", "4",
+        "--min-score", "0.8", *store,
+    )  # fmt: skip
+    assert code == 0 and "route #1 fewshot -> base with k=4 examples (corrected or scored >= 0.8)" in out
+    code, out, _ = run(monkeypatch, capsys, "set", "--task", "t", "--stage", "fewshot", *store)
+    assert code == 0 and "fewshot -> general with k=8 examples" in out
+    assert run(monkeypatch, capsys, "rollback", "--task", "t", *store)[0] == 0
+    code, out, _ = run(monkeypatch, capsys, "show", "--json", *store)
+    (current,) = json.loads(out)
+    assert (current["stage"], current["adapter"]) == ("fewshot", None)
+    assert current["options"] == {"model": "base", "k": 4, "min_score": 0.8}
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -54,6 +70,20 @@ def test_set_show_rollback_off(monkeypatch, capsys, tmp_path):
         (
             ["set", "--task", "t", "--adapter", "a", "--stage", "full", "--fallback", "sometimes"],
             "--fallback",
+        ),
+        (["set", "--task", "t", "--stage", "full"], "--adapter is required for stage 'full'"),
+        (["set", "--task", "t", "--adapter", "a", "--stage", "fewshot"], "--adapter does not apply"),
+        (["set", "--task", "t", "--stage", "fewshot", "--k", "0"], "--k must be between 1 and 64"),
+        (["set", "--task", "t", "--stage", "fewshot", "--k", "65"], "--k must be between 1 and 64"),
+        (["set", "--task", "t", "--stage", "fewshot", "--model", "bad name"], "not a valid model name"),
+        (
+            ["set", "--task", "t", "--stage", "fewshot", "--min-score", "nan"],
+            "--min-score must be a finite number",
+        ),
+        (["set", "--task", "t", "--stage", "fewshot", "--percent", "5"], "--percent applies to a canary"),
+        (
+            ["set", "--task", "t", "--adapter", "a", "--stage", "full", "--k", "3"],
+            "--k applies to stage fewshot",
         ),
         (["rollback", "--task", "t"], "no route history"),
         (["off", "--task", "t"], "no route to turn off"),

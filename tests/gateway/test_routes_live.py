@@ -12,19 +12,10 @@ from loraforge.store import Store
 from loraforge.store.datasets import DatasetFilter, build_dataset, dataset_rows, get_dataset
 from loraforge.store.routes import OutputSpec, rollback_route, set_route
 from tests.gateway.conftest import start_gateway
-from tests.gateway.servers import ThreadServer, free_port
-from tests.gateway.upstream import UpstreamControl, create_upstream
+from tests.gateway.servers import free_port
 
 LABELS = OutputSpec("classification", ("card_arrival", "lost_card"))
 ASK = [{"role": "user", "content": "where is my card?"}]
-
-
-@pytest.fixture
-def specialist():
-    control = UpstreamControl(reply="card_arrival")
-    with ThreadServer(create_upstream(control)) as server:
-        control.url = f"{server.url}/v1"
-        yield control
 
 
 @pytest.fixture

@@ -86,3 +86,52 @@ def test_a_batch_mixing_plain_and_routed_calls_keeps_every_routing_field(store):
         plain["id"],
         "x",
     )
+
+
+def test_fewshot_routes_keep_model_k_and_min_score_and_other_stages_reject_them(store):
+    set_route(store, "t", "fewshot", model="base", k=3, min_score=0.5, reason="12 corrections")
+    route = current_routes(store)["t"]
+    assert (route.stage, route.adapter, route.percent) == ("fewshot", "", 100.0)
+    assert (route.model, route.k, route.min_score) == ("base", 3, 0.5)
+    set_route(store, "t", "fewshot")
+    assert current_routes(store)["t"].options() == {"model": "general", "k": 8, "min_score": None}
+    set_route(store, "t", "full", "ad1")
+    assert current_routes(store)["t"].options() == {"model": "general", "k": 8, "min_score": None}
+    rollback_route(store, "t")
+    assert current_routes(store)["t"].stage == "fewshot"
+    with pytest.raises(LoraforgeError, match="--k applies to stage fewshot only"):
+        set_route(store, "t", "full", "ad1", k=4)
+    with pytest.raises(LoraforgeError, match="--adapter does not apply to stage fewshot"):
+        set_route(store, "t", "fewshot", "ad1")
+
+
+def test_migration_0003_adds_route_options_and_keeps_older_routes_readable(store):
+    from alembic import command
+    from sqlalchemy import MetaData, Table, inspect
+
+    from loraforge.store.models import utcnow
+    from loraforge.store.schema import alembic_config
+
+    def migrate(step, revision):
+        with store.engine.begin() as conn:
+            cfg = alembic_config()
+            cfg.attributes["connection"] = conn
+            step(cfg, revision)
+
+    migrate(command.downgrade, "0002")
+    try:
+        assert "options" not in {c["name"] for c in inspect(store.engine).get_columns("route_changes")}
+        with store.engine.begin() as conn:  # a route written before 0003
+            table = Table("route_changes", MetaData(), autoload_with=conn)
+            conn.execute(
+                table.insert().values(
+                    task="old", seq=1, time=utcnow(), action="set", actor="ana", stage="full",
+                    adapter="ad1", percent=100.0, fallback=["on-error"], timeout_ms=500, output={},
+                )
+            )  # fmt: skip
+    finally:
+        migrate(command.upgrade, "head")
+    old = current_routes(store)["old"]
+    assert (old.adapter, old.timeout_ms, old.model, old.k, old.min_score) == ("ad1", 500, "general", 8, None)
+    set_route(store, "old", "fewshot", model="base")
+    assert current_routes(store)["old"].model == "base"

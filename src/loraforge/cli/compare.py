@@ -9,9 +9,10 @@ from loraforge.cli.dataset import STORE_HELP, _open
 from loraforge.cli.gateway import key_from_env
 from loraforge.cli.main import app
 from loraforge.errors import LoraforgeError
+from loraforge.fewshot.settings import DEFAULT_K
 
 compare_app = typer.Typer(
-    help="Compare a candidate (adapter:NAME) with a baseline (general) on a task, with evidence.",
+    help="Compare a candidate (adapter:NAME, fewshot[:MODEL]) with a baseline (general, ...) on a task.",
     invoke_without_command=True,
 )
 app.add_typer(compare_app, name="compare")
@@ -21,8 +22,12 @@ app.add_typer(compare_app, name="compare")
 def compare(
     ctx: typer.Context,
     task: str | None = typer.Option(None, "--task", help="The task compared."),
-    candidate: str | None = typer.Option(None, "--candidate", help="adapter:NAME (or general)."),
-    baseline: str = typer.Option("general", "--baseline", help="general (or adapter:NAME)."),
+    candidate: str | None = typer.Option(
+        None, "--candidate", help="adapter:NAME, general, fewshot (general + examples) or fewshot:MODEL."
+    ),
+    baseline: str = typer.Option(
+        "general", "--baseline", help="general, adapter:NAME, fewshot or fewshot:MODEL (e.g. the base)."
+    ),
     dataset: str | None = typer.Option(None, "--dataset", help="NAME[:VERSION]: both answer its test split."),
     shadow: bool = typer.Option(False, "--shadow", help="Compare the logged shadow pairs instead."),
     since: str = typer.Option("7d", "--since", help="Shadow pairs since: 7d, 12h or an ISO date (UTC)."),
@@ -47,6 +52,9 @@ def compare(
     labels: Path | None = typer.Option(None, "--labels", help="Label set: JSON list or one per line."),
     json_schema: Path | None = typer.Option(None, "--json-schema", help="JSON Schema of the answers."),
     max_tokens: int = typer.Option(64, "--max-tokens", min=1, help="Answer length limit for both sides."),
+    k: int = typer.Option(
+        DEFAULT_K, "--k", help="Few-shot sides: examples per prompt, from the dataset's train split."
+    ),
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="Requests in flight per side."),
     hardware_hour_price: float | None = typer.Option(
         None, "--hardware-hour-price", help="USD/hour of the adapters' machine (default: prices.yaml)."
@@ -94,6 +102,7 @@ def compare(
         gate=gate,
         spec=spec,
         max_tokens=max_tokens,
+        k=k,
         concurrency=concurrency,
     )
     result = run_comparison(

@@ -8,6 +8,7 @@ import typer
 
 from loraforge.cli.main import app
 from loraforge.errors import ConfigError
+from loraforge.fewshot.settings import DEFAULT_REFRESH_S
 from loraforge.gateway.settings import MAX_BODY_BYTES, RECORD_TIMEOUT_S
 
 
@@ -31,6 +32,12 @@ def gateway(
     ),
     route_refresh: float = typer.Option(
         2.0, "--route-refresh", min=0.1, help="Seconds between re-reads of the routes from the store."
+    ),
+    fewshot_refresh: float = typer.Option(
+        DEFAULT_REFRESH_S,
+        "--fewshot-refresh",
+        min=0.1,
+        help="Seconds between re-reads of few-shot tasks' good examples (stage fewshot).",
     ),
     store: str | None = typer.Option(
         None,
@@ -96,6 +103,7 @@ def gateway(
         specialist_url=specialist_url,
         specialist_api_key=specialist_key,
         route_refresh_s=route_refresh,
+        fewshot_refresh_s=fewshot_refresh,
     )
     asgi = create_app(settings)
     if not api_key:

@@ -1,4 +1,5 @@
-"""`loraforge route set/show/rollback/off`: route a task's calls to its adapter (shadow, canary, full)."""
+"""`loraforge route set/show/rollback/off`: route a task's calls to its adapter (shadow, canary, full) or to
+few-shot prompting (fewshot)."""
 
 from pathlib import Path
 
@@ -46,8 +47,10 @@ def output_spec(kind: str | None, labels: Path | None, schema: Path | None):
 @route_app.command("set")
 def set_(
     task: str = typer.Option(..., "--task", help="The task (X-Loraforge-Task / metadata.task)."),
-    adapter: str = typer.Option(..., "--adapter", help="Adapter name as the specialist server knows it."),
-    stage: str = typer.Option(..., "--stage", help="shadow | canary | full."),
+    adapter: str | None = typer.Option(
+        None, "--adapter", help="Adapter name as the specialist server knows it (not for fewshot)."
+    ),
+    stage: str = typer.Option(..., "--stage", help="shadow | canary | full | fewshot."),
     percent: float | None = typer.Option(None, "--percent", help="Canary: share of calls to the adapter."),
     fallback: str = typer.Option(
         "on-error,on-invalid",
@@ -58,11 +61,23 @@ def set_(
     kind: str | None = typer.Option(None, "--kind", help="text | classification | json (what is valid)."),
     labels: Path | None = typer.Option(None, "--labels", help="Label set: JSON list or one per line."),
     json_schema: Path | None = typer.Option(None, "--json-schema", help="JSON Schema the answers must meet."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="fewshot: general (the client's model, upstream; default) or a specialist-server model.",
+    ),
+    k: int | None = typer.Option(None, "--k", help="fewshot: examples per prompt (default 8)."),
+    min_score: float | None = typer.Option(
+        None,
+        "--min-score",
+        help="fewshot: calls scored at least this are examples too (default: corrected calls only).",
+    ),
     reason: str | None = typer.Option(None, "--reason", help="Why (kept in the history)."),
     by: str | None = typer.Option(None, "--by", help="Who (default: user@host)."),
     store: str | None = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
-    """Route TASK to ADAPTER at STAGE; a running gateway picks it up within its --route-refresh."""
+    """Route TASK to ADAPTER at STAGE, or to few-shot prompting (--stage fewshot [--model] [--k]); a running
+    gateway picks it up within its --route-refresh."""
     from loraforge.store.routes import set_route
 
     spec = output_spec(kind, labels, json_schema)
@@ -77,6 +92,9 @@ def set_(
         output=spec,
         actor=by,
         reason=reason,
+        model=model,
+        k=k,
+        min_score=min_score,
     )
     typer.echo(f"task {task}: route #{change.seq} {describe(change)}")
 
@@ -104,7 +122,7 @@ def show(
         return
     table = Table("task", "#", "time (UTC)", "action", "route", "fallback", "by", "reason")
     for c in shown:
-        fallback = ",".join(c.fallback) if c.stage in ("canary", "full") else ""
+        fallback = ",".join(c.fallback) if c.stage in ("canary", "full", "fewshot") else ""
         table.add_row(
             c.task,
             str(c.seq),
@@ -149,6 +167,13 @@ def off(
 def describe(change) -> str:
     if change.stage == "off":
         return "off"
+    if change.stage == "fewshot":
+        options = change.options or {}
+        what = f"fewshot -> {options.get('model')} with k={options.get('k')} examples"
+        if options.get("min_score") is not None:
+            what += f" (corrected or scored >= {options['min_score']:g})"
+        kind = (change.output or {}).get("kind")
+        return what + (f" [{kind}]" if kind and kind != "text" else "")
     what = f"{change.stage} -> adapter:{change.adapter}"
     if change.stage == "canary":
         what += f" ({change.percent:g}%)"
@@ -175,6 +200,7 @@ def _as_json(c) -> dict:
         "fallback": c.fallback,
         "timeout_ms": c.timeout_ms,
         "output": c.output,
+        "options": c.options,
         "actor": c.actor,
         "reason": c.reason,
         "previous_seq": c.previous_seq,

@@ -29,6 +29,7 @@ class Source:
     description: str  # "dataset NAME v3 (test split)" or "shadow pairs since ..."
     items: list[Item]
     content_hash: str | None = None  # the dataset version's hash
+    train_path: Path | None = None  # the dataset version's train split: few-shot examples come from it only
 
 
 def dataset_items(store: Store, spec: str) -> Source:
@@ -52,7 +53,12 @@ def dataset_items(store: Store, spec: str) -> Source:
         items.append(Item(prompt, answer["content"]))
     if not items:
         raise DataError(f"dataset {name} v{dataset.version} has an empty test split: nothing to compare")
-    return Source(f"dataset {name} v{dataset.version} (test split)", items, dataset.content_hash)
+    return Source(
+        f"dataset {name} v{dataset.version} (test split)",
+        items,
+        dataset.content_hash,
+        Path(dataset.path) / "train.jsonl",
+    )
 
 
 def shadow_items(store: Store, task: str, candidate: str, since: str) -> Source:

@@ -43,6 +43,12 @@ def render(result: dict[str, Any], console: Console | None = None) -> None:
             f"(two orders per item); {judge['refused_verdicts']} refused and {judge['malformed_verdicts']} "
             f"malformed verdicts, {judge['judge_errors']} judge errors, counted as disagreement (tie)"
         )
+    fewshot = result.get("fewshot")
+    if fewshot:
+        console.print(
+            f"few-shot: {fewshot['k']} most similar of {fewshot['examples']} examples from {fewshot['from']}",
+            style="dim",
+        )
     for role, basis in result.get("cost_basis", {}).items():
         console.print(f"cost of the {role} ({result[role]}): {basis}", style="dim")
     if result.get("gate"):

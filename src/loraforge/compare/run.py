@@ -8,14 +8,25 @@ from typing import Any
 
 import numpy as np
 
+from loraforge.compare.fewshot import fewshot_inputs
 from loraforge.compare.gate import evaluate_gate, parse_gate
 from loraforge.compare.items import Item, dataset_items, inputs_hash, shadow_items
 from loraforge.compare.judge import JudgeSettings, judge_all
 from loraforge.compare.scoring import score
-from loraforge.compare.sides import ADAPTER_PREFIX, GENERAL, Answer, Side, ask_all
+from loraforge.compare.sides import (
+    ADAPTER_PREFIX,
+    FEWSHOT_PREFIX,
+    GENERAL,
+    Answer,
+    Side,
+    ask_all,
+    is_fewshot,
+    on_general_upstream,
+)
 from loraforge.cost.hardware import HardwarePrice, adapter_call_cost
 from loraforge.cost.throughput import Throughput, scrape_throughput, throughput_from_calls
 from loraforge.errors import LoraforgeError
+from loraforge.fewshot.settings import DEFAULT_K, MAX_K
 from loraforge.store.comparisons import save_comparison
 from loraforge.store.prices import PriceTable
 from loraforge.store.routes import OutputSpec, route_history
@@ -25,7 +36,7 @@ from loraforge.store.store import Store
 @dataclass
 class CompareRequest:
     task: str
-    candidate: str  # "adapter:NAME" or "general"
+    candidate: str  # "adapter:NAME", "general", "fewshot" or "fewshot:MODEL"
     baseline: str
     dataset: str | None = None  # NAME[:VERSION]
     shadow_since: str | None = None  # compare logged shadow pairs instead
@@ -38,6 +49,7 @@ class CompareRequest:
     gate: str | None = None
     spec: OutputSpec | None = None
     max_tokens: int = 64
+    k: int = DEFAULT_K  # examples per prompt of a few-shot side
     concurrency: int = 4
     timeout_s: float = 120.0
 
@@ -50,8 +62,11 @@ def run_comparison(
         parse_gate(req.gate)  # a typo fails before any model is asked
     if (req.dataset is None) == (req.shadow_since is None):
         raise LoraforgeError("give either --dataset NAME[:VERSION] or --shadow (with --since)")
+    if not 1 <= req.k <= MAX_K:
+        raise LoraforgeError(f"--k must be between 1 and {MAX_K}, got {req.k}")
     spec = req.spec or task_output_spec(store, req.task)
     general_model = req.general_model or _general_model(store, req.task)
+    fewshot: dict[str, Any] | None = None  # the examples a few-shot side was shown
     if req.shadow_since is not None:
         if req.baseline != GENERAL or not req.candidate.startswith(ADAPTER_PREFIX):
             raise LoraforgeError(
@@ -63,6 +78,8 @@ def run_comparison(
         for role in ("candidate", "baseline"):
             side = _side(req, getattr(req, role), general_model)
             inputs = [item.messages for item in source.items]
+            if side.is_fewshot:
+                inputs, fewshot = fewshot_inputs(source, req.k)
             answers = asyncio.run(ask_all(side, inputs, req.max_tokens, req.concurrency, req.timeout_s))
             for item, answer in zip(source.items, answers, strict=True):
                 setattr(item, role, answer)
@@ -90,6 +107,7 @@ def run_comparison(
             name: {k: f.to_json() if f else None for k, f in m.items()} for name, m in metrics.items()
         },
         "judge": judge_summary,
+        "fewshot": fewshot,
         "cost_basis": basis,
         "gate": req.gate,
         "gate_passed": None,
@@ -126,7 +144,7 @@ def _general_model(store: Store, task: str) -> str | None:
 
 
 def _side(req: CompareRequest, label: str, general_model: str | None) -> Side:
-    if label == GENERAL:
+    if on_general_upstream(label):
         if not req.upstream_url:
             raise LoraforgeError(
                 "--upstream-url (the general model's API) is needed to ask the general model"
@@ -135,8 +153,11 @@ def _side(req: CompareRequest, label: str, general_model: str | None) -> Side:
             raise LoraforgeError(f"--general-model is needed: no logged call of task {req.task!r} names one")
         return Side(label, req.upstream_url, general_model, req.upstream_api_key)
     if not req.specialist_url:
-        raise LoraforgeError("--specialist-url (the server hosting the adapters) is needed to ask an adapter")
-    return Side(label, req.specialist_url, label[len(ADAPTER_PREFIX) :], req.specialist_api_key)
+        raise LoraforgeError(
+            "--specialist-url (the server hosting the adapters) is needed to ask an adapter or fewshot:MODEL"
+        )
+    prefix = FEWSHOT_PREFIX if is_fewshot(label) else ADAPTER_PREFIX
+    return Side(label, req.specialist_url, label[len(prefix) :], req.specialist_api_key)
 
 
 def _costs(
@@ -150,7 +171,7 @@ def _costs(
 ) -> tuple[np.ndarray | None, str]:
     """Per-item USD of one side and how it was priced (None: it cannot be priced, and the report says why)."""
     answers: list[Answer] = [getattr(item, role) for item in items]
-    if label == GENERAL:
+    if on_general_upstream(label):
         price = prices.lookup(general_model)
         if price is None:
             return None, f"no price for {general_model!r} in the price table"

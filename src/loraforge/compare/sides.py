@@ -12,11 +12,14 @@ from loraforge.store.examples import output_text
 
 GENERAL = "general"
 ADAPTER_PREFIX = "adapter:"
+FEWSHOT = "fewshot"  # the general model prompted with the k most similar train examples
+FEWSHOT_PREFIX = "fewshot:"  # "fewshot:NAME": a specialist-server model (e.g. the base) with examples
+SIDES_HELP = "'general', 'adapter:NAME', 'fewshot' or 'fewshot:MODEL'"
 
 
 @dataclass(frozen=True)
 class Side:
-    label: str  # "general" or "adapter:NAME"
+    label: str  # "general", "adapter:NAME", "fewshot" or "fewshot:MODEL"
     url: str | None  # OpenAI base URL; None when the answers come from the store (shadow pairs)
     model: str
     api_key: str | None = None
@@ -24,6 +27,19 @@ class Side:
     @property
     def is_adapter(self) -> bool:
         return self.label.startswith(ADAPTER_PREFIX)
+
+    @property
+    def is_fewshot(self) -> bool:
+        return is_fewshot(self.label)
+
+
+def is_fewshot(label: str) -> bool:
+    return label == FEWSHOT or label.startswith(FEWSHOT_PREFIX)
+
+
+def on_general_upstream(label: str) -> bool:
+    """Whether the side is answered by the general model's API (priced by its tokens)."""
+    return label in (GENERAL, FEWSHOT)
 
 
 @dataclass
@@ -42,10 +58,13 @@ class Answer:
 
 
 def parse_side(spec: str, option: str) -> str:
-    """Check a side: 'general' or 'adapter:NAME'."""
-    if spec == GENERAL or (spec.startswith(ADAPTER_PREFIX) and len(spec) > len(ADAPTER_PREFIX)):
+    """Check a side: 'general', 'adapter:NAME', 'fewshot' or 'fewshot:MODEL'."""
+    if spec in (GENERAL, FEWSHOT):
         return spec
-    raise LoraforgeError(f"{option} {spec!r}: use 'general' or 'adapter:NAME'")
+    for prefix in (ADAPTER_PREFIX, FEWSHOT_PREFIX):
+        if spec.startswith(prefix) and len(spec) > len(prefix):
+            return spec
+    raise LoraforgeError(f"{option} {spec!r}: use {SIDES_HELP}")
 
 
 async def ask(

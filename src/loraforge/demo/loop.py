@@ -69,9 +69,10 @@ def run_demo(policy_template: Path, data_dir: Path, out: Path, console: Console)
         _show(console, users.send(list(islice(stream, PROTOTYPE_CALLS))))
         plan = _plan(console, store)
         if plan.recommendation == "fewshot":
-            change = set_route(store, TASK, "fewshot", model, output=policy.output.spec(), actor="demo",
-                               reason="plan: few-shot")  # fmt: skip
-            console.print(f"route → few-shot on {model} (change #{change.seq})")
+            change = set_route(store, TASK, "fewshot", model="general", min_score=1.0,
+                               output=policy.output.spec(), actor="demo", reason="plan: few-shot")  # fmt: skip
+            console.print(f"route → few-shot: {model} prompted with the 8 most similar corrected calls "
+                          f"(change #{change.seq})")  # fmt: skip
             time.sleep(1.5)  # the gateway re-reads routes every 0.5 s
 
         _phase(console, f"2. {FEWSHOT_CALLS} more calls; reviewers keep correcting")

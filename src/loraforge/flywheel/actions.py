@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from loraforge.compare.run import CompareRequest, point_values, run_comparison
+from loraforge.compare.sides import FEWSHOT, FEWSHOT_PREFIX, GENERAL
 from loraforge.config import load_config
 from loraforge.cost.hardware import hardware_price
 from loraforge.errors import LoraforgeError
@@ -20,7 +21,8 @@ from loraforge.store.dataset_rows import count_candidates
 from loraforge.store.datasets import BuildResult, DatasetFilter, build_dataset, get_dataset, parse_since
 from loraforge.store.models import FlywheelRun, utcnow
 from loraforge.store.prices import PriceTable
-from loraforge.store.routes import current_routes
+from loraforge.store.routes import FEWSHOT as FEWSHOT_STAGE
+from loraforge.store.routes import GENERAL_MODEL, current_routes
 from loraforge.store.store import Store
 from loraforge.train.checkpoint import latest_checkpoint
 
@@ -124,11 +126,16 @@ def register(policy: FlywheelPolicy, name: str, path: Path) -> None:
 
 
 def serving_now(store: Store, task: str) -> str:
-    """The side that answers the task's calls now: a fully routed adapter, else the general model."""
+    """The side that answers the task's calls now (a comparison's baseline): a fully routed adapter,
+    few-shot prompting, else the general model."""
     route = current_routes(store).get(task)
-    if route is not None and route.stage == "full":
+    if route is None:
+        return GENERAL
+    if route.stage == "full":
         return adapter_label(route.adapter)
-    return "general"
+    if route.stage == FEWSHOT_STAGE:
+        return FEWSHOT if route.model == GENERAL_MODEL else f"{FEWSHOT_PREFIX}{route.model}"
+    return GENERAL
 
 
 def compare(store: Store, policy: FlywheelPolicy, run: FlywheelRun, baseline: str) -> dict[str, Any]:
@@ -146,6 +153,7 @@ def compare(store: Store, policy: FlywheelPolicy, run: FlywheelRun, baseline: st
         gate=policy.gate,
         spec=policy.output.spec(),
         max_tokens=policy.compare.max_tokens,
+        k=policy.compare.k,
         concurrency=policy.compare.concurrency,
     )
     prices = serving.prices_file

@@ -12,12 +12,11 @@ from typing import Any
 
 from sqlalchemy import case, func, select
 
-from loraforge.compare.sides import ADAPTER_PREFIX, GENERAL
+from loraforge.compare.sides import ADAPTER_PREFIX, FEWSHOT, GENERAL, is_fewshot
 from loraforge.store.comparisons import list_comparisons
 from loraforge.store.models import Call, Feedback
 from loraforge.store.store import Store
 
-FEWSHOT = "fewshot"
 FINETUNE = "finetune"
 # Reviewed examples below which few-shot has nothing to show the model (k is 8 by default), and below which
 # an adapter has too little to learn from and hold out. Starting points: `compare` decides between them.
@@ -76,7 +75,7 @@ def data_counts(store: Store, task: str, min_score: float = 1.0) -> dict[str, in
 def side_kind(side: str) -> str:
     if side == GENERAL:
         return GENERAL
-    if side.startswith(FEWSHOT):
+    if is_fewshot(side):
         return FEWSHOT
     return "adapter" if side.startswith(ADAPTER_PREFIX) else side
 

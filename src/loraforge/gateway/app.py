@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from loraforge.gateway.errors import GatewayError, json_response, upstream_error, upstream_status_error
+from loraforge.gateway.fewshot import FewShotIndexes
 from loraforge.gateway.metrics import GatewayMetrics
 from loraforge.gateway.proxy import Proxy
 from loraforge.gateway.router import Router, RouteTable
@@ -53,7 +54,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     if settings.specialist_url:
         specialist = UpstreamClient(settings.specialist_url, settings.timeout_s, settings.connect_timeout_s)
     routes = RouteTable(store, settings.route_refresh_s)
-    router = Router(proxy, routes, specialist, settings.specialist_api_key, settings.shadow_concurrency)
+    fewshot = FewShotIndexes(store, routes, settings.fewshot_refresh_s)
+    router = Router(
+        proxy, routes, specialist, settings.specialist_api_key, settings.shadow_concurrency, fewshot
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -71,9 +75,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         if store.migrated:
             await routes.refresh()  # routed from the first request on
         routes.start()
+        fewshot.start()
         try:
             yield
         finally:
+            await fewshot.stop()
             await routes.stop()
             await router.aclose()
             await upstream.aclose()
@@ -89,6 +95,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.settings = settings
     app.state.routes = routes
     app.state.router = router
+    app.state.fewshot = fewshot
 
     def upstream_headers(request: Request, body: bool = True) -> dict[str, str]:
         headers = {"content-type": "application/json"} if body else {}

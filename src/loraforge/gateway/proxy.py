@@ -163,21 +163,24 @@ class _CallLog:
         self.started = time.perf_counter()
         self.extra = {"served_by": "general", **(extra or {})}
         self.headers = {CALL_ID_HEADER: self.id, SERVED_BY_HEADER: self.extra["served_by"]}
+        # An answer of our own servers (an adapter, a few-shot specialist model) is priced by the hardware
+        # it ran on (`loraforge report cost`), never by a token price table: its name may well prefix-match
+        # a general model's entry.
+        self.token_priced = not self.extra["served_by"].startswith("adapter:")
 
     def annotate(self, req: ParsedRequest, fields: dict[str, Any]) -> None:
         """Change who answers (a fallback): the request sent and the routing fields."""
         self.req = req
         self.extra.update(fields)
         self.headers[SERVED_BY_HEADER] = self.extra["served_by"]
+        self.token_priced = not self.extra["served_by"].startswith("adapter:")
 
     async def finish(self, body: dict[str, Any]) -> None:
         usage = body.get("usage") or {}
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         served = body.get("model")
         cost = None
-        if not self.extra["served_by"].startswith("adapter:"):
-            # An adapter's answer is priced by the hardware it ran on (`loraforge report cost`), never by
-            # a token price table: its name may well prefix-match a general model's entry.
+        if self.token_priced:
             cost = self.proxy.prices.estimate(served or self.req.model, prompt, completion)
         m = self.proxy.metrics
         task = m.task_label(self.req.task or "")

@@ -1,5 +1,6 @@
-"""Send each call of a routed task to the general model or to its adapter (on the specialist server), mirror
-shadow traffic, and let the general model answer when the adapter errs, times out or answers invalidly.
+"""Send each call of a routed task to the general model, to its adapter (on the specialist server) or to a
+model prompted with the task's most similar good examples (few-shot), mirror shadow traffic, and let the
+plain general model answer when the adapter or the few-shot prompt errs, times out or answers invalidly.
 
 Every path records exactly one call for the client's request (`served_by` says who answered); a shadow
 answer is one more call, linked to the one it mirrors by `shadow_of`. Routes come from the store and are
@@ -19,9 +20,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from loraforge.gateway.errors import GatewayError, upstream_error, upstream_status_error
+from loraforge.gateway.fewshot import FewShotIndexes, with_examples
 from loraforge.gateway.proxy import CALL_ID_HEADER, PATHS, SERVED_BY_HEADER, Proxy
 from loraforge.gateway.routing import (
     FALLBACK,
+    FEWSHOT,
     adapter_label,
     goes_to_adapter,
     invalid_reason,
@@ -30,7 +33,7 @@ from loraforge.gateway.routing import (
 from loraforge.gateway.sse import StreamAssembler
 from loraforge.gateway.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 from loraforge.gateway.validation import ParsedRequest
-from loraforge.store.routes import Route, current_routes
+from loraforge.store.routes import GENERAL_MODEL, Route, current_routes
 from loraforge.store.store import Store
 
 log = logging.getLogger("loraforge.gateway")
@@ -88,6 +91,16 @@ class _Answer:
 
 
 @dataclass
+class _Target:
+    """Who a routed request is sent to: the specialist server, or the general upstream (few-shot)."""
+
+    client: UpstreamClient | None
+    headers: dict[str, str]
+    who: str  # for error messages: "the adapter", "few-shot model base", ...
+    token_priced: bool = False  # the general upstream's answers are priced by tokens, ours by hardware
+
+
+@dataclass
 class _Failure:
     kind: str  # "error", "timeout" or "invalid"
     error: GatewayError
@@ -124,9 +137,11 @@ class Router:
         specialist: UpstreamClient | None,
         specialist_api_key: str | None = None,
         shadow_concurrency: int = 8,
+        fewshot: FewShotIndexes | None = None,
     ) -> None:
         self.proxy = proxy
         self.table = table
+        self.fewshot = fewshot
         self.specialist = specialist
         self.specialist_headers = {"content-type": "application/json"}
         if specialist_api_key:
@@ -155,6 +170,8 @@ class Router:
             resp = await self.proxy.forward(req, headers, {"route_stage": "shadow"})
             if resp.status_code == 200:
                 self._start_shadow(req, resp.headers[CALL_ID_HEADER], route)
+        elif route.stage == FEWSHOT and self.fewshot is not None:
+            resp = await self._fewshot(req, headers, route)
         elif goes_to_adapter(route, req.body):
             resp = await self._adapter(req, headers, route)
         else:
@@ -172,17 +189,41 @@ class Router:
 
     async def _adapter(self, req: ParsedRequest, headers: dict[str, str], route: Route) -> Response:
         areq = replace(req, upstream_body={**req.upstream_body, "model": route.adapter})
-        call = self.proxy.call_log(
-            areq, {"served_by": adapter_label(route.adapter), "route_stage": route.stage}
-        )
-        outcome = await self._ask(areq, route)
+        return await self._specialized(req, headers, route, areq, adapter_label(route.adapter))
+
+    async def _fewshot(self, req: ParsedRequest, headers: dict[str, str], route: Route) -> Response:
+        """The route's model prompted with the task's most similar good examples; plainly the general model
+        while the task has none (or its index is still being built)."""
+        examples = await self.fewshot.examples(route, req)
+        general = route.model == GENERAL_MODEL
+        freq = with_examples(req, examples, None if general else route.model) if examples else None
+        if freq is None:
+            return await self.proxy.forward(req, headers, {"route_stage": FEWSHOT})
+        if general:
+            target = _Target(self.proxy.upstream, headers, "the general model with examples", True)
+        else:
+            target = _Target(self.specialist, self.specialist_headers, f"few-shot model {route.model}", False)
+        return await self._specialized(req, headers, route, freq, FEWSHOT, target)
+
+    async def _specialized(
+        self,
+        req: ParsedRequest,
+        headers: dict[str, str],
+        route: Route,
+        sreq: ParsedRequest,
+        served_by: str,
+        target: "_Target | None" = None,
+    ) -> Response:
+        """Answer with `sreq` (the adapter's or few-shot request); the plain general model answers `req`
+        when that fails and the route falls back."""
+        call = self.proxy.call_log(sreq, {"served_by": served_by, "route_stage": route.stage})
+        call.token_priced = target is not None and target.token_priced
+        outcome = await self._ask(sreq, route, target)
         if isinstance(outcome, _Answer):
             return await self._serve(call, outcome)
         allowed = ("on-invalid" if outcome.kind == "invalid" else "on-error") in route.fallback
         if allowed:
-            log.info(
-                "task %s: %s fell back to the general model: %s", req.task, route.adapter, outcome.reason
-            )
+            log.info("task %s: %s fell back to the general model: %s", req.task, served_by, outcome.reason)
             call.annotate(req, {"served_by": FALLBACK, "fallback_reason": outcome.reason})
             return await self.proxy.forward(req, headers, call=call)
         if outcome.answer is not None:  # invalid, but the route does not fall back on invalid answers
@@ -195,18 +236,20 @@ class Router:
         await call.finish(answer.body or {})
         return Response(answer.content, 200, headers=call.headers, media_type="application/json")
 
-    async def _ask(self, req: ParsedRequest, route: Route) -> "_Answer | _Failure":
-        """Ask the adapter within the route's timeout. A stream is read up to its first content (or, when
-        the task's answers are validated, to its end) so that a fallback can still replace it."""
-        if self.specialist is None:
+    async def _ask(
+        self, req: ParsedRequest, route: Route, target: "_Target | None" = None
+    ) -> "_Answer | _Failure":
+        """Ask the adapter (or `target`) within the route's timeout. A stream is read up to its first
+        content (or, when the task's answers are validated, to its end) so that a fallback can still
+        replace it."""
+        target = target or _Target(self.specialist, self.specialist_headers, "the adapter")
+        if target.client is None:
             return _Failure("error", GatewayError(502, NO_SPECIALIST, type="upstream_error"))
         resp: UpstreamResponse | None = None
         try:
             async with asyncio.timeout(route.timeout_ms / 1000):
                 data = json.dumps(req.upstream_body).encode()
-                resp = await self.specialist.request(
-                    "POST", PATHS[req.endpoint], data, self.specialist_headers
-                )
+                resp = await target.client.request("POST", PATHS[req.endpoint], data, target.headers)
                 if resp.status >= 400:
                     content = await resp.read()
                     resp.close()
@@ -218,7 +261,7 @@ class Router:
         except TimeoutError:
             if resp is not None:
                 resp.close()
-            message = f"the adapter did not answer within {route.timeout_ms} ms"
+            message = f"{target.who} did not answer within {route.timeout_ms} ms"
             return _Failure("timeout", GatewayError(504, message, type="upstream_error"))
         except UpstreamError as exc:
             return _Failure("error", upstream_error(exc))
@@ -228,7 +271,7 @@ class Router:
                 raise ValueError("not an object")
         except ValueError:
             return _Failure(
-                "error", GatewayError(502, "the adapter returned invalid JSON", type="upstream_error")
+                "error", GatewayError(502, f"{target.who} returned invalid JSON", type="upstream_error")
             )
         return _checked(route, req.endpoint, body, _Answer(body=body, content=content))
 

@@ -9,10 +9,12 @@ import jsonschema
 
 from loraforge.evaluate.metrics import normalize
 from loraforge.store.examples import output_text
-from loraforge.store.routes import OutputSpec, Route
+from loraforge.store.routes import FEWSHOT, OutputSpec, Route
 
 GENERAL = "general"
 FALLBACK = "fallback"  # the general model answered because the adapter erred, timed out or was invalid
+# FEWSHOT ("fewshot", the stage's name): a model prompted with the task's good examples answered.
+__all__ = ["FALLBACK", "FEWSHOT", "GENERAL"]
 
 
 def adapter_label(adapter: str) -> str:

@@ -4,6 +4,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from loraforge.fewshot.settings import DEFAULT_REFRESH_S
 from loraforge.paths import loraforge_home
 from loraforge.store.database import resolve_store_url
 from loraforge.store.recorder import MAX_QUEUED_RECORDS, RECORD_TIMEOUT_S
@@ -51,6 +52,7 @@ class GatewaySettings:
     specialist_api_key: str | None = None
     route_refresh_s: float = 2.0  # how often routes are re-read from the store
     shadow_concurrency: int = 8  # shadow requests in flight at most; more are dropped, not queued
+    fewshot_refresh_s: float = DEFAULT_REFRESH_S  # how often few-shot tasks' good examples are re-read
 
     def resolved_store_url(self) -> str:
         return resolve_store_url(self.store_url)

@@ -82,7 +82,7 @@ def _candidates(
     for count in ("selected", "unusable", "unreviewed", "low_score", "corrected"):
         counts.setdefault(count, 0)
     with store.engine.connect() as conn:
-        result = conn.execution_options(yield_per=BATCH_ROWS).execute(_query(filt.task, since))
+        result = conn.execution_options(yield_per=BATCH_ROWS).execute(feedback_query(filt.task, since))
         for row in result:
             counts["selected"] += 1
             example = call_to_example(row)
@@ -112,7 +112,7 @@ def _reviewed(filt: Any, row: Any) -> bool:
 
 def count_candidates(store: Store, filt: Any, since: datetime | None = None) -> int:
     """How many calls `filt` would select, counted in SQL (bodies a build finds unusable still count)."""
-    query = _query(filt.task, since).order_by(None)
+    query = feedback_query(filt.task, since).order_by(None)
     if filt.reviewed_only:
         reviewed = Feedback.score.is_not(None)
         if filt.min_score is not None:
@@ -126,7 +126,9 @@ def count_candidates(store: Store, filt: Any, since: datetime | None = None) -> 
         return conn.scalar(select(func.count()).select_from(query.subquery())) or 0
 
 
-def _query(task: str, since: datetime | None) -> Select:
+def feedback_query(task: str, since: datetime | None) -> Select:
+    """The task's successful calls (shadow answers excluded) with their latest feedback's score and
+    correction, oldest first."""
     latest_feedback = (
         select(Feedback.id)
         .where(Feedback.call_id == Call.id)

@@ -109,13 +109,15 @@ class RouteChange(Base):
     action: Mapped[str] = mapped_column(String(16))  # "set", "off", "rollback"
     actor: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)
-    stage: Mapped[str] = mapped_column(String(16))  # "shadow", "canary", "full", "off"
+    stage: Mapped[str] = mapped_column(String(16))  # "shadow", "canary", "full", "fewshot", "off"
     adapter: Mapped[str | None] = mapped_column(String(200))
     percent: Mapped[float | None] = mapped_column(Float)
     fallback: Mapped[list[str]] = mapped_column(JsonType, default=list)  # "on-error", "on-invalid"
     timeout_ms: Mapped[int | None] = mapped_column(Integer)
     output: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)  # what a valid answer is
     previous_seq: Mapped[int | None] = mapped_column(Integer)  # the state a rollback returns to
+    # Stage options beyond the adapter's (migration 0003): few-shot {"model", "k", "min_score"}.
+    options: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)
 
     __table_args__ = (UniqueConstraint("task", "seq", name="uq_route_changes_task_seq"),)
 

@@ -1,4 +1,4 @@
-"""Routes of tasks to adapters, kept as an append-only history in the store.
+"""Routes of tasks to adapters (or to few-shot prompting), kept as an append-only history in the store.
 
 Each change (set, off, rollback) is one row holding the full resulting route, who made it, when and why; a
 task's current route is its newest row. A rollback returns to the state before the current one, so repeated
@@ -6,6 +6,7 @@ rollbacks walk further back (like undo).
 """
 
 import getpass
+import math
 import re
 import socket
 from dataclasses import dataclass, field
@@ -16,10 +17,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from loraforge.errors import LoraforgeError
+from loraforge.fewshot.settings import DEFAULT_K, MAX_K
 from loraforge.store.models import RouteChange, utcnow
 from loraforge.store.store import Store
 
-STAGES = ("shadow", "canary", "full")
+FEWSHOT = "fewshot"  # answered by a model prompted with the task's most similar good examples
+STAGES = ("shadow", "canary", "full", FEWSHOT)
+GENERAL_MODEL = "general"  # a few-shot route's model: the client's model on the gateway's upstream
 FALLBACKS = ("on-error", "on-invalid")
 OUTPUT_KINDS = ("text", "classification", "json")
 DEFAULT_FALLBACK = FALLBACKS  # canary and full fall back on both unless told otherwise
@@ -47,16 +51,24 @@ class OutputSpec:
 
 @dataclass(frozen=True)
 class Route:
-    """A task's current route to an adapter."""
+    """A task's current route: to an adapter (shadow, canary, full) or to few-shot prompting."""
 
     task: str
     stage: str
-    adapter: str
+    adapter: str  # "" for a few-shot route
     percent: float = 100.0
     fallback: tuple[str, ...] = DEFAULT_FALLBACK
     timeout_ms: int = DEFAULT_TIMEOUT_MS
     output: OutputSpec = field(default_factory=OutputSpec)
     seq: int = 0
+    # Few-shot: who answers ("general", or a model of the specialist server), with how many examples, and
+    # which calls are good examples (corrections, and calls scored at least min_score when it is set).
+    model: str = GENERAL_MODEL
+    k: int = DEFAULT_K
+    min_score: float | None = None
+
+    def options(self) -> dict[str, Any]:
+        return {"model": self.model, "k": self.k, "min_score": self.min_score}
 
 
 def default_actor() -> str:
@@ -67,13 +79,31 @@ def default_actor() -> str:
 
 
 def validate_route(
-    stage: str, adapter: str, percent: float | None, fallback: tuple[str, ...], timeout_ms: int
+    stage: str,
+    adapter: str | None,
+    percent: float | None,
+    fallback: tuple[str, ...],
+    timeout_ms: int,
+    *,
+    model: str | None = None,
+    k: int | None = None,
+    min_score: float | None = None,
 ) -> float:
     """Raises LoraforgeError naming the bad option; returns the effective percent."""
     if stage not in STAGES:
         raise LoraforgeError(f"--stage {stage!r}: choose one of {', '.join(STAGES)}")
-    if not ADAPTER_NAME_RE.match(adapter):
-        raise LoraforgeError(f"--adapter {adapter!r} is not a valid adapter name")
+    if stage == FEWSHOT:
+        _validate_fewshot(adapter, model, k, min_score)
+    else:
+        given = [
+            name for name, v in (("--model", model), ("--k", k), ("--min-score", min_score)) if v is not None
+        ]
+        if given:
+            raise LoraforgeError(f"{', '.join(given)} applies to stage fewshot only, not to {stage!r}")
+        if not adapter:
+            raise LoraforgeError(f"--adapter is required for stage {stage!r}")
+        if not ADAPTER_NAME_RE.match(adapter):
+            raise LoraforgeError(f"--adapter {adapter!r} is not a valid adapter name")
     unknown = [f for f in fallback if f not in FALLBACKS]
     if unknown:
         raise LoraforgeError(f"--fallback {','.join(unknown)}: choose from {', '.join(FALLBACKS)} or none")
@@ -87,14 +117,25 @@ def validate_route(
         return float(percent)
     if percent is not None:
         raise LoraforgeError(f"--percent applies to a canary only, not to stage {stage!r}")
-    return 100.0 if stage == "full" else 0.0
+    return 100.0 if stage in ("full", FEWSHOT) else 0.0
+
+
+def _validate_fewshot(adapter: str | None, model: str | None, k: int | None, min_score: float | None) -> None:
+    if adapter:
+        raise LoraforgeError("--adapter does not apply to stage fewshot (use --model general|NAME)")
+    if model is not None and model != GENERAL_MODEL and not ADAPTER_NAME_RE.match(model):
+        raise LoraforgeError(f"--model {model!r} is not a valid model name (or 'general')")
+    if k is not None and not 1 <= k <= MAX_K:
+        raise LoraforgeError(f"--k must be between 1 and {MAX_K}, got {k}")
+    if min_score is not None and not math.isfinite(min_score):
+        raise LoraforgeError(f"--min-score must be a finite number, got {min_score}")
 
 
 def set_route(
     store: Store,
     task: str,
     stage: str,
-    adapter: str,
+    adapter: str | None = None,
     *,
     percent: float | None = None,
     fallback: tuple[str, ...] = DEFAULT_FALLBACK,
@@ -102,15 +143,30 @@ def set_route(
     output: OutputSpec | None = None,
     actor: str | None = None,
     reason: str | None = None,
+    model: str | None = None,
+    k: int | None = None,
+    min_score: float | None = None,
 ) -> RouteChange:
-    effective = validate_route(stage, adapter, percent, fallback, timeout_ms)
+    """Append a route change. Stage fewshot takes `model` ("general", the default, or a specialist-server
+    model), `k` (default DEFAULT_K) and `min_score` instead of an adapter."""
+    effective = validate_route(
+        stage, adapter, percent, fallback, timeout_ms, model=model, k=k, min_score=min_score
+    )
+    options = None
+    if stage == FEWSHOT:
+        options = {
+            "model": model or GENERAL_MODEL,
+            "k": k if k is not None else DEFAULT_K,
+            "min_score": min_score,
+        }
     state = {
         "stage": stage,
-        "adapter": adapter,
+        "adapter": adapter if stage != FEWSHOT else None,
         "percent": effective,
         "fallback": list(fallback),
         "timeout_ms": timeout_ms,
         "output": (output or OutputSpec()).to_json(),
+        "options": options,
     }
     return _append(store, task, "set", state, actor, reason, None)
 
@@ -181,6 +237,7 @@ def route_history(store: Store, task: str | None = None) -> list[RouteChange]:
 
 
 def to_route(change: RouteChange) -> Route:
+    options = change.options or {}
     return Route(
         task=change.task,
         stage=change.stage,
@@ -190,6 +247,9 @@ def to_route(change: RouteChange) -> Route:
         timeout_ms=change.timeout_ms or DEFAULT_TIMEOUT_MS,
         output=OutputSpec.from_json(change.output),
         seq=change.seq,
+        model=options.get("model") or GENERAL_MODEL,
+        k=options.get("k") or DEFAULT_K,
+        min_score=options.get("min_score"),
     )
 
 
@@ -200,6 +260,7 @@ _OFF: dict[str, Any] = {
     "fallback": [],
     "timeout_ms": None,
     "output": {},
+    "options": None,
 }
 
 
