@@ -69,10 +69,12 @@ def run_demo(policy_template: Path, data_dir: Path, out: Path, console: Console)
         _show(console, users.send(list(islice(stream, PROTOTYPE_CALLS))))
         plan = _plan(console, store)
         if plan.recommendation == "fewshot":
-            change = set_route(store, TASK, "fewshot", model="general", min_score=1.0,
-                               output=policy.output.spec(), actor="demo", reason="plan: few-shot")  # fmt: skip
-            console.print(f"route → few-shot: {model} prompted with the 8 most similar corrected calls "
-                          f"(change #{change.seq})")  # fmt: skip
+            spec = policy.output.spec()
+            change = set_route(
+                store, TASK, "fewshot", model="general", min_score=1.0, output=spec, actor="demo",
+                reason="plan: few-shot",
+            )  # fmt: skip
+            console.print(f"route → few-shot: {model} prompted with the 8 most similar good calls (#{change.seq})")
             time.sleep(1.5)  # the gateway re-reads routes every 0.5 s
 
         _phase(console, f"2. {FEWSHOT_CALLS} more calls; reviewers keep correcting")
