@@ -74,7 +74,7 @@ def run_demo(policy_template: Path, data_dir: Path, out: Path, console: Console)
                 store, TASK, "fewshot", model="general", min_score=1.0, output=spec, actor="demo",
                 reason="plan: few-shot",
             )  # fmt: skip
-            console.print(f"route → few-shot: {model} prompted with the 8 most similar good calls (#{change.seq})")
+            console.print(f"route → few-shot: {model} shown the 8 most similar good calls (#{change.seq})")
             time.sleep(1.5)  # the gateway re-reads routes every 0.5 s
 
         _phase(console, f"2. {FEWSHOT_CALLS} more calls; reviewers keep correcting")
