@@ -13,7 +13,16 @@ from loraforge.store.schema import upgrade
 POSTGRES_ENV = "LORAFORGE_TEST_POSTGRES_URL"
 # What scripts/ci-postgres.sh provisions; used when the variable is not set.
 DEFAULT_POSTGRES_URL = "postgresql://loraforge:loraforge@127.0.0.1:5432/loraforge_test"
-TABLES = ("comparisons", "route_changes", "dataset_rows", "datasets", "feedback", "calls")
+TABLES = (
+    "flywheel_locks",
+    "flywheel_runs",
+    "comparisons",
+    "route_changes",
+    "dataset_rows",
+    "datasets",
+    "feedback",
+    "calls",
+)
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 

@@ -40,6 +40,7 @@ def test_build_list_show_export(store, store_url, monkeypatch, capsys, tmp_path)
         "use_corrections": False,
         "dedupe": True,
         "test_fraction": 0.25,
+        "reviewed_only": False,
     }
     code, out, _ = run_cli(
         monkeypatch, capsys, "dataset", "export", "sup", "--out", str(tmp_path / "x"), "--store", store_url

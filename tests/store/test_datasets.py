@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 
 from loraforge.errors import DataError, LoraforgeError
+from loraforge.store import Store
 from loraforge.store.datasets import (
     DatasetFilter,
     build_dataset,
@@ -190,3 +191,20 @@ def test_since_takes_a_span_back_from_now():
     assert abs(utcnow() - timedelta(minutes=30) - parse_since("30m")) < timedelta(seconds=5)
     with pytest.raises(LoraforgeError, match="7d, 12h or 30m"):
         parse_since("7 days")
+
+
+def test_reviewed_only_keeps_what_a_person_corrected_or_scored_well(tmp_path):
+    from loraforge.store.dataset_rows import count_candidates
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    calls = [chat_call("t", f"question {i}", f"answer {i}", seq=i) for i in range(6)]
+    store.insert_calls(calls)
+    store.add_feedback(calls[0]["id"], score=0.0, corrected_output="fixed 0")  # a wrong answer, corrected
+    store.add_feedback(calls[1]["id"], score=1.0)
+    store.add_feedback(calls[2]["id"], score=0.2)  # reviewed, and bad
+    filt = DatasetFilter("t", min_score=1.0, use_corrections=True, reviewed_only=True, test_fraction=0.0)
+    assert count_candidates(store, filt) == 2
+    built = build_dataset(store, "rev", filt, root=tmp_path / "ds")
+    outputs = [json.loads(line)["messages"][-1]["content"] for line in (built.path / "train.jsonl").open()]
+    assert outputs == ["fixed 0", "answer 1"]
+    assert built.counts["unreviewed"] == 3 and built.counts["low_score"] == 1

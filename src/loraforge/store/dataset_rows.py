@@ -89,14 +89,16 @@ def _candidates(
             if example is None:
                 counts["unusable"] += 1
                 continue
+            score = row.score
+            # A correction replaces the answer its low score was about: only uncorrected answers are dropped.
+            corrected = bool(filt.use_corrections and row.corrected_output is not None)
+            low = filt.min_score is not None and score is not None and score < filt.min_score
+            if low and not corrected:
+                counts["low_score"] += 1
+                continue
             if filt.reviewed_only and not _reviewed(filt, row):
                 counts["unreviewed"] += 1
                 continue
-            score = row.score
-            if filt.min_score is not None and score is not None and score < filt.min_score:
-                counts["low_score"] += 1
-                continue
-            corrected = bool(filt.use_corrections and row.corrected_output is not None)
             if corrected:
                 example = Example(example.call_id, example.messages, row.corrected_output, example.input_hash)
                 counts["corrected"] += 1
@@ -121,7 +123,10 @@ def count_candidates(store: Store, filt: Any, since: datetime | None = None) -> 
             reviewed = reviewed | Feedback.corrected_output.is_not(None)
         query = query.where(reviewed)
     elif filt.min_score is not None:
-        query = query.where(Feedback.score.is_(None) | (Feedback.score >= filt.min_score))
+        kept = Feedback.score.is_(None) | (Feedback.score >= filt.min_score)
+        if filt.use_corrections:
+            kept = kept | Feedback.corrected_output.is_not(None)
+        query = query.where(kept)
     with store.engine.connect() as conn:
         return conn.scalar(select(func.count()).select_from(query.subquery())) or 0
 
