@@ -173,6 +173,7 @@ def test_free_text_comparison_uses_the_judge(monkeypatch, capsys, setup, tmp_pat
         (["--dataset", "intent", "--baseline", "fewshot", "--k", "0"], "--k must be between 1 and 64"),
         (["--dataset", "intent", "--baseline", "fewshot:"], "--baseline 'fewshot:'"),
         (["--shadow", "--baseline", "fewshot"], "--shadow compares an adapter"),
+        (["--dataset", "intent", "--k", "4"], "--k applies to a fewshot side"),
     ],
 )
 def test_mistakes_exit_2_with_one_line_and_ask_nothing(monkeypatch, capsys, setup, extra, message):

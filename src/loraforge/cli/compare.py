@@ -52,8 +52,8 @@ def compare(
     labels: Path | None = typer.Option(None, "--labels", help="Label set: JSON list or one per line."),
     json_schema: Path | None = typer.Option(None, "--json-schema", help="JSON Schema of the answers."),
     max_tokens: int = typer.Option(64, "--max-tokens", min=1, help="Answer length limit for both sides."),
-    k: int = typer.Option(
-        DEFAULT_K, "--k", help="Few-shot sides: examples per prompt, from the dataset's train split."
+    k: int | None = typer.Option(
+        None, "--k", help=f"Few-shot sides: examples per prompt (default {DEFAULT_K}), from the train split."
     ),
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="Requests in flight per side."),
     hardware_hour_price: float | None = typer.Option(
@@ -71,7 +71,7 @@ def compare(
     from loraforge.compare.judge import JudgeSettings
     from loraforge.compare.render import render
     from loraforge.compare.run import CompareRequest, run_comparison
-    from loraforge.compare.sides import parse_side
+    from loraforge.compare.sides import is_fewshot, parse_side
     from loraforge.cost.hardware import hardware_price
     from loraforge.store.prices import PriceTable
 
@@ -81,6 +81,8 @@ def compare(
         )
     if shadow and dataset:
         raise LoraforgeError("give either --dataset or --shadow, not both")
+    if k is not None and not any(is_fewshot(side) for side in (candidate, baseline)):
+        raise LoraforgeError("--k applies to a fewshot side (--candidate/--baseline fewshot[:MODEL]) only")
     if bool(judge_url) != bool(judge_model):
         raise LoraforgeError("--judge-url and --judge-model go together")
     judge = None
@@ -102,7 +104,7 @@ def compare(
         gate=gate,
         spec=spec,
         max_tokens=max_tokens,
-        k=k,
+        k=k if k is not None else DEFAULT_K,
         concurrency=concurrency,
     )
     result = run_comparison(
