@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "route",
     "compare",
     "report",
+    "ui",
 ]
 
 

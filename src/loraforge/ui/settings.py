@@ -1,0 +1,38 @@
+"""Settings of the dashboard, and every limit and default it uses (each named once, here)."""
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_PORT = 8500
+PAGE_SIZE = 50  # calls, dataset rows, disagreements per page
+MAX_PAGE_SIZE = 200
+WINDOW_DAYS = 30  # the tasks page's charts and totals cover this many days back
+MAX_WINDOW_DAYS = 365
+MAX_SEARCH_CHARS = 200  # a text search longer than this is refused (it would only be slower)
+MAX_FILE_BYTES = 2 * 1024 * 1024  # a run's README/config/eval file larger than this is shown truncated
+MAX_METRIC_ROWS = 20_000  # metrics.jsonl lines read for the curves (a run logs far fewer)
+MAX_LABELS_SHOWN = 50  # label counts of a dataset beyond this are summed as "(other)"
+MAX_DIFF_ROWS = 500  # rows listed per side of a dataset diff
+RUN_POLL_S = 3  # a running training's page refreshes its progress this often
+SERVE_SCRAPE_TIMEOUT_S = 3.0
+# Adapter calls recent enough to estimate tokens/s from (when no --serve-url gauge is available).
+THROUGHPUT_SAMPLE_CALLS = 2000
+SESSION_COOKIE = "loraforge_ui"
+# What "enough data" means on the tasks page: usable examples (good feedback or corrected) for few-shot,
+# and for a fine-tune. The plan (`loraforge plan`) decides by comparing on held-out data; these are the
+# rough marks shown next to the counts until a plan has been made.
+FEWSHOT_MIN_EXAMPLES = 8
+FINETUNE_MIN_EXAMPLES = 200
+GOOD_SCORE = 3.0  # feedback score counted as good (the dataset build's usual --min-score)
+
+
+@dataclass
+class UISettings:
+    store_url: str | None = None
+    api_key: str | None = None  # required from browsers and clients when set
+    runs_dir: Path = Path("runs")  # training run directories (each holds metrics.jsonl, eval.json, ...)
+    serve_url: str | None = None  # a `loraforge serve` base URL whose /metrics the serving page shows
+    window_days: int = WINDOW_DAYS
+    # Form posts carry this token, so another site cannot make a browser change a route or post feedback.
+    csrf_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
