@@ -15,6 +15,9 @@ MAX_METRIC_ROWS = 20_000  # metrics.jsonl lines read for the curves (a run logs 
 MAX_LABELS_SHOWN = 50  # label counts of a dataset beyond this are summed as "(other)"
 MAX_DIFF_ROWS = 500  # rows listed per side of a dataset diff
 RUN_POLL_S = 3  # a running training's page refreshes its progress this often
+# Sums of completed days on the tasks page are re-read this often (a late spool replay or a prune shows
+# within it); today's calls are read on every load.
+ROLLUP_CACHE_S = 300
 SERVE_SCRAPE_TIMEOUT_S = 3.0
 # Adapter calls recent enough to estimate tokens/s from (when no --serve-url gauge is available).
 THROUGHPUT_SAMPLE_CALLS = 2000

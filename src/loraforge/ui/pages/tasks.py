@@ -21,7 +21,7 @@ from loraforge.store.routes import (
     set_route,
     validate_route,
 )
-from loraforge.ui.queries.tasks import list_tasks, overview
+from loraforge.ui.queries.tasks import data_available, list_tasks, overview
 from loraforge.ui.queries.timeline import SOURCES, TimelineContext, describe_route, timeline
 from loraforge.ui.settings import MAX_WINDOW_DAYS
 from loraforge.ui.web import UIError, render, script_json, state, url
@@ -52,9 +52,8 @@ async def tasks_page(request: Request, days: int | None = None) -> Response:
     store = state(request).store
 
     def load():
-        routes = current_routes(store)
-        hardware = _hardware(request)
-        return [overview(store, t, window, hardware, routes=routes) for t in list_tasks(store)]
+        routes, data, hardware = current_routes(store), data_available(store), _hardware(request)
+        return [overview(store, t, window, hardware, routes=routes, data=data) for t in list_tasks(store)]
 
     views = await run_in_threadpool(load)
     charts = {v.task: _chart(v) for v in views}

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Integer, func, select
+from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.orm import Session
 
 from loraforge.cost.hardware import HardwarePrice, adapter_call_cost
@@ -13,7 +13,8 @@ from loraforge.cost.throughput import Throughput, throughput_from_calls
 from loraforge.store.models import Call, Comparison, Feedback, utcnow
 from loraforge.store.routes import current_routes
 from loraforge.store.store import Store
-from loraforge.ui.queries.sql import GROUPS, day_of, served_group
+from loraforge.ui.queries.rollup import daily, midnight, window_start
+from loraforge.ui.queries.sql import GROUPS
 from loraforge.ui.settings import (
     FEWSHOT_MIN_EXAMPLES,
     FINETUNE_MIN_EXAMPLES,
@@ -57,36 +58,26 @@ def overview(
     hardware: HardwarePrice,
     throughput: Throughput | None = None,
     routes: dict | None = None,
+    data: dict[str, dict[str, int]] | None = None,
 ) -> TaskOverview:
-    since = utcnow() - timedelta(days=window_days)
-    days = [(since + timedelta(days=i + 1)).strftime("%Y-%m-%d") for i in range(window_days)]
+    """One task's figures; `routes` and `data` may be passed in when showing many tasks (read once)."""
+    now = utcnow()
+    start, today = window_start(now, window_days), midnight(now)
+    days = [(start + timedelta(days=i)).strftime("%Y-%m-%d") for i in range(window_days)]
     index = {d: i for i, d in enumerate(days)}
     calls = {g: [0] * len(days) for g in GROUPS}
     spend, tokens = [0.0] * len(days), defaultdict(int)
     general_spend = 0.0
-    day, group = day_of(store.dialect), served_group()
-    query = (
-        select(
-            day.label("day"),
-            group.label("grp"),
-            func.count(),
-            func.sum(Call.cost_usd),
-            func.sum(func.coalesce(Call.prompt_tokens, 0) + func.coalesce(Call.completion_tokens, 0)),
-        )
-        .where(Call.task == task, Call.time >= since)
-        .group_by(day, group)
-    )
-    with store.engine.connect() as conn:
-        for d, g, n, usd, toks in conn.execute(query):
-            i = index.get(d)
-            if i is None:
-                continue
-            calls[g][i] += n
-            spend[i] += usd or 0.0
-            if g in ("adapter", "shadow"):
-                tokens[(i, g)] += int(toks or 0)
-            elif g in ("general", "fallback"):
-                general_spend += usd or 0.0
+    for d, g, n, usd, toks in daily(store, task, start, today):
+        i = index.get(d)
+        if i is None:
+            continue
+        calls[g][i] += n
+        spend[i] += usd
+        if g in ("adapter", "shadow"):
+            tokens[(i, g)] += toks
+        elif g in ("general", "fallback"):
+            general_spend += usd
     throughput = throughput or _throughput_of(store, task)
     adapter_cost = [0.0] * len(days)
     if throughput is not None:  # adapter calls cost the machine's time, not a token price
@@ -103,7 +94,7 @@ def overview(
     view.total_spend, view.total_savings = sum(spend), sum(savings)
     view.route = (routes if routes is not None else current_routes(store)).get(task)
     view.verdict = latest_comparison(store, task)
-    view.data = data_available(store, task)
+    view.data = (data if data is not None else data_available(store)).get(task, NO_DATA)
     view.stage_hint = stage_hint(view.data["good_examples"])
     return view
 
@@ -132,34 +123,51 @@ def latest_comparison(store: Store, task: str) -> Comparison | None:
         return session.scalars(query).first()
 
 
-def data_available(store: Store, task: str) -> dict[str, int]:
-    """Examples the task's traffic offers: calls with good feedback, corrected calls, and their union."""
-    fb = (
+def data_available(store: Store) -> dict[str, dict[str, int]]:
+    """Per task, the examples its traffic offers: calls with good feedback, corrected calls, and both.
+
+    Read from the feedback (far fewer rows than calls), each looking up its call's task by primary key.
+    """
+    task_of = (
+        select(Call.task)
+        .where(Call.id == Feedback.call_id, Call.shadow_of.is_(None))
+        .correlate(Feedback)
+        .scalar_subquery()
+    )
+    per_call = (
         select(
-            Feedback.call_id,
+            task_of.label("task"),
             func.max(Feedback.score).label("score"),
             func.count(Feedback.corrected_output).label("corrections"),
         )
-        .join(Call, Call.id == Feedback.call_id)
-        .where(Call.task == task, Call.shadow_of.is_(None))
         .group_by(Feedback.call_id)
         .subquery()
     )
-    good = fb.c.score >= GOOD_SCORE
-    query = select(
-        func.count(),
-        func.sum(func.cast(good, Integer)),
-        func.sum(func.cast(fb.c.corrections > 0, Integer)),
-        func.sum(func.cast(good | (fb.c.corrections > 0), Integer)),
-    ).select_from(fb)
+    good, corrected = per_call.c.score >= GOOD_SCORE, per_call.c.corrections > 0
+    query = (
+        select(
+            per_call.c.task,
+            func.count(),
+            func.sum(cast(good, Integer)),
+            func.sum(cast(corrected, Integer)),
+            func.sum(cast(good | corrected, Integer)),
+        )
+        .where(per_call.c.task.is_not(None))
+        .group_by(per_call.c.task)
+    )
     with store.engine.connect() as conn:
-        with_feedback, good_n, corrected, examples = conn.execute(query).one()
-    return {
-        "with_feedback": int(with_feedback or 0),
-        "good_score": int(good_n or 0),
-        "corrected": int(corrected or 0),
-        "good_examples": int(examples or 0),
-    }
+        return {
+            task: {
+                "with_feedback": int(n or 0),
+                "good_score": int(g or 0),
+                "corrected": int(c or 0),
+                "good_examples": int(e or 0),
+            }
+            for task, n, g, c, e in conn.execute(query)
+        }
+
+
+NO_DATA = {"with_feedback": 0, "good_score": 0, "corrected": 0, "good_examples": 0}
 
 
 def stage_hint(good_examples: int) -> str:

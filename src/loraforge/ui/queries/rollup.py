@@ -1,0 +1,69 @@
+"""Calls per day of a task by who answered, with their cost and tokens: the tasks page's one big query.
+
+Completed days do not change (short of a late spool replay or a prune), so their sums are kept in memory
+for `ROLLUP_CACHE_S` and only today's calls are read again on every page: with a million calls the tasks
+page reads a day of calls, not a month. The first load reads the whole window (from the covering index of
+migration 0005).
+"""
+
+import threading
+import time
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+
+from loraforge.store.models import Call
+from loraforge.store.store import Store
+from loraforge.ui.queries.sql import day_of, served_group
+from loraforge.ui.settings import ROLLUP_CACHE_S
+
+Row = tuple[str, str, int, float, int]  # day, group, calls, USD, tokens
+
+_cache: dict[tuple[str, str, datetime, datetime], tuple[float, list[Row]]] = {}
+_lock = threading.Lock()
+
+
+def _query(store: Store, task: str, start: datetime, end: datetime | None) -> list[Row]:
+    day, group = day_of(store.dialect), served_group()
+    query = select(
+        day,
+        group,
+        func.count(),
+        func.sum(Call.cost_usd),
+        func.sum(func.coalesce(Call.prompt_tokens, 0) + func.coalesce(Call.completion_tokens, 0)),
+    ).where(Call.task == task, Call.time >= start)
+    if end is not None:
+        query = query.where(Call.time < end)
+    with store.engine.connect() as conn:
+        rows = conn.execute(query.group_by(day, group))
+        return [(d, g, int(n), float(usd or 0.0), int(toks or 0)) for d, g, n, usd, toks in rows]
+
+
+def daily(store: Store, task: str, start: datetime, today: datetime) -> list[Row]:
+    """Rows of every day from `start` (a UTC midnight) to now; days before `today` from the cache."""
+    key = (store.url, task, start, today)
+    now = time.monotonic()
+    with _lock:
+        hit = _cache.get(key)
+    if hit is None or hit[0] < now:
+        past = _query(store, task, start, today) if start < today else []
+        with _lock:
+            for stale in [k for k, (expires, _) in _cache.items() if expires < now]:
+                del _cache[stale]
+            _cache[key] = (now + ROLLUP_CACHE_S, past)
+    else:
+        past = hit[1]
+    return past + _query(store, task, max(start, today), None)
+
+
+def clear() -> None:
+    with _lock:
+        _cache.clear()
+
+
+def midnight(t: datetime) -> datetime:
+    return t.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def window_start(now: datetime, days: int) -> datetime:
+    return midnight(now) - timedelta(days=days - 1)
