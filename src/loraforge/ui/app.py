@@ -1,6 +1,8 @@
 """The dashboard as an ASGI app: `loraforge ui` serves it alone; the gateway mounts it at /ui (`--ui`)."""
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
@@ -36,6 +38,16 @@ def create_ui_app(settings: UISettings, store: Store | None = None) -> FastAPI:
         if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
             return RedirectResponse(url(request, "/login", next=path), status_code=303)
         return render(request, "error.html", 401, message="This dashboard needs its API key.")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = "No such page." if exc.status_code == 404 else str(exc.detail)
+        return render(request, "error.html", exc.status_code, message=message)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_query(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors())
+        return render(request, "error.html", 400, message=f"Bad request: {problems}")
 
     @app.exception_handler(UIError)
     async def ui_error(request: Request, exc: UIError) -> Response:

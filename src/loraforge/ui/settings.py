@@ -36,6 +36,7 @@ class UISettings:
     api_key: str | None = None  # required from browsers and clients when set
     runs_dir: Path = Path("runs")  # training run directories (each holds metrics.jsonl, eval.json, ...)
     serve_url: str | None = None  # a `loraforge serve` base URL whose /metrics the serving page shows
+    serve_api_key: str | None = None  # sent to it as a Bearer token
     window_days: int = WINDOW_DAYS
     # Form posts carry this token, so another site cannot make a browser change a route or post feedback.
     csrf_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
