@@ -40,7 +40,7 @@ def _hardware(request: Request):
 
 
 def _window(days: int | None, request: Request) -> int:
-    days = days or state(request).settings.window_days
+    days = state(request).settings.window_days if days is None else days
     if not 1 <= days <= MAX_WINDOW_DAYS:
         raise UIError(400, f"days must be between 1 and {MAX_WINDOW_DAYS}")
     return days

@@ -78,7 +78,8 @@ def overview(
             tokens[(i, g)] += toks
         elif g in ("general", "fallback"):
             general_spend += usd
-    throughput = throughput or _throughput_of(store, task)
+    if throughput is None and tokens:  # only a task with adapter calls in the window needs it
+        throughput = _throughput_of(store, task, start)
     adapter_cost = [0.0] * len(days)
     if throughput is not None:  # adapter calls cost the machine's time, not a token price
         for (i, _g), toks in tokens.items():
@@ -99,11 +100,11 @@ def overview(
     return view
 
 
-def _throughput_of(store: Store, task: str) -> Throughput | None:
+def _throughput_of(store: Store, task: str, start) -> Throughput | None:
     """Tokens/s of the task's newest adapter calls (a bounded sample: the page must not read them all)."""
     recent = (
         select(Call.prompt_tokens, Call.completion_tokens, Call.latency_ms)
-        .where(Call.task == task, Call.served_by.like("adapter:%"), Call.status == "ok")
+        .where(Call.task == task, Call.time >= start, Call.served_by.like("adapter:%"), Call.status == "ok")
         .order_by(Call.time.desc())
         .limit(THROUGHPUT_SAMPLE_CALLS)
         .subquery()
