@@ -16,6 +16,15 @@ router = APIRouter()
 _markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
+def render_card(markdown: str) -> str:
+    """The model card as HTML, its headings moved under the page's own (h1 becomes h3)."""
+    tokens = _markdown.parse(markdown)
+    for token in tokens:
+        if token.type in ("heading_open", "heading_close"):
+            token.tag = f"h{min(6, int(token.tag[1]) + 2)}"
+    return _markdown.renderer.render(tokens, _markdown.options, {})
+
+
 @router.get("/runs")
 async def runs_page(request: Request) -> Response:
     root = state(request).settings.runs_dir
@@ -63,7 +72,7 @@ async def run_page(request: Request, run_id: str) -> Response:
             **_progress_context(run),
             "evaluation": read_json(run.path / "eval.json"),
             "config_text": read_text(run.path / "config.yaml"),
-            "card_html": _markdown.render(card) if card else None,
+            "card_html": render_card(card) if card else None,
         }
 
     return render(request, "run.html", nav="runs", **await run_in_threadpool(load))
