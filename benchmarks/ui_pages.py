@@ -25,7 +25,7 @@ from loraforge.hardware import describe
 from loraforge.store import Store
 from loraforge.store.models import Call, Feedback, utcnow
 from loraforge.ui import UISettings, create_ui_app
-from loraforge.ui.queries import rollup
+from loraforge.ui.queries.cache import CACHE
 
 TASKS = (("intent", 0.4), ("support", 0.25), ("extract", 0.2), ("summarize", 0.1), ("triage", 0.05))
 ROUTED = {"intent", "support"}
@@ -94,7 +94,7 @@ def time_pages(client: TestClient, first_id: str, repeat: int) -> tuple[dict[str
     """(first load with nothing cached, median of `repeat` loads after it) per page, in ms."""
     out, cold = {}, {}
     for name, path in pages(first_id):
-        rollup.clear()
+        CACHE.clear()
         t0 = time.perf_counter()
         resp = client.get(path)
         cold[name] = (time.perf_counter() - t0) * 1000

@@ -4,7 +4,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from loraforge.ui import UISettings, create_ui_app
-from loraforge.ui.queries import rollup
+from loraforge.ui.queries.cache import CACHE
 from tests.store.backends import BACKENDS, store_url_for
 from tests.ui.seed import Seeded, seed
 
@@ -12,7 +12,7 @@ from tests.ui.seed import Seeded, seed
 @pytest.fixture(scope="module", params=BACKENDS)
 def seeded(request, tmp_path_factory) -> Seeded:
     root = tmp_path_factory.mktemp("ui")
-    rollup.clear()  # the cache is per store URL, and the PostgreSQL test database is reused
+    CACHE.clear()  # it is keyed by store URL, and the PostgreSQL test database is reused
     return seed(store_url_for(request.param, root), root)
 
 

@@ -18,6 +18,7 @@ RUN_POLL_S = 3  # a running training's page refreshes its progress this often
 # Sums of completed days on the tasks page are re-read this often (a late spool replay or a prune shows
 # within it); today's calls are read on every load.
 ROLLUP_CACHE_S = 300
+DATA_CACHE_S = 30  # the tasks page's counts of feedback and corrections are at most this old
 SERVE_SCRAPE_TIMEOUT_S = 3.0
 # Adapter calls recent enough to estimate tokens/s from (when no --serve-url gauge is available).
 THROUGHPUT_SAMPLE_CALLS = 2000

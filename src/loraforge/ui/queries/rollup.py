@@ -6,21 +6,17 @@ page reads a day of calls, not a month. The first load reads the whole window (f
 migration 0005).
 """
 
-import threading
-import time
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
 from loraforge.store.models import Call
 from loraforge.store.store import Store
+from loraforge.ui.queries.cache import CACHE
 from loraforge.ui.queries.sql import day_of, served_group
 from loraforge.ui.settings import ROLLUP_CACHE_S
 
 Row = tuple[str, str, int, float, int]  # day, group, calls, USD, tokens
-
-_cache: dict[tuple[str, str, datetime, datetime], tuple[float, list[Row]]] = {}
-_lock = threading.Lock()
 
 
 def _query(store: Store, task: str, start: datetime, end: datetime | None) -> list[Row]:
@@ -41,24 +37,11 @@ def _query(store: Store, task: str, start: datetime, end: datetime | None) -> li
 
 def daily(store: Store, task: str, start: datetime, today: datetime) -> list[Row]:
     """Rows of every day from `start` (a UTC midnight) to now; days before `today` from the cache."""
-    key = (store.url, task, start, today)
-    now = time.monotonic()
-    with _lock:
-        hit = _cache.get(key)
-    if hit is None or hit[0] < now:
-        past = _query(store, task, start, today) if start < today else []
-        with _lock:
-            for stale in [k for k, (expires, _) in _cache.items() if expires < now]:
-                del _cache[stale]
-            _cache[key] = (now + ROLLUP_CACHE_S, past)
-    else:
-        past = hit[1]
+    past = []
+    if start < today:
+        key = ("daily", store.url, task, start, today)
+        past = CACHE.get_or_load(key, ROLLUP_CACHE_S, lambda: _query(store, task, start, today))
     return past + _query(store, task, max(start, today), None)
-
-
-def clear() -> None:
-    with _lock:
-        _cache.clear()
 
 
 def midnight(t: datetime) -> datetime:

@@ -13,9 +13,11 @@ from loraforge.cost.throughput import Throughput, throughput_from_calls
 from loraforge.store.models import Call, Comparison, Feedback, utcnow
 from loraforge.store.routes import current_routes
 from loraforge.store.store import Store
+from loraforge.ui.queries.cache import CACHE
 from loraforge.ui.queries.rollup import daily, midnight, window_start
 from loraforge.ui.queries.sql import GROUPS
 from loraforge.ui.settings import (
+    DATA_CACHE_S,
     FEWSHOT_MIN_EXAMPLES,
     FINETUNE_MIN_EXAMPLES,
     GOOD_SCORE,
@@ -127,8 +129,13 @@ def latest_comparison(store: Store, task: str) -> Comparison | None:
 def data_available(store: Store) -> dict[str, dict[str, int]]:
     """Per task, the examples its traffic offers: calls with good feedback, corrected calls, and both.
 
-    Read from the feedback (far fewer rows than calls), each looking up its call's task by primary key.
+    Read from the feedback (far fewer rows than calls), each looking up its call's task by primary key;
+    kept for `DATA_CACHE_S` (feedback trickles in; the page need not read all of it on every load).
     """
+    return CACHE.get_or_load(("data", store.url), DATA_CACHE_S, lambda: _data_available(store))
+
+
+def _data_available(store: Store) -> dict[str, dict[str, int]]:
     task_of = (
         select(Call.task)
         .where(Call.id == Feedback.call_id, Call.shadow_of.is_(None))
