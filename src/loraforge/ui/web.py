@@ -62,7 +62,8 @@ def fmt_time(value: datetime | None) -> str:
 def fmt_usd(value: float | None) -> str:
     if value is None:
         return "-"
-    return f"${value:,.2f}" if abs(value) >= 1 else f"${value:.4f}"
+    sign, value = ("-" if value < 0 else ""), abs(value)
+    return f"{sign}${value:,.2f}" if value >= 1 else f"{sign}${value:.4f}"
 
 
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
