@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from fastapi import APIRouter, Form
+from fastapi import APIRouter, Depends, Form
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -113,7 +113,18 @@ class RouteRequest:
         return what + (f" ({self.percent:g}% of calls)" if self.stage == "canary" else "")
 
 
-def _route_request(task, action, stage, adapter, percent, reason) -> RouteRequest:
+def route_form(
+    request: Request,
+    name: str = Form(...),
+    action: str = Form(...),
+    stage: str = Form(""),
+    adapter: str = Form(""),
+    percent: str = Form(""),
+    reason: str = Form(""),
+    csrf: str = Form(""),
+) -> RouteRequest:
+    """The route change a form posts, checked (token, action, route) before anything is shown or done."""
+    check_csrf(request, csrf)
     if action not in ROUTE_ACTIONS:
         raise UIError(400, f"action: choose one of {', '.join(ROUTE_ACTIONS)}")
     pct = None
@@ -126,23 +137,12 @@ def _route_request(task, action, stage, adapter, percent, reason) -> RouteReques
         if stage != "canary":
             pct = None  # the form always sends the field; it only means something for a canary
         validate_route(stage, adapter.strip(), pct, ("on-error",), 1)
-    return RouteRequest(task, action, stage, adapter.strip(), pct, reason.strip())
+    return RouteRequest(name, action, stage, adapter.strip(), pct, reason.strip())
 
 
 @router.post("/task/route/confirm")
-def confirm_route(
-    request: Request,
-    name: str = Form(...),
-    action: str = Form(...),
-    stage: str = Form(""),
-    adapter: str = Form(""),
-    percent: str = Form(""),
-    reason: str = Form(""),
-    csrf: str = Form(""),
-) -> Response:
-    check_csrf(request, csrf)
-    req = _route_request(name, action, stage, adapter, percent, reason)
-    current = latest_change(state(request).store, name)
+def confirm_route(request: Request, req: RouteRequest = Depends(route_form)) -> Response:
+    current = latest_change(state(request).store, req.task)
     return render(
         request,
         "route_confirm.html",
@@ -154,21 +154,12 @@ def confirm_route(
 
 @router.post("/task/route")
 def apply_route(
-    request: Request,
-    name: str = Form(...),
-    action: str = Form(...),
-    stage: str = Form(""),
-    adapter: str = Form(""),
-    percent: str = Form(""),
-    reason: str = Form(""),
-    confirm: str = Form(""),
-    csrf: str = Form(""),
+    request: Request, req: RouteRequest = Depends(route_form), confirm: str = Form("")
 ) -> Response:
     """Applies a confirmed change through the same functions as `loraforge route`."""
-    check_csrf(request, csrf)
     if confirm != "yes":
         raise UIError(400, "a route change must be confirmed")
-    req = _route_request(name, action, stage, adapter, percent, reason)
+    name = req.task
     store = state(request).store
     actor = _actor(request)
     reason_text = req.reason or None
