@@ -50,7 +50,7 @@ def ui(
         raise ConfigError(f"--serve-url {serve_url!r} must start with http:// or https://")
     opened = Store(store)  # fails here, with one line, when the store cannot be opened
     settings = UISettings(
-        store_url=store, api_key=api_key, runs_dir=runs_dir, serve_url=serve_url, window_days=days
+        store_url=store, api_key=api_key, runs_dir=runs_dir, serve_url=serve_url, window_days=days, warm=True
     )
     typer.echo(f"loraforge dashboard on http://{host}:{port}/ (store {opened!r})", err=True)
     uvicorn.run(create_ui_app(settings, opened), host=host, port=port, log_level=log_level, access_log=False)

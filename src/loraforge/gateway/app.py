@@ -214,6 +214,7 @@ def mount_ui(app: FastAPI, settings: GatewaySettings, store: Store) -> None:
         runs_dir=settings.ui_runs_dir,
         serve_url=settings.specialist_url,
         serve_api_key=settings.specialist_api_key,
+        warm=True,
     )
     app.mount("/ui", create_ui_app(ui, store))
 

@@ -1,5 +1,8 @@
 """The dashboard as an ASGI app: `loraforge ui` serves it alone; the gateway mounts it at /ui (`--ui`)."""
 
+import logging
+import threading
+
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -14,6 +17,7 @@ from loraforge.ui.pages import calls, comparisons, datasets, login, runs, servin
 from loraforge.ui.settings import UISettings
 from loraforge.ui.web import STATIC_DIR, UIError, UIState, render, url
 
+log = logging.getLogger("loraforge.ui")
 OPEN_PATHS = ("/login", "/static/")  # reachable without the key
 
 
@@ -21,6 +25,8 @@ def create_ui_app(settings: UISettings, store: Store | None = None) -> FastAPI:
     """The dashboard app; `store` is shared when given (the gateway's), else opened from the settings."""
     app = FastAPI(title="loraforge dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ui = UIState(settings, store)
+    if settings.warm:
+        threading.Thread(target=_warm, args=(app.state.ui,), daemon=True, name="ui-warm").start()
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for module in (login, tasks, calls, datasets, comparisons, runs, serving):
         app.include_router(module.router)
@@ -62,3 +68,13 @@ def create_ui_app(settings: UISettings, store: Store | None = None) -> FastAPI:
         return render(request, "error.html", 400, message=str(exc))
 
     return app
+
+
+def _warm(ui: UIState) -> None:
+    """The tasks page's first load reads a month of calls: done here, so no visitor waits for it."""
+    from loraforge.ui.pages.tasks import all_overviews
+
+    try:
+        all_overviews(ui.store, ui.settings.window_days)
+    except Exception as exc:  # the store is down or busy: the first visitor will load it instead
+        log.warning("dashboard: could not prepare the tasks page at start: %s", exc)

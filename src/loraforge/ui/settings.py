@@ -39,5 +39,6 @@ class UISettings:
     serve_url: str | None = None  # a `loraforge serve` base URL whose /metrics the serving page shows
     serve_api_key: str | None = None  # sent to it as a Bearer token
     window_days: int = WINDOW_DAYS
+    warm: bool = False  # compute the tasks page once at start, in the background (servers; not tests)
     # Form posts carry this token, so another site cannot make a browser change a route or post feedback.
     csrf_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))

@@ -30,13 +30,19 @@ router = APIRouter()
 ROUTE_ACTIONS = ("set", "rollback", "off")
 
 
-def _hardware(request: Request):
+def _hardware():
     from loraforge.cost.hardware import hardware_price
 
     try:
         return hardware_price()
     except ConfigError:
         return None
+
+
+def all_overviews(store, window: int) -> list:
+    """Every task's figures (the tasks page); also what warms the caches at start."""
+    routes, data, hardware = current_routes(store), data_available(store), _hardware()
+    return [overview(store, t, window, hardware, routes=routes, data=data) for t in list_tasks(store)]
 
 
 def _window(days: int | None, request: Request) -> int:
@@ -51,11 +57,7 @@ async def tasks_page(request: Request, days: int | None = None) -> Response:
     window = _window(days, request)
     store = state(request).store
 
-    def load():
-        routes, data, hardware = current_routes(store), data_available(store), _hardware(request)
-        return [overview(store, t, window, hardware, routes=routes, data=data) for t in list_tasks(store)]
-
-    views = await run_in_threadpool(load)
+    views = await run_in_threadpool(all_overviews, store, window)
     charts = {v.task: _chart(v) for v in views}
     return render(request, "tasks.html", nav="tasks", views=views, window=window, charts=script_json(charts))
 
@@ -73,7 +75,7 @@ async def task_page(
     store = ui.store
 
     def load():
-        view = overview(store, name, window, _hardware(request))
+        view = overview(store, name, window, _hardware())
         events = timeline(TimelineContext(store, name, ui.settings.runs_dir))
         return view, events, latest_change(store, name)
 

@@ -1,9 +1,9 @@
 """Calls per day of a task by who answered, with their cost and tokens: the tasks page's one big query.
 
 Completed days do not change (short of a late spool replay or a prune), so their sums are kept in memory
-for `ROLLUP_CACHE_S` and only today's calls are read again on every page: with a million calls the tasks
-page reads a day of calls, not a month. The first load reads the whole window (from the covering index of
-migration 0005).
+and re-read in the background every `ROLLUP_CACHE_S`; only today's calls are read on every page: with a
+million calls the tasks page reads a day of calls, not a month. The first load reads the whole window (from
+the covering index of migration 0005); `loraforge ui` and the gateway's `--ui` make it at start.
 """
 
 from datetime import datetime, timedelta
