@@ -21,10 +21,10 @@ def test_expired_entries_are_answered_while_one_refresh_runs():
     assert [cache.get_or_load("k", 0.01, load) for _ in range(3)] == [1, 1, 1]  # stale, not waiting
     assert time.monotonic() - started < 1 and len(calls) == 2  # one refresh, not three
     release.set()
-    deadline = time.monotonic() + 5
-    while cache.get_or_load("k", 60, load) != 2 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 5  # the refreshed value arrives (and, expiring fast, refreshes again)
+    while cache.get_or_load("k", 60, load) == 1 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert cache.get_or_load("k", 60, load) == 2
+    assert cache.get_or_load("k", 60, load) >= 2
 
 
 def test_a_failed_refresh_keeps_the_old_value():

@@ -55,6 +55,16 @@ def url(request: Request, path: str, **query: Any) -> str:
     return request.scope.get("root_path", "") + path + (f"?{urlencode(params)}" if params else "")
 
 
+def form_number(value: str, field: str) -> float | None:
+    """A number typed into a form field (None when left empty); anything else is a 400 naming the field."""
+    if not value.strip():
+        return None
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise UIError(400, f"{field} {value!r} is not a number") from exc
+
+
 def fmt_time(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
 

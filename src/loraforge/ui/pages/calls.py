@@ -23,7 +23,7 @@ from loraforge.ui.queries.calls import (
 from loraforge.ui.queries.sql import GROUPS
 from loraforge.ui.queries.tasks import list_tasks
 from loraforge.ui.settings import MAX_PAGE_SIZE, PAGE_SIZE
-from loraforge.ui.web import UIError, render, state, url
+from loraforge.ui.web import UIError, form_number, render, state, url
 
 router = APIRouter()
 
@@ -98,11 +98,8 @@ def add_feedback(
     """Stored through the same validation and store call as the gateway's POST /v1/feedback."""
     check_csrf(request, csrf)
     body: dict = {"call_id": call_id}
-    if score.strip():
-        try:
-            body["score"] = float(score)
-        except ValueError as exc:
-            raise UIError(400, f"score {score!r} is not a number") from exc
+    if (number := form_number(score, "score")) is not None:
+        body["score"] = number
     if corrected_output.strip():
         body["corrected_output"] = corrected_output
     if comment.strip():

@@ -24,7 +24,7 @@ from loraforge.store.routes import (
 from loraforge.ui.queries.tasks import data_available, list_tasks, overview
 from loraforge.ui.queries.timeline import SOURCES, TimelineContext, describe_route, timeline
 from loraforge.ui.settings import MAX_WINDOW_DAYS
-from loraforge.ui.web import UIError, render, script_json, state, url
+from loraforge.ui.web import UIError, form_number, render, script_json, state, url
 
 router = APIRouter()
 ROUTE_ACTIONS = ("set", "rollback", "off")
@@ -131,13 +131,8 @@ def route_form(
         raise UIError(400, f"action: choose one of {', '.join(ROUTE_ACTIONS)}")
     pct = None
     if action == "set":
-        if percent.strip():
-            try:
-                pct = float(percent)
-            except ValueError as exc:
-                raise UIError(400, f"percent {percent!r} is not a number") from exc
-        if stage != "canary":
-            pct = None  # the form always sends the field; it only means something for a canary
+        # The form always sends the field; it only means something for a canary.
+        pct = form_number(percent, "percent") if stage == "canary" else None
         validate_route(stage, adapter.strip(), pct, ("on-error",), 1)
     return RouteRequest(name, action, stage, adapter.strip(), pct, reason.strip())
 
