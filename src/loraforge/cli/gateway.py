@@ -76,6 +76,8 @@ def gateway(
         help="Listen beyond loopback without --api-key: anyone who reaches the gateway can then spend the "
         "upstream key and post feedback that becomes training data.",
     ),
+    ui: bool = typer.Option(False, "--ui", help="Serve the dashboard (`loraforge ui`) at /ui too."),
+    ui_runs_dir: Path = typer.Option(Path("runs"), "--ui-runs-dir", help="The dashboard's training runs."),
 ) -> None:
     """Proxy /v1/chat/completions and /v1/completions to UPSTREAM and log every call to the store."""
     import uvicorn
@@ -104,11 +106,15 @@ def gateway(
         specialist_api_key=specialist_key,
         route_refresh_s=route_refresh,
         fewshot_refresh_s=fewshot_refresh,
+        ui=ui,
+        ui_runs_dir=ui_runs_dir,
     )
     asgi = create_app(settings)
     if not api_key:
         _warn_no_key(host, upstream_api_key_env)
     typer.echo(f"loraforge gateway on http://{host}:{port}/v1 -> {upstream_url}", err=True)
+    if ui:
+        typer.echo(f"dashboard on http://{host}:{port}/ui/", err=True)
     uvicorn.run(asgi, host=host, port=port, log_level=log_level, access_log=False)
 
 

@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "compare",
     "report",
     "flywheel",
+    "ui",
 ]
 
 

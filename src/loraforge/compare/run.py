@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from loraforge.compare.disagreements import disagreements
 from loraforge.compare.fewshot import fewshot_inputs
 from loraforge.compare.gate import evaluate_gate, parse_gate
 from loraforge.compare.items import Item, dataset_items, inputs_hash, shadow_items
@@ -111,6 +112,7 @@ def run_comparison(
         "cost_basis": basis,
         "gate": req.gate,
         "gate_passed": None,
+        "disagreements": disagreements(source.items),
     }
     if req.gate:
         result["gate_passed"] = evaluate_gate(req.gate, *point_values(result))

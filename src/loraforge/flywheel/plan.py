@@ -22,6 +22,7 @@ FINETUNE = "finetune"
 # an adapter has too little to learn from and hold out. Starting points: `compare` decides between them.
 FEWSHOT_MIN_EXAMPLES = 8
 FINETUNE_MIN_EXAMPLES = 100
+GOOD_SCORE = 1.0  # a feedback score at least this makes a call a good example (`--min-score`)
 HEADLINE_METRICS = ("accuracy", "field_accuracy", "exact_match", "rouge_l", "win_rate")
 
 
@@ -50,7 +51,7 @@ class Plan:
         return data
 
 
-def data_counts(store: Store, task: str, min_score: float = 1.0) -> dict[str, int]:
+def data_counts(store: Store, task: str, min_score: float = GOOD_SCORE) -> dict[str, int]:
     """Logged calls of the task, how many a person reviewed, and how many of those are good examples
     (corrected, or scored >= min_score)."""
     latest = select(Feedback.call_id, func.max(Feedback.id).label("id")).group_by(Feedback.call_id).subquery()
@@ -106,7 +107,7 @@ def make_plan(
     store: Store,
     task: str,
     *,
-    min_score: float = 1.0,
+    min_score: float = GOOD_SCORE,
     fewshot_min: int = FEWSHOT_MIN_EXAMPLES,
     finetune_min: int = FINETUNE_MIN_EXAMPLES,
 ) -> Plan:

@@ -206,7 +206,24 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.router.add_route("/v1/feedback", feedback, methods=["POST"])
     app.router.add_route("/health", health, methods=["GET"])
     app.router.add_route("/metrics", prometheus, methods=["GET"])
+    if settings.ui:
+        mount_ui(app, settings, store)
     return app
+
+
+def mount_ui(app: FastAPI, settings: GatewaySettings, store: Store) -> None:
+    """The dashboard at /ui, on the gateway's store and key; its serving page shows the specialist."""
+    from loraforge.ui import UISettings, create_ui_app
+
+    ui = UISettings(
+        store_url=settings.store_url,
+        api_key=settings.api_key,
+        runs_dir=settings.ui_runs_dir,
+        serve_url=settings.specialist_url,
+        serve_api_key=settings.specialist_api_key,
+        warm=True,
+    )
+    app.mount("/ui", create_ui_app(ui, store))
 
 
 def _too_large(limit: int) -> GatewayError:

@@ -53,6 +53,8 @@ class GatewaySettings:
     route_refresh_s: float = 2.0  # how often routes are re-read from the store
     shadow_concurrency: int = 8  # shadow requests in flight at most; more are dropped, not queued
     fewshot_refresh_s: float = DEFAULT_REFRESH_S  # how often few-shot tasks' good examples are re-read
+    ui: bool = False  # mount the dashboard (`loraforge ui`) at /ui, behind the same API key
+    ui_runs_dir: Path = Path("runs")  # the dashboard's training runs
 
     def resolved_store_url(self) -> str:
         return resolve_store_url(self.store_url)
