@@ -25,8 +25,8 @@ def train(
     nproc: int | None = typer.Option(
         None,
         "--nproc",
-        help="Data-parallel training in N processes on this machine (torchrun; DDP, or FSDP with "
-        "trainer.strategy=fsdp): one per GPU, or per CPU core with gloo. Same global batch as one process.",
+        help="Data-parallel training (DDP) in N processes on this machine, started by torchrun's launcher: "
+        "one per GPU (NCCL) or per CPU core (gloo). Same global batch as one process.",
     ),
 ) -> None:
     """Train a LoRA adapter; writes adapter/, metrics.jsonl, loss.png, eval.json and README.md."""
