@@ -141,27 +141,20 @@ def serve(
     )
     spec = ServerSpec(config, max_waiting, extra, api_key, admin_api_key, adapter_root)
     if ray:
-        _serve_on_ray(
-            spec, host, port, replicas, autoscale, max_adapters_per_replica, replica_cpus, ray_address
+        from loraforge.serve.ray_serve.launch import import_ray, serve_until_interrupted
+        from loraforge.serve.ray_serve.options import parse_autoscale
+
+        options = RayServeOptions(
+            replicas=replicas,
+            autoscale=parse_autoscale(autoscale) if autoscale is not None else None,
+            max_adapters_per_replica=max_adapters_per_replica,
+            replica_cpus=replica_cpus,
         )
+        import_ray()  # a clear error before anything starts when Ray is not installed
+        serve_until_interrupted(spec, options, host, port, ray_address)
         return
     import uvicorn
 
     engine, app = spec.build()
     typer.echo(f"serving {engine.model_name} ({engine.engine.dtype}) on http://{host}:{port}/v1", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
-
-
-def _serve_on_ray(spec, host, port, scaling, ray_address) -> None:
-    from loraforge.serve.ray_serve.launch import import_ray, serve_until_interrupted
-    from loraforge.serve.ray_serve.options import RayServeOptions, parse_autoscale
-
-    replicas, autoscale, max_adapters, replica_cpus = scaling
-    options = RayServeOptions(
-        replicas=replicas,
-        autoscale=parse_autoscale(autoscale) if autoscale is not None else None,
-        max_adapters_per_replica=max_adapters,
-        replica_cpus=replica_cpus,
-    )
-    import_ray()  # a clear error before anything starts when Ray is not installed
-    serve_until_interrupted(spec, options, host, port, ray_address)
