@@ -72,7 +72,7 @@ def shutdown() -> None:
 
 
 class _CompletionLoss(torch.nn.Module):
-    """completion_loss as a module, so DDP sees the forward pass they hook their gradient sync into."""
+    """completion_loss as a module, so DDP sees the forward pass it hooks its gradient sync into."""
 
     def __init__(self, causal_lm) -> None:
         super().__init__()
@@ -146,22 +146,14 @@ class DistributedLoraTrainer(LoraTrainer):
 
         return contextlib.nullcontext() if last else self.parallel.no_sync()
 
-    @torch.no_grad()
-    def evaluate_loss(self) -> float | None:
-        """The validation loss, each rank scoring its share of the examples."""
-        if not self.validation:
-            return None
-        self.model.eval()
-        order = sorted(range(len(self.validation)), key=lambda i: len(self.validation[i]))
-        mine = order[self.context.rank :: self.context.world_size]
-        sums = torch.zeros(2, dtype=torch.float64)
-        for start in range(0, len(mine), self.config.batch_size):
-            batch = self._to_device(mine[start : start + self.config.batch_size], self.validation)
-            loss, n = completion_loss(self.model.get_base_model(), **batch)
-            sums += torch.tensor([float(loss) * n, float(n)], dtype=torch.float64)
+    def _share(self, indices: list[int]) -> list[int]:
+        """Each rank scores its share of the validation examples."""
+        return indices[self.context.rank :: self.context.world_size]
+
+    def _sum_over_ranks(self, total: float, count: int) -> tuple[float, int]:
+        sums = torch.tensor([total, float(count)], dtype=torch.float64)
         dist.all_reduce(sums)
-        self.model.train()
-        return sums[0].item() / max(sums[1].item(), 1.0)
+        return sums[0].item(), int(sums[1].item())
 
     def _save_checkpoint(self, state: TrainerState, best) -> None:
         """Rank 0 writes, with every rank's RNG state (gathered) so a resumed run draws the same dropout."""

@@ -103,12 +103,13 @@ class LoraTrainer:
         if not self.validation:
             return None
         self.model.eval()
-        order = sorted(range(len(self.validation)), key=lambda i: len(self.validation[i]))
+        order = self._share(sorted(range(len(self.validation)), key=lambda i: len(self.validation[i])))
         total, count = 0.0, 0
         for start in range(0, len(order), self.config.batch_size):
             batch = self._to_device(order[start : start + self.config.batch_size], self.validation)
             loss, n = completion_loss(self.model.get_base_model(), **batch)
             total, count = total + float(loss) * n, count + n
+        total, count = self._sum_over_ranks(total, count)
         self.model.train()
         return total / max(count, 1)
 
@@ -189,7 +190,14 @@ class LoraTrainer:
             stopped_early=stopped_early,
         )
 
-    # The three steps a data-parallel trainer (train/distributed.py) does differently.
+    # What a data-parallel trainer (train/distributed.py) does differently.
+    def _share(self, indices: list[int]) -> list[int]:
+        """This process's part of the validation examples: all of them."""
+        return indices
+
+    def _sum_over_ranks(self, total: float, count: int) -> tuple[float, int]:
+        return total, count
+
     def _start(self, resume: bool) -> tuple[TrainerState, dict[str, torch.Tensor] | None]:
         """The state to start from: the last checkpoint's when resuming, else a fresh, seeded one."""
         checkpoint = latest_checkpoint(self.checkpoints) if resume else None

@@ -1,16 +1,17 @@
-"""One local Ray cluster for the Ray Serve tests (2 CPUs, loopback), shut down at the end of the module."""
+"""One local Ray cluster for the Ray Serve tests (2 CPUs, loopback), shut down after the last of them."""
 
 import pytest
 
 from loraforge.serve.engine import EngineConfig
 from loraforge.serve.spec import ServerSpec
+from tests.gateway.servers import free_port
 from tests.serve.conftest import write_random_adapter
 
 API_KEY = "ray-key"
 NUM_ADAPTERS = 8
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def ray_cluster():
     import ray
     from ray import serve
@@ -41,3 +42,9 @@ def ray_adapters(tiny_model_dir, tmp_path_factory):
 def spec(tiny_model_dir, ray_adapters) -> ServerSpec:
     config = EngineConfig(model=str(tiny_model_dir), precision="fp32", adapter_dir=ray_adapters, block_size=8)
     return ServerSpec(config, api_key=API_KEY)
+
+
+@pytest.fixture(scope="package")
+def port(ray_cluster) -> int:
+    """The Ray entry point's port (Serve's HTTP proxy binds it once per cluster)."""
+    return free_port()

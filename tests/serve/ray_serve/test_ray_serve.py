@@ -9,7 +9,6 @@ import pytest
 
 from loraforge.serve.ray_serve.launch import deploy
 from loraforge.serve.ray_serve.options import APP_NAME, REPLICA_HEADER, RayServeOptions
-from tests.gateway.servers import free_port
 from tests.serve.api.conftest import start_server
 from tests.serve.ray_serve.conftest import API_KEY, NUM_ADAPTERS
 
@@ -67,11 +66,6 @@ def per_replica_requests(url: str, replicas: int) -> dict[str, dict[str, float]]
         if len(seen) == replicas:
             return seen
     raise AssertionError(f"only {len(seen)} of {replicas} replicas answered /metrics")
-
-
-@pytest.fixture(scope="module")
-def port(ray_cluster) -> int:
-    return free_port()
 
 
 def test_two_replicas_answer_like_the_plain_server_with_adapter_affinity(spec, port, tiny_model_dir):
