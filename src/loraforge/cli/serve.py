@@ -8,8 +8,10 @@ from loraforge.cli.main import app
 from loraforge.errors import ConfigError
 from loraforge.models.aliases import DEFAULT_MODEL
 from loraforge.serve.limits import ServeLimits
+from loraforge.serve.ray_serve.options import RayServeOptions
 
 _LIM = ServeLimits()  # the defaults of every limit flag
+_RAY = RayServeOptions()  # the defaults of the --ray flags
 
 
 @app.command()
@@ -73,13 +75,35 @@ def serve(
     max_adapter_rank: int = typer.Option(
         _LIM.max_adapter_rank, "--max-adapter-rank", min=1, help="Highest LoRA rank of a loaded adapter."
     ),
+    ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="Run replicas of this server on Ray Serve behind one entry point (loraforge[ray]).",
+    ),
+    replicas: int = typer.Option(
+        _RAY.replicas, "--replicas", min=1, help="--ray: a fixed number of replicas."
+    ),
+    autoscale: str | None = typer.Option(
+        None, "--autoscale", metavar="MIN,MAX", help="--ray: scale on ongoing requests; MIN 0 scales to zero."
+    ),
+    max_adapters_per_replica: int = typer.Option(
+        _RAY.max_adapters_per_replica,
+        "--max-adapters-per-replica",
+        min=1,
+        help="--ray: adapters resident per replica (LRU); requests go to replicas that hold theirs.",
+    ),
+    replica_cpus: float = typer.Option(
+        _RAY.replica_cpus, "--replica-cpus", min=0.01, help="--ray: Ray CPUs reserved per replica."
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        help="--ray: an existing cluster (auto, HOST:6379, ray://HOST:10001); default: start one.",
+    ),
 ) -> None:
     """Serve the base model and its LoRA adapters with an OpenAI-compatible API."""
-    import uvicorn
-
-    from loraforge.serve.api import create_app
     from loraforge.serve.engine import EngineConfig
-    from loraforge.serve.engine.async_engine import AsyncEngine
+    from loraforge.serve.spec import ServerSpec
 
     if precision not in {"auto", "fp32", "bf16"}:
         raise ConfigError(f"--precision must be auto, fp32 or bf16, not '{precision}'")
@@ -115,9 +139,22 @@ def serve(
         num_threads=threads,
         limits=limits,
     )
-    engine = AsyncEngine(config, max_waiting=max_waiting)
-    for name, path in extra.items():
-        engine.engine.adapters.register(name, path)
+    spec = ServerSpec(config, max_waiting, extra, api_key, admin_api_key, adapter_root)
+    if ray:
+        from loraforge.serve.ray_serve.launch import import_ray, serve_until_interrupted
+        from loraforge.serve.ray_serve.options import parse_autoscale
+
+        options = RayServeOptions(
+            replicas=replicas,
+            autoscale=parse_autoscale(autoscale) if autoscale is not None else None,
+            max_adapters_per_replica=max_adapters_per_replica,
+            replica_cpus=replica_cpus,
+        )
+        import_ray()  # a clear error before anything starts when Ray is not installed
+        serve_until_interrupted(spec, options, host, port, ray_address)
+        return
+    import uvicorn
+
+    engine, app = spec.build()
     typer.echo(f"serving {engine.model_name} ({engine.engine.dtype}) on http://{host}:{port}/v1", err=True)
-    app = create_app(engine, api_key=api_key, admin_api_key=admin_api_key, adapter_root=adapter_root)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -76,6 +76,9 @@ class TrainerConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     quantization: Literal["none", "4bit"] = Field("none", description="4bit = QLoRA via bitsandbytes (CUDA).")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="Data parallelism under torchrun / --nproc; fsdp is not run yet (a clear error)."
+    )
     eval_every: int | None = Field(None, gt=0, description="Steps between validation-loss evaluations.")
     early_stopping_patience: int | None = Field(None, gt=0, description="Evaluations without improvement.")
     checkpoint_every: int | None = Field(None, gt=0)

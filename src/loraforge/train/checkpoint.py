@@ -39,9 +39,16 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(
-    directory: Path, model, optimizer, scheduler, state: TrainerState, best: dict[str, torch.Tensor] | None
+    directory: Path,
+    model,
+    optimizer,
+    scheduler,
+    state: TrainerState,
+    best: dict[str, torch.Tensor] | None,
+    extra: dict[str, object] | None = None,
 ) -> None:
-    """Everything `--resume` needs, including the best adapter so far (early stopping hands that one back)."""
+    """Everything `--resume` needs, including the best adapter so far (early stopping hands that one back).
+    `extra`: more files (name -> tensors, plain values), torch.save'd inside the same atomic rename."""
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -59,6 +66,8 @@ def save_checkpoint(
         },
         tmp / "optimizer.pt",
     )
+    for name, value in (extra or {}).items():
+        torch.save(value, tmp / name)
     (tmp / STATE_FILE).write_text(json.dumps(asdict(state)))
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)

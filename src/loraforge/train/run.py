@@ -14,10 +14,11 @@ from loraforge.errors import ConfigError
 from loraforge.evaluate.generation import ADAPTER, GenerationModel
 from loraforge.evaluate.runner import evaluate_records, open_backend, select_rows, write_report
 from loraforge.models import load_tokenizer, resolve_model
+from loraforge.train import distributed
 from loraforge.train.checkpoint import latest_checkpoint, read_state
 from loraforge.train.metrics_log import MetricsLog, plot_losses
 from loraforge.train.model_card import write_model_card
-from loraforge.train.model_setup import add_lora, choose_placement, load_base_for_training
+from loraforge.train.model_setup import Placement, add_lora, choose_placement, load_base_for_training
 from loraforge.train.trainer import LoraTrainer
 
 
@@ -34,13 +35,27 @@ def run_training(
     """Train an adapter as `config` says into `output_dir`.
 
     Returns {"summary": ..., "eval": eval report or None, "model": the trained PEFT model in memory}.
+    Under torchrun (WORLD_SIZE set) the ranks train together and only rank 0 writes files and evaluates.
     """
+    context = distributed.from_environment()
+    try:
+        return _run(config, output_dir, context, resume, evaluate, baseline, show_progress, on_step)
+    finally:
+        if context is not None:
+            distributed.shutdown()
+
+
+def _run(config, output_dir, context, resume, evaluate, baseline, show_progress, on_step) -> dict:
+    main = context is None or context.is_main
     checkpoint = latest_checkpoint(output_dir / "checkpoints") if resume else None
     if resume and checkpoint is None:
         raise ConfigError(f"--resume: no checkpoint found under {output_dir / 'checkpoints'}")
     resolved = resolve_model(config.base_model)
     tokenizer = load_tokenizer(resolved)
     placement = choose_placement(config.trainer)
+    if context is not None:
+        device = distributed.init_process_group(context, placement.device, config.trainer.strategy)
+        placement = Placement(device=device, dtype=placement.dtype)
     splits = load_splits(config.data)
     builder = ExampleBuilder(config.prompt, config.target, tokenizer)
     max_length = config.trainer.max_seq_length
@@ -50,14 +65,21 @@ def run_training(
     base = load_base_for_training(resolved, config.trainer, placement)
     torch.manual_seed(config.trainer.seed)  # the LoRA init is random: same seed, same starting adapter
     model = add_lora(base, config.adapter)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(dump_config(config))
     resumed_step = read_state(checkpoint).step if checkpoint else None
-    metrics = MetricsLog(output_dir / "metrics.jsonl", truncate_after_step=resumed_step)
-    trainer = LoraTrainer(
-        model, train, validation, config.trainer, output_dir, tokenizer.pad_token_id, placement.device
-    )
-    result = trainer.train(metrics, resume=resume, on_step=on_step, show_progress=show_progress)
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(dump_config(config))
+        metrics = MetricsLog(output_dir / "metrics.jsonl", truncate_after_step=resumed_step)
+    else:
+        metrics = distributed.NoMetrics()
+    args = (model, train, validation, config.trainer, output_dir, tokenizer.pad_token_id, placement.device)
+    if context is None:
+        trainer = LoraTrainer(*args)
+    else:
+        trainer = distributed.DistributedLoraTrainer(*args, context=context, strategy=config.trainer.strategy)
+    result = trainer.train(metrics, resume=resume, on_step=on_step, show_progress=show_progress and main)
+    if not main:
+        return {"summary": None, "eval": None, "model": model}
 
     model.save_pretrained(output_dir / "adapter", safe_serialization=True)
     tokenizer.save_pretrained(output_dir / "adapter")
@@ -74,6 +96,7 @@ def run_training(
         "best_eval_loss": result.best_eval_loss,
         "stopped_early": result.stopped_early,
         "device": placement.device,
+        "processes": context.world_size if context else 1,
         "dtype": str(placement.dtype).removeprefix("torch."),
     }
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

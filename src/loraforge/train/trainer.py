@@ -103,12 +103,13 @@ class LoraTrainer:
         if not self.validation:
             return None
         self.model.eval()
-        order = sorted(range(len(self.validation)), key=lambda i: len(self.validation[i]))
+        order = self._share(sorted(range(len(self.validation)), key=lambda i: len(self.validation[i])))
         total, count = 0.0, 0
         for start in range(0, len(order), self.config.batch_size):
             batch = self._to_device(order[start : start + self.config.batch_size], self.validation)
             loss, n = completion_loss(self.model.get_base_model(), **batch)
             total, count = total + float(loss) * n, count + n
+        total, count = self._sum_over_ranks(total, count)
         self.model.train()
         return total / max(count, 1)
 
@@ -119,13 +120,7 @@ class LoraTrainer:
         on_step: Callable[[TrainerState], None] | None = None,
         show_progress: bool = True,
     ) -> TrainResult:
-        state, best = TrainerState(), None
-        checkpoint = latest_checkpoint(self.checkpoints) if resume else None
-        if checkpoint is not None:
-            state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
-            best = load_best(checkpoint)
-        else:
-            torch.manual_seed(self.config.seed)
+        state, best = self._start(resume)
         tokens_before = state.tokens_seen
         causal_lm = self.model.get_base_model()
         stream = self._micro_batches(state)
@@ -137,13 +132,7 @@ class LoraTrainer:
         with progress:
             while state.step < self.total_steps:
                 started = time.perf_counter()
-                step_loss, step_tokens = 0.0, 0
-                for _ in range(self.config.gradient_accumulation):
-                    batch = self._to_device(next(stream), self.train_examples)
-                    loss, _ = completion_loss(causal_lm, **batch)
-                    (loss / self.config.gradient_accumulation).backward()
-                    step_loss += float(loss.detach()) / self.config.gradient_accumulation
-                    step_tokens += int(batch["attention_mask"].sum())
+                step_loss, step_tokens = self._forward_backward(causal_lm, stream)
                 torch.nn.utils.clip_grad_norm_(
                     [p for p in self.model.parameters() if p.requires_grad], self.config.max_grad_norm
                 )
@@ -181,15 +170,7 @@ class LoraTrainer:
                         if patience and state.evals_without_improvement >= patience:
                             stopped_early = True
                 if self._due(self.config.checkpoint_every, state.step):
-                    save_checkpoint(
-                        self.checkpoints / f"step-{state.step}",
-                        self.model,
-                        self.optimizer,
-                        self.scheduler,
-                        state,
-                        best,
-                    )
-                    prune_checkpoints(self.checkpoints)
+                    self._save_checkpoint(state, best)
                 if on_step is not None:
                     on_step(state)
                 if stopped_early:
@@ -208,6 +189,39 @@ class LoraTrainer:
             best_eval_loss=state.best_eval_loss,
             stopped_early=stopped_early,
         )
+
+    # What a data-parallel trainer (train/distributed.py) does differently.
+    def _share(self, indices: list[int]) -> list[int]:
+        """This process's part of the validation examples: all of them."""
+        return indices
+
+    def _sum_over_ranks(self, total: float, count: int) -> tuple[float, int]:
+        return total, count
+
+    def _start(self, resume: bool) -> tuple[TrainerState, dict[str, torch.Tensor] | None]:
+        """The state to start from: the last checkpoint's when resuming, else a fresh, seeded one."""
+        checkpoint = latest_checkpoint(self.checkpoints) if resume else None
+        if checkpoint is None:
+            torch.manual_seed(self.config.seed)
+            return TrainerState(), None
+        state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
+        return state, load_best(checkpoint)
+
+    def _forward_backward(self, causal_lm, stream: Iterator[list[int]]) -> tuple[float, int]:
+        """One optimizer step's micro-batches, gradients accumulated: (mean loss, tokens)."""
+        step_loss, step_tokens = 0.0, 0
+        for _ in range(self.config.gradient_accumulation):
+            batch = self._to_device(next(stream), self.train_examples)
+            loss, _ = completion_loss(causal_lm, **batch)
+            (loss / self.config.gradient_accumulation).backward()
+            step_loss += float(loss.detach()) / self.config.gradient_accumulation
+            step_tokens += int(batch["attention_mask"].sum())
+        return step_loss, step_tokens
+
+    def _save_checkpoint(self, state: TrainerState, best: dict[str, torch.Tensor] | None) -> None:
+        directory = self.checkpoints / f"step-{state.step}"
+        save_checkpoint(directory, self.model, self.optimizer, self.scheduler, state, best)
+        prune_checkpoints(self.checkpoints)
 
     def _due(self, every: int | None, step: int) -> bool:
         return bool(every) and (step % every == 0 or step == self.total_steps)

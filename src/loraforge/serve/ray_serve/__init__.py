@@ -1,0 +1,1 @@
+"""`loraforge serve --ray`: replicas of the server on Ray Serve, with adapter affinity and autoscaling."""
