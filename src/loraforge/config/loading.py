@@ -63,17 +63,24 @@ def validate_config(raw: Any) -> FineTuneConfig:
         raise ConfigError(f"invalid config: {format_validation_error(exc)}") from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> FineTuneConfig:
-    """Load and validate a fine-tuning config file with optional `key.path=value` overrides."""
-    path = Path(path)
+def read_yaml_mapping(path: Path, kind: str, shape: str) -> dict:
+    """A YAML file's top-level mapping; ConfigError naming the file for a missing file, bad YAML or another
+    shape (`kind`: "config"; `shape`: what the mapping holds, for the message)."""
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{kind} file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the config must be a YAML mapping of sections")
+        raise ConfigError(f"{path}: the {kind} must be a YAML mapping of {shape}")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> FineTuneConfig:
+    """Load and validate a fine-tuning config file with optional `key.path=value` overrides."""
+    path = Path(path)
+    raw = read_yaml_mapping(path, "config", "sections")
     for text in overrides or []:
         keys, value = parse_override(text)
         apply_override(raw, keys, value)

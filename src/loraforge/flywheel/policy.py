@@ -21,11 +21,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from loraforge.compare.gate import parse_gate
-from loraforge.config.loading import format_validation_error, parse_override
+from loraforge.config.loading import format_validation_error, parse_override, read_yaml_mapping
 from loraforge.errors import ConfigError, LoraforgeError
 from loraforge.evaluate.runner import load_labels
 from loraforge.spans import span_seconds
@@ -203,14 +202,7 @@ class FlywheelPolicy(Section):
 
 def load_policy(path: Path) -> FlywheelPolicy:
     """Read and validate a policy file; relative paths in it are taken from the file's folder."""
-    if not path.is_file():
-        raise ConfigError(f"policy file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a policy is a YAML mapping (task, train, serving, ...)")
+    raw = read_yaml_mapping(path, "policy", "sections (task, train, serving, ...)")
     try:
         policy = FlywheelPolicy.model_validate(raw)
     except ValidationError as exc:
