@@ -7,7 +7,7 @@ import typer
 from loraforge.cli.main import app
 from loraforge.errors import ConfigError
 from loraforge.models.aliases import DEFAULT_MODEL
-from loraforge.serve.limits import ServeLimits
+from loraforge.serve.limits import MAX_ADAPTER_BYTES, MAX_ADAPTERS, ServeLimits
 
 _LIM = ServeLimits()  # the defaults of every limit flag
 
@@ -27,9 +27,11 @@ def serve(
     adapters: list[str] = typer.Option(
         [], "--adapter", help="Extra adapter by path: --adapter NAME=DIR (repeatable)."
     ),
-    max_adapters: int = typer.Option(128, "--max-adapters", min=1, help="Resident adapters (LRU beyond)."),
+    max_adapters: int = typer.Option(
+        MAX_ADAPTERS, "--max-adapters", min=1, help="Resident adapters (LRU beyond)."
+    ),
     max_adapter_mb: int = typer.Option(
-        8192, "--max-adapter-mb", min=1, help="Resident adapter memory (LRU)."
+        MAX_ADAPTER_BYTES >> 20, "--max-adapter-mb", min=1, help="Resident adapter memory (LRU)."
     ),
     max_num_seqs: int = typer.Option(128, "--max-num-seqs", min=1, help="Sequences in the running batch."),
     max_waiting: int = typer.Option(256, "--max-waiting", min=1, help="Queued requests before 429."),
@@ -117,7 +119,7 @@ def serve(
     )
     engine = AsyncEngine(config, max_waiting=max_waiting)
     for name, path in extra.items():
-        engine.engine.adapters.register(name, path)
-    typer.echo(f"serving {engine.model_name} ({engine.engine.dtype}) on http://{host}:{port}/v1", err=True)
+        engine.register_adapter(name, path)
+    typer.echo(f"serving {engine.model_name} ({engine.dtype}) on http://{host}:{port}/v1", err=True)
     app = create_app(engine, api_key=api_key, admin_api_key=admin_api_key, adapter_root=adapter_root)
     uvicorn.run(app, host=host, port=port, log_level="info")
