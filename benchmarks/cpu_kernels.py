@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from loraforge.hardware import describe
-from loraforge.serve.engine.attention import decode_attention
-from loraforge.serve.engine.cpu_kernels import cpu_kernels
-from loraforge.serve.engine.kv_cache import KVCache
-from loraforge.serve.engine.linear import pack, packed_linear
-from loraforge.serve.engine.lora_math import PROJECTIONS, LoRABatch, LoRAWeights
+from loraforge.serve.kernels.loader import cpu_kernels
+from loraforge.serve.kernels.ops import TORCH_OPS, KernelOps, decode_attention
+from loraforge.serve.lora.batch import LoRABatch
+from loraforge.serve.lora.weights import LoRAWeights
+from loraforge.serve.model.kv_cache import KVCache
+from loraforge.serve.model.linear import pack, packed_linear
+from loraforge.serve.model.projections import PROJECTIONS
 
 DIMS = {"hidden_size": 576, "q_size": 576, "kv_size": 192, "intermediate_size": 1536}
 LAYERS, HEADS, KV_HEADS, HEAD_DIM, VOCAB = 30, 9, 3, 64, 49152
@@ -48,14 +50,14 @@ def lora_case(kernels, repeats: int) -> dict[str, float]:
         weights.A[p].normal_()
         for b in weights.B[p]:
             b.normal_()
-    batch = LoRABatch.build([slot for slot in range(1, 33) for _ in range(2)])
-    xs = {p: torch.randn(64, DIMS[din]).bfloat16() for p, (din, _) in PROJECTIONS.items()}
-    widths = {p: sum(DIMS[d] for _, d in subs) for p, (_, subs) in PROJECTIONS.items()}
+    batch = LoRABatch.build([index for index in range(1, 33) for _ in range(2)])
+    xs = {p: torch.randn(64, DIMS[proj.in_dim]).bfloat16() for p, proj in PROJECTIONS.items()}
+    widths = {p: sum(DIMS[d] for _, d in proj.parts) for p, proj in PROJECTIONS.items()}
     outs = {p: torch.zeros(64, widths[p]).bfloat16() for p in PROJECTIONS}
 
     def run(with_kernels):
         def step():
-            weights.kernels = kernels if with_kernels else None
+            weights.ops = KernelOps(kernels) if with_kernels else TORCH_OPS
             for layer in range(LAYERS):
                 for p in PROJECTIONS:
                     weights.add(layer, p, xs[p], outs[p], batch)

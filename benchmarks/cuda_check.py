@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the tests' helpers: tiny model, random adapters, the HF reference
 
 SHAPES = {  # random-weight stand-ins for real checkpoints, same shapes
     "smollm2-1.7b": {
@@ -92,11 +91,13 @@ def build_random_llama(directory: Path, shape: str, tokenizer_dir: Path) -> Path
 
 def check_equality(work: Path) -> bool:
     """Part 1: the engine on the GPU against HF + PEFT on the CPU, fp32, mixed batch; then preemption."""
-    from tests.serve.conftest import hf_greedy, make_adapter_registry
-    from tests.serve.engine.test_equality import ADAPTERS, MAX_NEW, PROMPTS
     from transformers import AutoTokenizer
 
     from loraforge.models.tiny import build_tiny_llama
+    from loraforge.models.tiny_adapters import EQUALITY_ADAPTERS as ADAPTERS
+    from loraforge.models.tiny_adapters import EQUALITY_MAX_NEW as MAX_NEW
+    from loraforge.models.tiny_adapters import EQUALITY_PROMPTS as PROMPTS
+    from loraforge.models.tiny_adapters import hf_greedy, make_adapter_registry
     from loraforge.serve.engine import Engine, EngineConfig, SamplingParams
 
     model_dir = build_tiny_llama(work / "tiny")

@@ -267,7 +267,8 @@ def main() -> None:
         b1_hf = max(b1_hf, hf_batch1(hf_model, ids[0], max_tokens))
     del hf_model
     m = engine.model
-    linears = [m.lm_head] + [lin for ly in m.layers for lin in (ly.qkv, ly.o, ly.gate_up, ly.down)]
+    per_layer = [(ly.attn.qkv, ly.attn.o, ly.mlp.gate_up, ly.mlp.down) for ly in m.layers]
+    linears = [m.lm_head] + [lin for layer in per_layer for lin in layer]
     base_mib = sum(lin.shape.numel() * lin.dtype.itemsize for lin in linears) / (1 << 20)
     cold_ms, cold_total = cold_load_ms(engine, ids[0], names[n_adapters : n_adapters + 5])
     del engine

@@ -3,8 +3,8 @@
 The project runs on every x86-64 CPU (and other architectures, more slowly); the fast paths depend on:
 - bf16 arithmetic in hardware (AMX or AVX512-BF16): where it is missing, bf16 matmuls are emulated and fp32
   is faster, so `pick_dtype` chooses fp32 (models/loading.py);
-- AVX-512 BW/VL/DQ or AVX-NE-CONVERT: what oneDNN needs to pack bf16 weights (serve/engine/linear.py);
-- the ISA the engine's C++ kernels are compiled for (`-march=native`, serve/engine/cpu_kernels.py).
+- AVX-512 BW/VL/DQ or AVX-NE-CONVERT: what oneDNN needs to pack bf16 weights (serve/model/linear.py);
+- the ISA the engine's C++ kernels are compiled for (`-march=native`, serve/kernels/loader.py).
 """
 
 import platform

@@ -2,7 +2,6 @@
 the throughput a `loraforge serve` reports in /metrics, and `loraforge report cost` as users run it."""
 
 import json
-from types import SimpleNamespace
 
 import pytest
 from fastapi import FastAPI
@@ -113,14 +112,9 @@ def test_the_default_hardware_price_is_dated_and_a_given_one_wins(tmp_path):
 
 
 def test_serve_metrics_report_tokens_per_busy_second_and_the_report_reads_them():
-    engine = SimpleNamespace(
-        num_waiting=lambda: 0,
-        num_running=lambda: 0,
-        engine=SimpleNamespace(
-            adapters=SimpleNamespace(resident={}), scheduler=SimpleNamespace(num_preemptions=0)
-        ),
-    )
-    metrics = Metrics(engine)
+    from tests.serve.api.test_metrics import engine_stub
+
+    metrics = Metrics(engine_stub())
     metrics.observe("m", "chat", "ok", 100, 100, started=10.0, first_token=10.5, ended=12.0)
     metrics.observe("m", "chat", "ok", 50, 50, started=11.0, first_token=11.5, ended=13.0)  # overlaps
     metrics.observe("m", "chat", "ok", 0, 0, started=20.0, first_token=None, ended=20.0)

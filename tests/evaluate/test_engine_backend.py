@@ -68,7 +68,7 @@ def test_several_adapters_run_in_one_batch_stream(engine_backend, prompts):
     slots_per_step, run = [], engine.runner.run
 
     def recording_run(seqs, is_prefill):
-        slots_per_step.append({s.lora_slot for s in seqs})
+        slots_per_step.append({s.adapter_index for s in seqs})
         return run(seqs, is_prefill)
 
     engine.runner.run = recording_run

@@ -25,8 +25,9 @@ def parse_fallback(value: str) -> tuple[str, ...]:
 
 def output_spec(kind: str | None, labels: Path | None, schema: Path | None):
     """The output spec from --kind/--labels/--json-schema (labels imply classification, a schema JSON)."""
+    from loraforge.data.labels import load_labels
     from loraforge.store.routes import OUTPUT_KINDS, OutputSpec
-    from loraforge.synth.validation import load_labels, load_schema
+    from loraforge.synth.validation import load_schema
 
     if labels and schema:
         raise LoraforgeError("pass either --labels or --json-schema, not both")

@@ -7,7 +7,7 @@ import typer
 from loraforge.cli.main import app
 from loraforge.errors import ConfigError
 from loraforge.models.aliases import DEFAULT_MODEL
-from loraforge.serve.limits import ServeLimits
+from loraforge.serve.limits import MAX_ADAPTER_BYTES, MAX_ADAPTERS, ServeLimits
 from loraforge.serve.ray_serve.options import RayServeOptions
 
 _LIM = ServeLimits()  # the defaults of every limit flag
@@ -29,9 +29,11 @@ def serve(
     adapters: list[str] = typer.Option(
         [], "--adapter", help="Extra adapter by path: --adapter NAME=DIR (repeatable)."
     ),
-    max_adapters: int = typer.Option(128, "--max-adapters", min=1, help="Resident adapters (LRU beyond)."),
+    max_adapters: int = typer.Option(
+        MAX_ADAPTERS, "--max-adapters", min=1, help="Resident adapters (LRU beyond)."
+    ),
     max_adapter_mb: int = typer.Option(
-        8192, "--max-adapter-mb", min=1, help="Resident adapter memory (LRU)."
+        MAX_ADAPTER_BYTES >> 20, "--max-adapter-mb", min=1, help="Resident adapter memory (LRU)."
     ),
     max_num_seqs: int = typer.Option(128, "--max-num-seqs", min=1, help="Sequences in the running batch."),
     max_waiting: int = typer.Option(256, "--max-waiting", min=1, help="Queued requests before 429."),
@@ -156,5 +158,5 @@ def serve(
     import uvicorn
 
     engine, app = spec.build()
-    typer.echo(f"serving {engine.model_name} ({engine.engine.dtype}) on http://{host}:{port}/v1", err=True)
+    typer.echo(f"serving {engine.model_name} ({engine.dtype}) on http://{host}:{port}/v1", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -63,7 +63,8 @@ def _is_file(path: Path) -> bool:
 
 
 def build_spec(labels: Path | None, schema: Path | None) -> OutputSpec:
-    from loraforge.synth.validation import OutputSpec, load_labels, load_schema
+    from loraforge.data.labels import load_labels
+    from loraforge.synth.validation import OutputSpec, load_schema
 
     if labels and schema:
         raise LoraforgeError("pass either --labels or --output-schema, not both")

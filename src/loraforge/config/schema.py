@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from loraforge.config.tasks import METRICS_BY_TASK
 from loraforge.models.aliases import DEFAULT_MODEL
 
 
@@ -105,8 +106,6 @@ class EvaluationConfig(Section):
 
     @model_validator(mode="after")
     def _metrics_fit_task(self) -> "EvaluationConfig":
-        from loraforge.evaluate.metrics import METRICS_BY_TASK
-
         if self.constrain_to_labels and (self.task != "classification" or self.labels is None):
             raise ValueError("constrain_to_labels needs task 'classification' and a `labels` file")
         allowed = METRICS_BY_TASK[self.task]

@@ -4,16 +4,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 
-METRICS_BY_TASK: dict[str, list[str]] = {
-    "classification": ["accuracy", "macro_f1", "out_of_label_rate"],
-    "generation": ["exact_match", "rouge_l", "slot_f1"],
-    "json": ["valid_json_rate", "field_accuracy", "exact_match"],
-}
-DEFAULT_METRICS: dict[str, list[str]] = {
-    "classification": ["accuracy", "macro_f1", "out_of_label_rate"],
-    "generation": ["exact_match", "rouge_l"],
-    "json": ["valid_json_rate", "field_accuracy"],
-}
+from loraforge.config.tasks import DEFAULT_METRICS
 
 
 def normalize(text: str) -> str:

@@ -9,26 +9,11 @@ from rich.progress import Progress
 
 from loraforge.config.schema import EvaluationConfig, FineTuneConfig
 from loraforge.data.examples import ExampleBuilder
+from loraforge.data.labels import load_labels
 from loraforge.errors import ConfigError, DataError
 from loraforge.evaluate.engine_backend import EngineBackend
 from loraforge.evaluate.generation import ADAPTER, GenerationModel
 from loraforge.evaluate.metrics import compute_metrics
-
-
-def load_labels(path: Path | None) -> list[str] | None:
-    """A label set from a JSON list or a file with one label per line."""
-    if path is None:
-        return None
-    if not path.is_file():
-        raise DataError(f"evaluation.labels: file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        labels = json.loads(text)
-    except json.JSONDecodeError:
-        labels = [line.strip() for line in text.splitlines() if line.strip()]
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        raise DataError(f"evaluation.labels: {path} must be a JSON list of strings or one label per line")
-    return labels
 
 
 def open_backend(
@@ -66,7 +51,7 @@ def evaluate_records(
     document."""
     if not records:
         raise DataError(f"evaluation: the {config.split} split has no rows")
-    labels = load_labels(config.labels)
+    labels = load_labels(config.labels) if config.labels is not None else None
     examples = [builder.build(record) for record in records]
     prompts = [example.prompt for example in examples]
     references = [example.completion for example in examples]

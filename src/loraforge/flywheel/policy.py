@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from loraforge.compare.gate import parse_gate
 from loraforge.config.loading import format_validation_error, parse_override, read_yaml_mapping
+from loraforge.data.labels import load_labels
 from loraforge.errors import ConfigError, LoraforgeError
-from loraforge.evaluate.runner import load_labels
 from loraforge.spans import span_seconds
 from loraforge.store.routes import ADAPTER_NAME_RE, OUTPUT_KINDS, OutputSpec
 

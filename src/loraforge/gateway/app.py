@@ -1,13 +1,11 @@
 """The gateway's ASGI app: OpenAI-compatible routes, feedback, health, metrics, models pass-through."""
 
 import asyncio
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,6 +18,7 @@ from loraforge.gateway.router import Router, RouteTable
 from loraforge.gateway.settings import GatewaySettings
 from loraforge.gateway.upstream import UpstreamClient, UpstreamError
 from loraforge.gateway.validation import TASK_HEADER, parse_feedback, parse_request
+from loraforge.openai_compat import METRICS_CONTENT_TYPE, bearer_matches, render_metrics
 from loraforge.store.prices import PriceTable
 from loraforge.store.recorder import Recorder
 from loraforge.store.spool import Spool
@@ -123,10 +122,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     def check_auth(request: Request) -> None:
         if not settings.api_key:
             return
-        given = request.headers.get("authorization", "")
-        token = given[7:] if given.lower().startswith("bearer ") else ""
-        # Headers arrive decoded as latin-1, so any byte sequence encodes back; a non-ASCII one is just wrong.
-        if not hmac.compare_digest(token.encode("latin-1"), settings.api_key.encode()):
+        if not bearer_matches(request.headers.get("authorization", ""), settings.api_key):
             raise GatewayError(
                 401,
                 "Incorrect or missing API key for the loraforge gateway.",
@@ -197,7 +193,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         return json_response(body)
 
     async def prometheus(_: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(render_metrics(metrics.registry), media_type=METRICS_CONTENT_TYPE)
 
     # Plain Starlette routes: no dependency injection on the hot path, bodies are passed through untouched.
     app.router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])

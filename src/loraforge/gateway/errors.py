@@ -1,4 +1,4 @@
-"""OpenAI-shaped error bodies: {"error": {"message", "type", "param", "code"}}."""
+"""OpenAI-shaped errors of the gateway (the body itself: loraforge.openai_compat.error_body)."""
 
 import json
 from typing import Any
@@ -6,6 +6,7 @@ from typing import Any
 from starlette.responses import Response
 
 from loraforge.gateway.upstream import UpstreamError, UpstreamTimeout
+from loraforge.openai_compat import error_body
 
 
 class GatewayError(Exception):
@@ -32,12 +33,6 @@ class GatewayError(Exception):
 
     def response(self, headers: dict[str, str] | None = None) -> Response:
         return json_response(self.body(), self.status, headers)
-
-
-def error_body(
-    message: str, *, type: str, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

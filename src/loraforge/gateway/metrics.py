@@ -3,6 +3,7 @@
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from loraforge.gateway.settings import MAX_TASK_LABELS
+from loraforge.openai_compat import CappedLabels
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -13,7 +14,9 @@ OTHER_TASK_LABEL = "(other)"  # the series shared by tasks beyond the first `max
 class GatewayMetrics:
     def __init__(self, max_task_labels: int = MAX_TASK_LABELS) -> None:
         self.max_task_labels = max_task_labels
-        self._tasks: set[str] = set()
+        # task_label(task): `task` while fewer than `max_task_labels` distinct tasks were seen, else
+        # OTHER_TASK_LABEL
+        self.task_label = CappedLabels(max_task_labels, OTHER_TASK_LABEL)
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -57,15 +60,6 @@ class GatewayMetrics:
             "1 when calls go to the store, 0 while they are spooled.",
             registry=r,
         )
-
-    def task_label(self, task: str) -> str:
-        """`task` while fewer than `max_task_labels` distinct tasks were seen, else OTHER_TASK_LABEL."""
-        if task in self._tasks:
-            return task
-        if len(self._tasks) < self.max_task_labels:
-            self._tasks.add(task)
-            return task
-        return OTHER_TASK_LABEL
 
     def on_batch(self, outcome: str, size: int, seconds: float) -> None:
         self.recorded.labels(outcome).inc(size)

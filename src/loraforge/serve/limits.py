@@ -6,6 +6,9 @@ engine read them from `EngineConfig.limits`."""
 from dataclasses import dataclass
 
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # OpenAI's seed is a 64-bit integer
+# The resident adapter set (LRU beyond either bound; `--max-adapters`, `--max-adapter-mb`, EngineConfig).
+MAX_ADAPTERS = 128
+MAX_ADAPTER_BYTES = 8 << 30  # counted at the padded rank
 
 
 @dataclass(frozen=True)
@@ -17,7 +20,7 @@ class ServeLimits:
     max_stop_sequences: int = 16  # number of `stop` strings (OpenAI allows 4)
     max_stop_chars: int = 256  # length of one `stop` string
     # ---- adapters ----------------------------------------------------------------------------------
-    max_adapter_rank: int = 256  # an adapter of higher LoRA rank is refused (every slot pads to the max)
+    max_adapter_rank: int = 256  # an adapter of higher LoRA rank is refused (every adapter pads to the max)
     adapter_failure_ttl_s: float = 30.0  # a failed adapter load is answered from memory this long
     max_remembered_failures: int = 1024  # failed adapter names remembered at most
     # ---- Hugging Face Hub adapters (off unless the operator allows them) ---------------------------

@@ -29,7 +29,7 @@ class ServerSpec:
 
         engine = AsyncEngine(self.engine, max_waiting=self.max_waiting)
         for name, path in self.adapters.items():
-            engine.engine.adapters.register(name, path)
+            engine.register_adapter(name, path)
         app = create_app(
             engine, api_key=self.api_key, admin_api_key=self.admin_api_key, adapter_root=self.adapter_root
         )

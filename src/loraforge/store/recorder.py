@@ -39,6 +39,9 @@ class RecordError(Exception):
 
 
 class Recorder:
+    """Writes call records durably for the gateway: `await record(r)` returns once `r` is committed to the
+    store or fsync'ed to the spool (see the module docstring for the threads and bounds)."""
+
     def __init__(
         self,
         store: Store,

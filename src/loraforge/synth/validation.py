@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loraforge.data.labels import load_labels
 from loraforge.errors import DataError, LoraforgeError
 from loraforge.synth.dedup import jaccard, normalize, shingles
 
@@ -24,32 +25,7 @@ SCHEMA_VIOLATION = "schema_violation"
 ECHO_SIMILARITY = 0.8
 ECHO_MIN_CHARS = 16
 
-
-def load_labels(path: Path) -> list[str]:
-    """Read a label set: a JSON list of strings, or one label per line."""
-    if not path.is_file():
-        raise DataError(f"labels file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            labels = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"labels file {path} is not valid JSON: {exc}") from None
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            raise DataError(f"labels file {path} must be a JSON list of strings")
-        labels = [x.strip() for x in labels]
-    else:
-        labels = [line.strip() for line in text.splitlines() if line.strip()]
-    if not labels:
-        raise DataError(f"labels file {path} holds no labels")
-    if any(not x for x in labels):
-        raise DataError(f"labels file {path} contains an empty label")
-    seen: set[str] = set()
-    for label in labels:
-        if label.casefold() in seen:
-            raise DataError(f"labels file {path} lists '{label}' twice")
-        seen.add(label.casefold())
-    return labels
+__all__ = ["load_labels"]  # the one label-file reader (loraforge.data.labels), used here too
 
 
 def load_schema(path: Path) -> dict[str, Any]:

@@ -75,10 +75,10 @@ def test_a_fault_sending_one_output_fails_that_request_only(live, monkeypatch):
     engine = live.engine
     real = engine._emit
 
-    def emit(seq, finished):
-        if POISON in seq.prompt_ids:
+    def emit(out):
+        if POISON in out.seq.prompt_ids:
             raise RuntimeError("injected fault in _emit")
-        return real(seq, finished)
+        return real(out)
 
     monkeypatch.setattr(engine, "_emit", emit)
     results = {}

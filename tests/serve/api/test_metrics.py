@@ -7,14 +7,18 @@ import httpx
 from loraforge.serve.api.metrics import OTHER_MODELS, Metrics
 
 
-def _engine_stub():
-    adapters = SimpleNamespace(resident={})
-    inner = SimpleNamespace(adapters=adapters, scheduler=SimpleNamespace(num_preemptions=0))
-    return SimpleNamespace(engine=inner, num_waiting=lambda: 0, num_running=lambda: 0)
+def engine_stub():
+    """What Metrics reads of the AsyncEngine facade."""
+    return SimpleNamespace(
+        num_waiting=lambda: 0,
+        num_running=lambda: 0,
+        num_resident_adapters=lambda: 0,
+        num_preemptions=lambda: 0,
+    )
 
 
 def test_client_chosen_names_share_one_label_past_the_bound():
-    metrics = Metrics(_engine_stub(), max_models=3)
+    metrics = Metrics(engine_stub(), max_models=3)
     assert [metrics.label(f"org/a{i}", local=False) for i in range(5)] == [
         "org/a0",
         "org/a1",

@@ -2,21 +2,11 @@
 
 import pytest
 
+from loraforge.models.tiny_adapters import EQUALITY_ADAPTERS, EQUALITY_MAX_NEW, EQUALITY_PROMPTS
 from loraforge.serve.engine import Engine, EngineConfig, SamplingParams
 from tests.serve.conftest import hf_greedy, make_adapter
 
-PROMPTS = [
-    "The quick brown fox",
-    "How do I activate my card?",
-    "transfer money to my friend",
-    "abc",
-    'JSON {"label": "yes"}',
-    "Question: what is two plus three?",
-    "card_arrival exchange_rate",
-    "Why was my transfer declined?",
-]
-ADAPTERS = [None, "alpha", "beta", "gamma", "delta", "alpha", None, "gamma"]
-MAX_NEW = 12
+PROMPTS, ADAPTERS, MAX_NEW = EQUALITY_PROMPTS, EQUALITY_ADAPTERS, EQUALITY_MAX_NEW
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +34,7 @@ def test_mixed_batch_equals_hf_and_peft(tiny_model_dir, adapter_dir, reference):
     run = engine.runner.run
 
     def recording_run(seqs, is_prefill):
-        batches.append((is_prefill, len(seqs), {s.lora_slot for s in seqs}))
+        batches.append((is_prefill, len(seqs), {s.adapter_index for s in seqs}))
         return run(seqs, is_prefill)
 
     engine.runner.run = recording_run
@@ -70,14 +60,14 @@ def test_big_model_mode_holds_only_packed_weights_with_the_same_outputs(
     tiny_model_dir, adapter_dir, reference, monkeypatch
 ):
     """Where two copies of the weights would not fit, only oneDNN's packed copy is kept (linear.py)."""
-    import loraforge.serve.engine.llama as llama
+    import loraforge.serve.model.llama as llama
 
     ids, expected = reference
     monkeypatch.setattr(llama, "keep_plain_copy", lambda nbytes: False)
     engine = _engine(tiny_model_dir, adapter_dir)
-    if engine.model.layers[0].qkv.packed is None:
+    if engine.model.layers[0].attn.qkv.packed is None:
         pytest.skip("this torch build cannot pack weights for oneDNN")
-    assert all(ly.qkv.weight is None and ly.down.weight is None for ly in engine.model.layers)
+    assert all(ly.attn.qkv.weight is None and ly.mlp.down.weight is None for ly in engine.model.layers)
     got = engine.generate(ids, SamplingParams(max_tokens=MAX_NEW, temperature=0), ADAPTERS)
     assert [s.output_ids for s in got] == expected
     one = engine.generate(ids[:1], SamplingParams(max_tokens=MAX_NEW, temperature=0), ADAPTERS[:1])
@@ -139,14 +129,15 @@ def test_smollm2_mixed_batch_equals_hf_and_peft(tmp_path):
 
 def test_the_plain_pytorch_fallback_equals_hf_and_peft(tiny_model_dir, adapter_dir, reference, monkeypatch):
     """What runs without a C++ toolchain (or with LORAFORGE_NO_KERNELS=1), on any CPU."""
-    from loraforge.serve.engine.cpu_kernels import cpu_kernels
+    from loraforge.serve.kernels.loader import cpu_kernels
+    from loraforge.serve.kernels.ops import TORCH_OPS
 
     ids, expected = reference
     monkeypatch.setenv("LORAFORGE_NO_KERNELS", "1")
     cpu_kernels.cache_clear()
     try:
         engine = _engine(tiny_model_dir, adapter_dir, block_size=4, num_kv_blocks=256)
-        assert engine.model.kernels is None and engine.lora.kernels is None
+        assert engine.model.ops is TORCH_OPS and engine.lora.ops is TORCH_OPS
         got = engine.generate(ids, SamplingParams(max_tokens=MAX_NEW, temperature=0), ADAPTERS)
     finally:
         cpu_kernels.cache_clear()

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from loraforge.serve.engine import Engine, EngineConfig, FinishReason, SamplingParams
-from loraforge.serve.engine.sampler import sample
 from loraforge.serve.engine.sequence import Sequence
+from loraforge.serve.model.sampler import sample
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Paged KV blocks and the scheduler: blocks follow lengths, budgets hold, preemption frees and resumes."""
 
-from loraforge.serve.engine.kv_cache import BlockManager
+from loraforge.serve.engine.block_manager import BlockManager
 from loraforge.serve.engine.scheduler import Scheduler
 from loraforge.serve.engine.sequence import SamplingParams, Sequence, SequenceStatus
 

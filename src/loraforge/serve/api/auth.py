@@ -1,20 +1,11 @@
-"""API keys: `Authorization: Bearer KEY`, compared in constant time on the raw header bytes."""
+"""API keys: `Authorization: Bearer KEY`, checked by the rule both servers share (openai_compat.py)."""
 
-import hmac
 from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
+from loraforge.openai_compat import bearer_matches
 from loraforge.serve.api.errors import APIError
-
-
-def bearer_matches(header: str, key: str) -> bool:
-    """Whether an Authorization header carries `key`. Starlette decodes headers as latin-1, so encoding
-    back gives the bytes the client sent; any byte a client sends is then just a wrong key, never an error."""
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(given.strip().encode("latin-1"), key.encode("utf-8"))
 
 
 def key_checker(key: str | None, what: str = "API key") -> Callable[[Request], Awaitable[None]]:

@@ -4,7 +4,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from loraforge.serve.api import protocol as p
+from loraforge.openai_compat import error_body
 
 TOO_LARGE = "the request body is larger than this server accepts (--max-body-bytes)"
 
@@ -26,7 +26,7 @@ class BodyLimitMiddleware:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            body = p.error_body(TOO_LARGE, "invalid_request_error", None, "request_too_large")
+            body = error_body(TOO_LARGE, "invalid_request_error", None, "request_too_large")
             return await JSONResponse(body, status_code=413)(scope, receive, send)
         seen = 0
 

@@ -6,21 +6,28 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from loraforge.errors import LoraforgeError, ModelNotFoundError
-from loraforge.serve.api import protocol as p
-from loraforge.serve.engine.async_engine import EngineDeadError, QueueFullError, ShuttingDownError
+from loraforge.openai_compat import error_body
+from loraforge.serve.engine.async_engine import (
+    AdapterInUseError,
+    EngineDeadError,
+    QueueFullError,
+    ShuttingDownError,
+)
 from loraforge.serve.engine.engine import RequestError
-from loraforge.serve.engine.hub import HubBusyError
+from loraforge.serve.lora.hub import HubBusyError
 
 # What pydantic adds to the location of an error inside a union (`stop.list[str].0`): not a field name.
 _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 
 class APIError(Exception):
+    """An error answered to the client: an HTTP status and an OpenAI-shaped body."""
+
     def __init__(
         self, status: int, message: str, type_: str, param: str | None = None, code: str | None = None
     ):
         super().__init__(message)
-        self.status, self.body = status, p.error_body(message, type_, param, code)
+        self.status, self.body = status, error_body(message, type_, param, code)
 
 
 def from_engine_error(exc: BaseException) -> APIError:
@@ -29,6 +36,8 @@ def from_engine_error(exc: BaseException) -> APIError:
         return exc
     if isinstance(exc, RequestError):
         return APIError(400, str(exc), "invalid_request_error", exc.param, exc.code)
+    if isinstance(exc, AdapterInUseError):
+        return APIError(409, str(exc), "invalid_request_error", "name", "adapter_in_use")
     if isinstance(exc, ModelNotFoundError):
         return APIError(404, str(exc), "invalid_request_error", "model", "model_not_found")
     if isinstance(exc, QueueFullError | HubBusyError):
@@ -67,17 +76,17 @@ def install_error_handlers(app: FastAPI) -> None:
         err = exc.errors()[0]
         if err.get("type") == "json_invalid":
             return JSONResponse(
-                p.error_body("the request body is not valid JSON", "invalid_request_error"), status_code=400
+                error_body("the request body is not valid JSON", "invalid_request_error"), status_code=400
             )
         param = _param(tuple(err.get("loc", ())))
         msg = _message(err)
         return JSONResponse(
-            p.error_body(f"{param}: {msg}" if param else msg, "invalid_request_error", param), status_code=400
+            error_body(f"{param}: {msg}" if param else msg, "invalid_request_error", param), status_code=400
         )
 
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException):
         code = "request_too_large" if exc.status_code == 413 else None
         return JSONResponse(
-            p.error_body(str(exc.detail), "invalid_request_error", None, code), status_code=exc.status_code
+            error_body(str(exc.detail), "invalid_request_error", None, code), status_code=exc.status_code
         )

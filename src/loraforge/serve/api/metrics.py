@@ -1,15 +1,8 @@
 """Prometheus metrics of the server, in a registry of its own (one per app, so tests can run several)."""
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-disable_created_metrics()  # the *_created series only add noise to every counter and histogram
+from loraforge.openai_compat import CappedLabels, render_metrics
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
@@ -19,9 +12,11 @@ OTHER_MODELS = "other"  # the label of every model name past the bound
 
 
 class Metrics:
+    """The server's Prometheus series; gauges read the engine (an AsyncEngine) when scraped."""
+
     def __init__(self, engine, max_models: int = 512):
         self.max_models = max_models
-        self._models: set[str] = set()
+        self._labels = CappedLabels(max_models, OTHER_MODELS)
         self.registry = r = CollectorRegistry()
         self.requests = Counter(
             "loraforge_requests", "Finished requests", ["model", "endpoint", "status"], registry=r
@@ -58,9 +53,9 @@ class Metrics:
         self.running = Gauge("loraforge_running_requests", "Requests in the running batch", registry=r)
         self.running.set_function(engine.num_running)
         self.resident = Gauge("loraforge_resident_adapters", "Adapters loaded in memory", registry=r)
-        self.resident.set_function(lambda: len(engine.engine.adapters.resident))
+        self.resident.set_function(engine.num_resident_adapters)
         self.preemptions = Gauge("loraforge_preemptions", "Sequences preempted so far", registry=r)
-        self.preemptions.set_function(lambda: engine.engine.scheduler.num_preemptions)
+        self.preemptions.set_function(engine.num_preemptions)
         # Throughput actually achieved, for pricing an adapter's calls by the hardware (`report cost`):
         # tokens (prompt + generated) per second of wall time with at least one request in flight.
         self.busy = Counter(
@@ -80,12 +75,7 @@ class Metrics:
         """The `model` label of a request: the base model and the operator's adapters always have their
         own; a client-chosen name (a hub id) only while fewer than `max_models` names have one, so that
         clients cannot grow the number of series without bound."""
-        if model in self._models:
-            return model
-        if local or len(self._models) < self.max_models:
-            self._models.add(model)
-            return model
-        return OTHER_MODELS
+        return self._labels(model, always=local)
 
     def observe(
         self,
@@ -118,4 +108,5 @@ class Metrics:
         return self._tokens / self._busy_s if self._busy_s > 0 else 0.0
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The series in Prometheus' text format (openai_compat.METRICS_CONTENT_TYPE)."""
+        return render_metrics(self.registry)

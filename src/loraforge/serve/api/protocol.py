@@ -2,9 +2,17 @@
 
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from loraforge.serve.limits import SEED_MAX, SEED_MIN
 
@@ -159,56 +167,152 @@ class AdapterLoadRequest(_Strict):
     pinned: bool = False
 
 
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
+# ---- responses ---------------------------------------------------------------------------------------
 
 
-def completion_body(
-    rid: str, model: str, text: str, finish: str | None, use: dict | None, chunk: bool
-) -> dict:
-    body = {
-        "id": rid,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
-    }
-    if use is not None:
-        body["usage"] = use
-    return body
+class _Response(BaseModel):
+    """A response body. Fields named in `_absent_when_none` are left out when None (an optional part, such
+    as `usage` on a stream chunk); other None fields are sent as null, as OpenAI does (`finish_reason`)."""
+
+    _absent_when_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _leave_out_absent(self, handler):
+        data = handler(self)
+        for name in self._absent_when_none:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+    def dump(self) -> dict:
+        return self.model_dump()
 
 
-def chat_body(rid: str, model: str, text: str, finish: str | None, use: dict | None) -> dict:
-    return {
-        "id": rid,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-        "usage": use,
-    }
+class Usage(_Response):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> "Usage":
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
 
 
-def chat_chunk(rid: str, model: str, delta: dict, finish: str | None, use: dict | None = None) -> dict:
-    body = {
-        "id": rid,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if use is None else [],
-    }
-    if use is not None:
-        body["usage"] = use
-    return body
+class _Generated(_Response):
+    """What every generation response and stream chunk starts with."""
+
+    id: str
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+
+
+class _Streamed(_Generated):
+    """A response that is also a stream chunk: `usage` only on the chunk (or whole answer) that has it."""
+
+    usage: Usage | None = None
+    _absent_when_none = ("usage",)
+
+
+class _Choice(_Response):
+    index: int = 0
+    finish_reason: str | None
+
+
+class CompletionChoice(_Choice):
+    text: str
+    logprobs: None = None
+
+
+class Completion(_Streamed):
+    """`/v1/completions`, whole or one chunk of a stream (the same shape)."""
+
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
+
+    @classmethod
+    def of(cls, rid: str, model: str, text: str, finish: str | None, usage: Usage | None = None):
+        choice = CompletionChoice(text=text, finish_reason=finish)
+        return cls(id=rid, model=model, choices=[choice], usage=usage)
+
+
+class AssistantMessage(_Response):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(_Choice):
+    message: AssistantMessage
+
+
+class ChatCompletion(_Generated):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
+    usage: Usage
+
+    @classmethod
+    def of(cls, rid: str, model: str, text: str, finish: str | None, usage: Usage) -> "ChatCompletion":
+        choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=finish)
+        return cls(id=rid, model=model, choices=[choice], usage=usage)
+
+
+class ChatDelta(_Response):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    _absent_when_none = ("role", "content")
+
+
+class ChatChunkChoice(_Choice):
+    delta: ChatDelta
+
+
+class ChatCompletionChunk(_Streamed):
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    choices: list[ChatChunkChoice]
+
+    @classmethod
+    def of(cls, rid: str, model: str, delta: ChatDelta, finish: str | None, usage: Usage | None = None):
+        """A chunk with one choice, or (with `usage`) the final usage chunk, which has none."""
+        choices = [] if usage else [ChatChunkChoice(delta=delta, finish_reason=finish)]
+        return cls(id=rid, model=model, choices=choices, usage=usage)
+
+
+class ModelCard(_Response):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "loraforge"
+    parent: str | None = None
+    _absent_when_none = ("parent",)
+
+
+class ModelList(_Response):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class AdapterStatus(_Response):
+    id: str
+    object: Literal["adapter"] = "adapter"
+    resident: bool
+    pinned: bool
+
+
+class AdapterDeleted(_Response):
+    id: str
+    object: Literal["adapter"] = "adapter"
+    deleted: bool = True
+
+
+class Health(_Response):
+    status: Literal["ok", "error"]
+    model: str
+    error: str | None = None
+    _absent_when_none = ("error",)

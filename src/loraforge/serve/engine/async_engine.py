@@ -2,7 +2,7 @@
 
 The event loop never runs the model: it posts commands to the engine thread, which steps the engine and
 sends each request's new text back with `call_soon_threadsafe`. Adapter loads run on their own thread, so a
-cold adapter never stalls the batch.
+cold adapter never stalls the batch. This is the one object the HTTP API talks to (serve/api/).
 """
 
 import asyncio
@@ -13,11 +13,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from loraforge.errors import LoraforgeError
 from loraforge.serve.engine.config import EngineConfig
 from loraforge.serve.engine.engine import Engine, StepOutput
 from loraforge.serve.engine.sequence import SamplingParams, Sequence
+from loraforge.serve.limits import ServeLimits
+from loraforge.serve.lora.manager import AdapterRef
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,13 @@ class EngineDeadError(LoraforgeError):
     """The engine thread has stopped; the server cannot generate any more."""
 
 
+class AdapterInUseError(LoraforgeError):
+    """An adapter cannot be unloaded or replaced while requests use it; retry when they finish."""
+
+    def __init__(self, name: str):
+        super().__init__(f"adapter '{name}' is serving requests; retry when they finish")
+
+
 @dataclass
 class Event:
     """A snapshot of one request's progress, safe to read on the event loop."""
@@ -46,13 +56,27 @@ class Event:
     error: Exception | None = None
 
 
+@dataclass
+class _Stream:
+    """Where the events of one request go: a queue on the event loop that waits for them."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+
 class AsyncEngine:
+    """The `Engine` on a thread of its own, behind an asyncio interface: the facade the HTTP API uses.
+
+    Threads: the event loop calls `generate`, `resolve` (in the thread pool: it reads the file system) and
+    the adapter operations; everything that touches the engine's state runs on the engine thread, as a
+    command (`run_in_engine`) between two steps. Adapter loads run on the manager's worker threads."""
+
     def __init__(self, config: EngineConfig, max_waiting: int = 256):
         self.engine = Engine(config, on_ready=self._wake)
         self.max_waiting = max_waiting
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._wakeup = threading.Event()
-        self._streams: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue, int]] = {}
+        self._streams: dict[int, _Stream] = {}
         self._stopping = False
         self._closed = False
         self.dead: BaseException | None = None  # why the engine thread stopped, if it did
@@ -63,9 +87,43 @@ class AsyncEngine:
         self.on_step: Callable[[list[StepOutput]], None] | None = None  # metrics hook, engine thread
         self.steps = 0
 
+    # ---- what the API reads (immutable after start, safe on the event loop) ------------------------
     @property
     def model_name(self) -> str:
         return self.engine.model_name
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def dtype(self):
+        return self.engine.dtype
+
+    @property
+    def limits(self) -> ServeLimits:
+        return self.engine.config.limits
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return self.engine.max_prompt_tokens
+
+    @property
+    def max_tokens_limit(self) -> int:
+        return self.engine.max_tokens_limit
+
+    def num_resident_adapters(self) -> int:
+        return len(self.engine.adapters.resident)
+
+    def num_preemptions(self) -> int:
+        return self.engine.scheduler.num_preemptions
+
+    def is_resident(self, name: str) -> bool:
+        return name in self.engine.adapters.resident
 
     def start(self) -> None:
         self._thread.start()
@@ -126,7 +184,7 @@ class AsyncEngine:
         self.steps += 1
         for out in outputs:
             try:
-                self._emit(out.seq, out.finished)
+                self._emit(out)
             except Exception as exc:
                 log.exception("sending the output of %s failed", out.seq.request_id)
                 self._fail_stream(out.seq, exc)
@@ -146,39 +204,34 @@ class AsyncEngine:
         victims = list(engine.scheduler.running) or [*engine.scheduler.waiting, *engine.pending]
         return [engine.fail(seq, exc) for seq in victims]
 
-    def _emit(self, seq: Sequence, finished: bool) -> None:
-        entry = self._streams.get(seq.seq_id)
-        if entry is None:
+    def _emit(self, out: StepOutput) -> None:
+        """Send one step's output of a request to its stream (the engine already held back what may still
+        turn out to be a stop string: `StepOutput.delta`)."""
+        seq = out.seq
+        stream = self._streams.get(seq.seq_id)
+        if stream is None:
             return
-        loop, q, sent = entry
-        text = seq.output_text
-        if not finished and seq.params.stop:
-            # Hold back a possible beginning of a stop string until it is known not to be one.
-            text = text[: max(sent, len(text) - max(len(s) for s in seq.params.stop) + 1)]
-        event = Event(text[sent:], len(seq.prompt_ids), len(seq.output_ids), finished)
-        if finished:
+        event = Event(out.delta, len(seq.prompt_ids), len(seq.output_ids), out.finished)
+        if out.finished:
             event.finish_reason = seq.finish_reason.value if seq.finish_reason else None
             event.error = seq.error
             del self._streams[seq.seq_id]
-        else:
-            self._streams[seq.seq_id] = (loop, q, len(text))
-        if event.text or finished:
-            loop.call_soon_threadsafe(q.put_nowait, event)
+        if event.text or out.finished:
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, event)
 
     def _fail_stream(self, seq: Sequence, exc: Exception) -> None:
         """Finish one request with an error after its output could not be sent."""
         self.engine.fail(seq, exc)
-        entry = self._streams.pop(seq.seq_id, None)
-        if entry is not None:
-            loop, q, _ = entry
+        stream = self._streams.pop(seq.seq_id, None)
+        if stream is not None:
             event = Event("", len(seq.prompt_ids), len(seq.output_ids), True, "error", exc)
-            loop.call_soon_threadsafe(q.put_nowait, event)
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, event)
 
     def _fail_everyone(self, exc: BaseException) -> None:
         err = EngineDeadError(f"the engine stopped ({type(exc).__name__}: {exc})")
-        for _, (loop, q, _) in list(self._streams.items()):
+        for stream in list(self._streams.values()):
             with contextlib.suppress(RuntimeError):  # that event loop is closed: nobody waits there
-                loop.call_soon_threadsafe(q.put_nowait, Event("", 0, 0, True, "error", err))
+                stream.loop.call_soon_threadsafe(stream.queue.put_nowait, Event("", 0, 0, True, "error", err))
         self._streams.clear()
         with self._waiters_lock:
             waiters = list(self._waiters.items())
@@ -187,8 +240,13 @@ class AsyncEngine:
                 loop.call_soon_threadsafe(self._settle, fut, None, err)
 
     # ---- event loop --------------------------------------------------------------------------------
+    def resolve(self, model: str) -> AdapterRef | None:
+        """The adapter `model` names (None: the base model), checked once; raises ModelNotFoundError. Reads
+        the file system: call it in the thread pool, then pass the result to `generate`."""
+        return self.engine.resolve(model)
+
     async def generate(
-        self, prompt_ids: list[int], params: SamplingParams, adapter: str | None = None
+        self, prompt_ids: list[int], params: SamplingParams, adapter: str | AdapterRef | None = None
     ) -> AsyncIterator[Event]:
         """Submit a request and yield its events (the last has `finished=True`); errors raise before any."""
         self._check_alive()
@@ -206,7 +264,7 @@ class AsyncEngine:
             except Exception as exc:
                 loop.call_soon_threadsafe(self._settle, added, None, exc)
                 return
-            self._streams[seq.seq_id] = (loop, q, 0)
+            self._streams[seq.seq_id] = _Stream(loop, q)
             loop.call_soon_threadsafe(self._settle, added, seq, None)
 
         self._call(add)
@@ -236,6 +294,55 @@ class AsyncEngine:
 
         self._call(call)
         return fut
+
+    # ---- adapters ----------------------------------------------------------------------------------
+    def register_adapter(self, name: str, path: Path) -> None:
+        """Make the adapter at `path` available under `name` (before `start`, or from any thread: the
+        manager locks its registry)."""
+        self.engine.adapters.register(name, path)
+
+    async def known_adapters(self) -> list[str]:
+        return await asyncio.get_running_loop().run_in_executor(None, self.engine.adapters.known)
+
+    async def prepare_adapter(self, name: str, path: Path | None = None) -> None:
+        """Before `load_adapter`: with `path`, (re)register `name` there, dropping weights loaded from an
+        old path first (on the engine thread, between steps; AdapterInUseError while requests use them);
+        without, forget a remembered failure (an explicit load tries again). Raises ModelNotFoundError or
+        another LoraforgeError when `name` cannot be loaded at all."""
+        manager = self.engine.adapters
+        if path is not None:
+            if not await self.run_in_engine(lambda: manager.unload(name)):
+                raise AdapterInUseError(name)
+            manager.register(name, path)
+        else:
+            manager.forget_failure(name)
+        await asyncio.get_running_loop().run_in_executor(None, manager.locate, name)
+
+    async def load_adapter(self, name: str, pinned: bool = False, registered: bool = False) -> bool:
+        """Load `name` (on the loader threads) and install it now, so the next request finds it resident;
+        returns whether it is resident (False: every resident adapter is in use or pinned). Raises the
+        load's error, which stays remembered for the requests waiting for it; `registered`: the path
+        `prepare_adapter` registered is forgotten again on failure."""
+        manager = self.engine.adapters
+        future = manager.start_load(name)
+        if future is not None:
+            try:
+                await asyncio.wrap_future(future)
+            except Exception:
+                if registered:
+                    manager.unregister(name)
+                raise
+        await self.run_in_engine(manager.install_finished)
+        manager.pin(name, pinned)
+        return self.is_resident(name)
+
+    async def unload_adapter(self, name: str) -> bool:
+        """Drop `name` from memory; False when no such adapter is known. AdapterInUseError while in use."""
+        if name not in await self.known_adapters() and not self.is_resident(name):
+            return False
+        if not await self.run_in_engine(lambda: self.engine.adapters.unload(name)):
+            raise AdapterInUseError(name)
+        return True
 
     def _future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
         """A future the engine thread settles; tracked so that a dying engine thread fails it."""

@@ -3,11 +3,14 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loraforge.serve.limits import ServeLimits
+from loraforge.serve.limits import MAX_ADAPTER_BYTES, MAX_ADAPTERS, ServeLimits
 
 
 @dataclass
 class EngineConfig:
+    """Everything an `Engine` is built from: the model, the device, cache and batch sizes, the adapter
+    registry and bounds, and the request limits (serve/limits.py)."""
+
     model: str = "smollm2-135m"  # alias, local HF dir, .gguf file or hub id (see loraforge.models)
     precision: str = "auto"  # auto | fp32 | bf16 (auto: bf16 on AMX/AVX512-BF16 CPUs and CUDA)
     device: str = "cpu"
@@ -18,8 +21,8 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048  # prefill token budget per step
     max_model_len: int | None = None  # context limit; default min(model's, 8192)
     adapter_dir: Path | None = None  # registry: one PEFT folder per adapter, folder name = adapter name
-    max_adapters: int = 128  # resident adapters (LRU beyond this)
-    max_adapter_bytes: int = 8 << 30  # resident adapter bytes (LRU beyond this)
+    max_adapters: int = MAX_ADAPTERS  # resident adapters (LRU beyond this)
+    max_adapter_bytes: int = MAX_ADAPTER_BYTES  # resident adapter bytes (LRU beyond this)
     # Batched-matmul LoRA path (CUDA; CPU without the C++ kernels):
     # a copy of the batch's adapters, kept while the batch's set of adapters does not change, saves
     # re-gathering their weights in every layer of every step; it costs this much memory at most.

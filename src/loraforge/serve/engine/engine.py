@@ -9,15 +9,16 @@ import torch
 
 from loraforge.errors import LoraforgeError
 from loraforge.models import load_tokenizer, pick_dtype, resolve_model
+from loraforge.serve.engine.block_manager import BlockManager
 from loraforge.serve.engine.config import EngineConfig
-from loraforge.serve.engine.detokenizer import Detokenizer
-from loraforge.serve.engine.kv_cache import BlockManager, KVCache
-from loraforge.serve.engine.llama import Llama
-from loraforge.serve.engine.lora_manager import AdapterManager
-from loraforge.serve.engine.lora_math import LoRAWeights
+from loraforge.serve.engine.detokenizer import Detokenizer, take_new_text
 from loraforge.serve.engine.model_runner import ModelRunner
 from loraforge.serve.engine.scheduler import Scheduler
 from loraforge.serve.engine.sequence import FinishReason, SamplingParams, Sequence
+from loraforge.serve.lora.manager import AdapterManager, AdapterRef
+from loraforge.serve.lora.weights import LoRAWeights
+from loraforge.serve.model.kv_cache import KVCache
+from loraforge.serve.model.llama import Llama
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,8 @@ class RequestError(LoraforgeError):
 
 @dataclass
 class StepOutput:
-    """What one step did to one sequence: text added and whether it finished."""
+    """What one step did to one sequence: the new text that is final (see `take_new_text`: a possible start
+    of a stop string is held back until it is known not to be one) and whether it finished."""
 
     seq: Sequence
     delta: str
@@ -40,6 +42,12 @@ class StepOutput:
 
 
 class Engine:
+    """The serving engine, synchronous and single-threaded: requests in (`add_request`), one `step()` at a
+    time, `StepOutput`s out. It owns the model, the paged KV cache, the scheduler, the stacked LoRA weights
+    and the adapter manager. `AsyncEngine` runs it on a thread of its own for the server; `generate` runs
+    requests to completion for offline use (evaluation, tests, benchmarks). Both see the same text: the
+    completion cut at a stop string, streamed in the same deltas."""
+
     def __init__(self, config: EngineConfig, on_ready=None):
         self.config = config
         if config.num_threads and config.device == "cpu":
@@ -76,12 +84,7 @@ class Engine:
         )
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
-        dims = {
-            "hidden_size": cfg.hidden_size,
-            "intermediate_size": cfg.intermediate_size,
-            "q_size": cfg.num_heads * cfg.head_dim,
-            "kv_size": cfg.num_kv_heads * cfg.head_dim,
-        }
+        dims = cfg.dims
         self.lora = LoRAWeights(
             dims,
             cfg.num_layers,
@@ -89,6 +92,7 @@ class Engine:
             self.dtype,
             config.device,
             config.lora_cache_bytes(),
+            self.model.ops,
         )
         self.adapters = AdapterManager(
             self.lora,
@@ -101,7 +105,18 @@ class Engine:
         )
         self.runner = ModelRunner(self.model, self.kv, self.lora, config.device)
         self.detok = Detokenizer(self.tokenizer)
-        self.pending: list[Sequence] = []  # waiting for their adapter to load
+
+    @property
+    def pending(self) -> list[Sequence]:
+        """Requests waiting for their adapter (held by the adapter manager)."""
+        return self.adapters.pending
+
+    def resolve(self, model: str | None) -> AdapterRef | None:
+        """The adapter a request's `model` names, checked once (None for the base model); raises
+        ModelNotFoundError for an unknown or escaping name. Touches the file system: off the event loop."""
+        if model in (None, "", self.model_name):
+            return None
+        return self.adapters.resolve(model)
 
     # ---- requests ----------------------------------------------------------------------------------
     def validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
@@ -140,33 +155,33 @@ class Engine:
         self,
         prompt_ids: list[int],
         params: SamplingParams,
-        adapter: str | None = None,
+        adapter: str | AdapterRef | None = None,
         request_id: str | None = None,
     ) -> Sequence:
+        """Queue a request; `adapter` is a name (checked here) or what `resolve` returned for it."""
+        params.stop = [s for s in params.stop if s]  # an empty stop string would end every request at once
         self.validate(prompt_ids, params)
         # Never generate past the context or past what the cache can hold for one sequence alone.
         room = min(self.max_model_len, self.blocks.num_blocks * self.blocks.block_size) - len(prompt_ids)
         params.max_tokens = min(params.max_tokens, room)
-        adapter = None if adapter in (None, "", self.model_name) else adapter
-        seq = Sequence(prompt_ids, params, adapter, request_id)
-        if adapter is None:
+        ref = adapter if isinstance(adapter, AdapterRef) else self.resolve(adapter)
+        seq = Sequence(prompt_ids, params, ref.name if ref else None, request_id)
+        if ref is None:
             self.scheduler.add(seq)
             return seq
-        self.adapters.locate(adapter)  # raises ModelNotFoundError for unknown or escaping names
-        slot = self.adapters.acquire(adapter)
+        index = self.adapters.acquire(ref.name)
         seq.holds_adapter = True
-        if slot is None:
-            self.pending.append(seq)
+        if index is None:
+            self.adapters.park(seq)
         else:
-            seq.lora_slot = slot
+            seq.adapter_index = index
             self.scheduler.add(seq)
         return seq
 
     def abort(self, seq: Sequence) -> None:
         if seq.is_finished:
             return
-        if seq in self.pending:
-            self.pending.remove(seq)
+        self.adapters.unpark(seq)
         self.scheduler.finish(seq)
         self._finish(seq, FinishReason.ABORT)
 
@@ -196,8 +211,7 @@ class Engine:
                 continue
             try:
                 seq.output_ids.append(token)
-                delta = self.detok.step(seq)
-                reason = self._check_stop(seq, token, delta)
+                reason = self._check_stop(seq, token, self.detok.step(seq))
             except Exception as exc:
                 log.exception("sequence %s failed", seq.request_id)
                 outputs.append(self.fail(seq, exc))
@@ -205,7 +219,7 @@ class Engine:
             if reason is not None:
                 self.scheduler.finish(seq)
                 self._finish(seq, reason)
-            outputs.append(StepOutput(seq, delta, seq.is_finished))
+            outputs.append(StepOutput(seq, take_new_text(seq), seq.is_finished))
         return outputs
 
     def _run_alone(self, seq: Sequence, is_prefill: bool, outputs: list[StepOutput]) -> int | None:
@@ -223,31 +237,21 @@ class Engine:
         if seq.is_finished:
             return StepOutput(seq, "", True)
         seq.error = exc
-        if seq in self.pending:
-            self.pending.remove(seq)
+        self.adapters.unpark(seq)
         self.scheduler.finish(seq)
         self._finish(seq, FinishReason.ABORT)
-        return StepOutput(seq, "", True)
+        return StepOutput(seq, take_new_text(seq), True)
 
     def _admit_loaded(self) -> list[StepOutput]:
-        if not self.pending:
-            return []
-        _, failed = self.adapters.poll()
-        outputs = []
-        for seq in list(self.pending):
-            # The manager's own record, not poll()'s return value: another caller (the /v1/adapters
-            # route) may have polled the load that this request waits for.
-            if seq.adapter in self.adapters.resident:
-                self.pending.remove(seq)
-                seq.lora_slot = self.adapters.resident[seq.adapter][0]
-                self.scheduler.add(seq)
-            elif (err := failed.get(seq.adapter) or self.adapters.failure(seq.adapter)) is not None:
-                outputs.append(self.fail(seq, err))
-            elif not self.adapters.is_settled(seq.adapter):
-                self.adapters.start_load(seq.adapter)  # deferred, or dropped by an unload: start it now
-        return outputs
+        """Schedule the waiting requests whose adapter is now resident; fail those whose load failed."""
+        admitted, failed = self.adapters.admit()
+        for seq in admitted:
+            self.scheduler.add(seq)
+        return [self.fail(seq, err) for seq, err in failed]
 
     def _check_stop(self, seq: Sequence, token: int, delta: str) -> FinishReason | None:
+        """Why `seq` ends after `token` (whose text was `delta`), if it does; a stop string found in the
+        text cuts `output_text` before it. The one place stop strings are handled."""
         p = seq.params
         for stop in p.stop if delta else ():
             # Only a match that ends inside the new text is new: earlier text was checked before.

@@ -1,20 +1,25 @@
-"""Turn a scheduled batch into flat tensors (ids, positions, cache slots, adapter groups), run, sample."""
+"""Turn a scheduled batch into flat tensors (ids, positions, KV-cache slots, adapter groups), run, sample."""
 
 import torch
 
-from loraforge.serve.engine.attention import AttentionMetadata
-from loraforge.serve.engine.kv_cache import KVCache
-from loraforge.serve.engine.llama import Llama
-from loraforge.serve.engine.lora_math import LoRABatch, LoRAWeights
-from loraforge.serve.engine.sampler import sample
 from loraforge.serve.engine.sequence import Sequence
+from loraforge.serve.lora.batch import LoRABatch
+from loraforge.serve.lora.weights import NO_LORA, LoRAStep, LoRAWeights
+from loraforge.serve.model.attention import AttentionMetadata
+from loraforge.serve.model.kv_cache import KVCache
+from loraforge.serve.model.llama import Llama
+from loraforge.serve.model.sampler import sample
 
 
 class ModelRunner:
+    """Runs one scheduled step on the model: lays the batch out as flat tensors (token ids, positions, the
+    KV-cache slot of each new token, the adapter index of each row), calls the model and samples one token
+    per sequence. Rows are sorted by adapter first, so each adapter's rows are contiguous for the LoRA."""
+
     def __init__(self, model: Llama, kv: KVCache, lora: LoRAWeights, device: str = "cpu"):
         self.model, self.kv, self.lora, self.device = model, kv, lora, device
         self.block_size = kv.block_size
-        self.kernels = model.kernels  # the model's, which match the cache's device and dtype
+        self.ops = model.ops  # the model's, which match the cache's device and dtype
 
     def _slot(self, seq: Sequence, pos: int) -> int:
         return seq.blocks[pos // self.block_size] * self.block_size + pos % self.block_size
@@ -22,13 +27,13 @@ class ModelRunner:
     def prepare_prefill(
         self, seqs: list[Sequence]
     ) -> tuple[list[int], list[int], list[int], AttentionMetadata]:
-        ids, positions, slots, row_slots, last, lengths = [], [], [], [], [], []
+        ids, positions, slots, row_adapters, last, lengths = [], [], [], [], [], []
         for seq in seqs:
             n = len(seq)
             ids += seq.token_ids
             positions += range(n)
             slots += [self._slot(seq, p) for p in range(n)]
-            row_slots += [seq.lora_slot] * n
+            row_adapters += [seq.adapter_index] * n
             last.append(len(ids) - 1)
             lengths.append(n)
         dev = self.device
@@ -44,7 +49,7 @@ class ModelRunner:
             )
             unpad = [b * max_len + j for b, n in enumerate(lengths) for j in range(n)]
             meta.pad_index, meta.unpad_index = pad.to(dev), torch.tensor(unpad, device=dev)
-        return ids, positions, row_slots, meta
+        return ids, positions, row_adapters, meta
 
     def prepare_decode(
         self, seqs: list[Sequence]
@@ -62,34 +67,35 @@ class ModelRunner:
             last_token_index=torch.arange(len(seqs), device=self.device),
             block_tables=tables,
             context_lens=torch.tensor([len(s) for s in seqs], device=self.device),
-            kernels=self.kernels,
         )
         if len(seqs) == 1:
             meta.context_len = len(seqs[0])
-        elif self.kernels is None:
-            span = torch.arange(max_blocks * self.block_size, device=self.device)
-            meta.mask = (span[None, :] < meta.context_lens[:, None])[:, None, None, :]
-        return ids, positions, [s.lora_slot for s in seqs], meta
+        else:
+            meta.mask = self.ops.decode_mask(meta.context_lens, max_blocks * self.block_size)
+        return ids, positions, [s.adapter_index for s in seqs], meta
 
     def run(self, seqs: list[Sequence], is_prefill: bool) -> list[int]:
         """One forward pass over the batch; returns the next token of each sequence."""
         # Rows sorted by adapter: each adapter's rows are contiguous, usually views for the batched LoRA.
-        order = sorted(range(len(seqs)), key=lambda i: seqs[i].lora_slot)
+        order = sorted(range(len(seqs)), key=lambda i: seqs[i].adapter_index)
         batch = [seqs[i] for i in order]
-        ids, positions, row_slots, meta = (self.prepare_prefill if is_prefill else self.prepare_decode)(batch)
-        lora = LoRABatch.build(row_slots, self.device) if any(row_slots) else None
+        ids, positions, row_adapters, meta = (self.prepare_prefill if is_prefill else self.prepare_decode)(
+            batch
+        )
+        lora = NO_LORA
+        if any(row_adapters):
+            lora = LoRAStep(self.lora, LoRABatch.build(row_adapters, self.device))
         hidden = self.model(
             torch.tensor(ids, device=self.device),
             torch.tensor(positions, device=self.device),
             meta,
             self.kv,
             lora,
-            self.lora,
         )
         logits = self.model.logits(hidden).cpu()  # model dtype: the sampler converts only what it samples
         for seq in batch:
             seq.num_cached = len(seq)
-        tokens = sample(logits, batch, self.kernels)
+        tokens = sample(logits, batch, self.ops)
         out = [0] * len(seqs)
         for pos, i in enumerate(order):
             out[i] = tokens[pos]

@@ -7,11 +7,15 @@ recomputed (prompt + tokens so far) when memory frees up. Nothing is ever droppe
 
 from collections import deque
 
-from loraforge.serve.engine.kv_cache import BlockManager
+from loraforge.serve.engine.block_manager import BlockManager
 from loraforge.serve.engine.sequence import Sequence, SequenceStatus
 
 
 class Scheduler:
+    """Decides what each step runs: admits waiting sequences into a prefill batch (within the token budget,
+    `max_num_seqs` and the free KV blocks), else decodes one token for every running sequence, preempting
+    the newest ones when their next token has no block. Sequences wait and run in arrival order."""
+
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
         self.blocks = block_manager
         self.max_num_seqs = max_num_seqs

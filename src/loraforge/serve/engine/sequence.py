@@ -58,13 +58,14 @@ class Sequence:
         self.output_ids: list[int] = []
         self.params = params
         self.adapter = adapter
-        self.lora_slot = 0  # 0 = base model only; set when the adapter is resident
+        self.adapter_index = 0  # its adapter's place in the LoRA stacks; 0 = base model only
         self.holds_adapter = False  # holds a reference that keeps its adapter from being evicted
         self.status = SequenceStatus.WAITING
         self.finish_reason: FinishReason | None = None
         self.blocks: list[int] = []
         self.num_cached = 0  # tokens whose K/V are in the cache
         self.output_text = ""  # detokenized completion, cut at a stop string
+        self.text_sent = 0  # characters of output_text handed out (detokenizer.take_new_text)
         self.detok_offsets = (0, 0)  # see Detokenizer
         self.error: Exception | None = None  # why an aborted sequence failed (its adapter did not load)
         self.num_preemptions = 0

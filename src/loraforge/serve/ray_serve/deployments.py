@@ -11,7 +11,6 @@ import asyncio
 import json
 
 from ray import serve
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
@@ -50,14 +49,10 @@ def engine_replica(max_adapters: int):
         async def resident_adapter(self, name: str) -> str:
             """Make `name` resident in this replica's engine (Ray keeps the LRU bookkeeping of which replica
             holds which; the engine's own LRU, bounded by the same count, frees the memory)."""
-            manager = self.engine.engine.adapters
             self.adapter_loads += 1
             try:
-                await run_in_threadpool(manager.locate, name)
-                future = manager.start_load(name)
-                if future is not None:
-                    await asyncio.wrap_future(future)
-                await self.engine.run_in_engine(manager.poll)
+                await self.engine.prepare_adapter(name)
+                await self.engine.load_adapter(name)
             except Exception:  # noqa: BLE001 - unknown or broken adapter: the API answers it (404, 400)
                 pass
             return name

@@ -136,7 +136,7 @@ def test_resident_memory_counts_every_slot_at_the_padded_rank(tiny_model_dir, re
     for i in range(2):
         write_random_adapter(tiny_model_dir, wide.parent / f"n{i}", r=4, seed=i)
     probe = _engine(tiny_model_dir, wide.parent)
-    small, big = probe.lora.slot_bytes_at(4), probe.lora.slot_bytes_at(16)
+    small, big = probe.lora.adapter_bytes_at(4), probe.lora.adapter_bytes_at(16)
     assert big == 4 * small
     engine = _engine(tiny_model_dir, wide.parent, max_adapter_bytes=2 * small)
     _use(engine, "n0")
@@ -185,8 +185,8 @@ def test_loaded_but_not_installed_adapters_are_bounded(tiny_model_dir, registry)
     assert long.error is None and all(s.error is None and s.is_finished for s in others)
 
 
-def test_a_failure_polled_by_someone_else_still_fails_the_waiting_requests(tiny_model_dir, tmp_path):
-    """Issue 17: POST /v1/adapters polls the manager itself; the failure it takes must still reach the
+def test_a_failure_installed_by_someone_else_still_fails_the_waiting_requests(tiny_model_dir, tmp_path):
+    """Issue 17: POST /v1/adapters installs finished loads itself; a failure it sees must still reach the
     requests waiting for that adapter (they used to wait forever)."""
     folder = tmp_path / "broken"
     folder.mkdir()
@@ -194,7 +194,25 @@ def test_a_failure_polled_by_someone_else_still_fails_the_waiting_requests(tiny_
     engine = _engine(tiny_model_dir, tmp_path)
     seq = engine.add_request([5, 6], SamplingParams(max_tokens=1), "broken")
     engine.adapters.wait_for_load(10)
-    engine.adapters.poll()  # what the /v1/adapters route does, before the engine's own step
+    engine.adapters.install_finished()  # what the /v1/adapters route does, before the engine's own step
     for _ in range(3):
         engine.step()
     assert seq.is_finished and "pickles are refused" in str(seq.error)
+
+
+def test_the_manager_owns_the_life_cycle_of_an_adapter(tiny_model_dir, registry):
+    from loraforge.serve.lora.manager import AdapterState, Resident
+
+    engine = _engine(tiny_model_dir, registry)
+    manager = engine.adapters
+    assert manager.state("r0") is AdapterState.KNOWN
+    seq = engine.add_request([5, 6, 7], SamplingParams(max_tokens=1, temperature=0), "r0")
+    assert manager.state("r0") in (AdapterState.LOADING, AdapterState.READY) and seq in manager.pending
+    while engine.has_work():
+        manager.wait_for_load(0.01)
+        engine.step()
+    assert seq.is_finished and seq.error is None and not manager.pending
+    assert manager.state("r0") is AdapterState.RESIDENT
+    resident = manager.resident["r0"]
+    assert isinstance(resident, Resident) and resident.index == seq.adapter_index >= 1
+    assert manager.unload("r0") and manager.state("r0") is AdapterState.KNOWN

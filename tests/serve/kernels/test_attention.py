@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from loraforge.serve.engine.attention import decode_attention
-from loraforge.serve.engine.kv_cache import KVCache
+from loraforge.serve.kernels.ops import decode_attention
+from loraforge.serve.model.kv_cache import KVCache
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

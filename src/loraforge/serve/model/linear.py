@@ -1,7 +1,7 @@
 """A base-model linear layer, `x @ weight.T (+ bias)`, run in the fastest form the device has for the batch.
 
 On CPU (bf16/fp32) there are two:
-- up to SMALL_BATCH_ROWS rows (a decode step of one or two sequences), the C++ matrix-vector kernel
+- up to `ops.small_linear_rows` rows (a decode step of one or two sequences), the C++ matrix-vector kernel
   (`small_linear`, csrc/linear_cpu.cpp), which streams the plain weight from memory ~1.5x faster than
   packed oneDNN and ~2x faster than `F.linear`;
 - more rows, oneDNN with the weight packed once, at load, into its own blocked layout. `F.linear` re-lays the
@@ -11,7 +11,7 @@ Elsewhere (CUDA, fp16) it is `F.linear`.
 
 Where oneDNN cannot pack the dtype on this CPU (bf16 without AVX-512, see `onednn_packs`), batches of 3+
 rows run `F.linear`. Holding both forms doubles the weights' memory. Where that is too much
-(`keep_plain=False`, see `Llama.__init__`), the plain weight is dropped once packed, and every batch size
+(`keep_plain=False`, see `Llama`), the plain weight is dropped once packed, and every batch size
 runs the packed form.
 """
 
@@ -21,7 +21,8 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
-SMALL_BATCH_ROWS = 2  # up to this many rows the matrix-vector kernel beats packed oneDNN (cpu_kernels.py)
+from loraforge.serve.kernels.ops import TORCH_OPS, TorchOps
+
 ROW_BUCKET, LARGE_ROWS, ROW_BUCKET_LARGE = 16, 256, 64  # packed-path batch shapes, see padded_rows
 PLAIN_COPY_MAX_SHARE = 0.25  # of the machine's memory, for the linear weights when held in both forms
 
@@ -71,16 +72,32 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
-class Linear:
-    """One weight `[out, in]` (and optional bias) with the forms it is run in; `kernels` from cpu_kernels.
-    `keep_plain=False`: once packed, drop the plain weight (half the memory, slower 1-2 row batches)."""
+class Linear(torch.nn.Module):
+    """One weight `[out, in]` (and optional bias) with the forms it is run in; `ops` from kernels/ops.py.
+    `keep_plain=False`: once packed, drop the plain weight (half the memory, slower 1-2 row batches).
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, kernels=None, keep_plain=True):
-        self.shape, self.dtype = weight.shape, weight.dtype
-        self.bias = bias
-        self.kernels = kernels
+    The weight and bias are (frozen) parameters, so `.parameters()`, `state_dict()` and `.to()` see them;
+    the packed form is derived from the weight, and `.to()` packs it again."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        ops: TorchOps = TORCH_OPS,
+        keep_plain: bool = True,
+    ):
+        super().__init__()
+        self.shape = weight.shape
+        self.ops = ops
         self.packed = pack(weight)
-        self.weight = weight if keep_plain or self.packed is None else None
+        kept = weight if keep_plain or self.packed is None else None
+        self.weight = frozen(kept)
+        self.bias = frozen(bias)
+        self._dtype = weight.dtype
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weight.dtype if self.weight is not None else self._dtype
 
     @property
     def nbytes(self) -> int:
@@ -88,9 +105,16 @@ class Linear:
         size = self.shape.numel() * self.dtype.itemsize
         return size * ((self.weight is not None) + (self.packed is not None))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernels is not None and self.weight is not None and x.shape[0] <= SMALL_BATCH_ROWS:
-            out = self.kernels.small_linear(x, self.weight)
+    def _apply(self, fn, recurse=True):
+        if self.weight is None:
+            raise RuntimeError("this layer holds its weight only in oneDNN's packed form; it cannot be moved")
+        super()._apply(fn, recurse)
+        self.packed = pack(self.weight.data)  # the packed form follows the weight's new dtype and device
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is not None and x.shape[0] <= self.ops.small_linear_rows:
+            out = self.ops.small_linear(x, self.weight)
             return out if self.bias is None else out + self.bias
         if self.packed is not None:
             rows = x.shape[0]
@@ -99,3 +123,10 @@ class Linear:
                 return packed_linear(x, self.packed, self.bias)
             return packed_linear(F.pad(x, (0, 0, 0, padded - rows)), self.packed, self.bias)[:rows]
         return F.linear(x, self.weight, self.bias)
+
+
+def frozen(tensor: torch.Tensor | None) -> torch.nn.Parameter | None:
+    """A parameter without gradient around `tensor` (the same storage), or None."""
+    if tensor is None or isinstance(tensor, torch.nn.Parameter):
+        return tensor
+    return torch.nn.Parameter(tensor, requires_grad=False)

@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 
-from loraforge.serve.engine import cpu_kernels as ck
+from loraforge.serve.kernels import loader as ck
 
 TRIVIAL = "int loraforge_answer() { return 42; }\n"
 

@@ -58,7 +58,7 @@ class HubFetcher:
             self._slots.release()
             raise
         # The download runs on a thread of its own so that a stalled one frees the caller after the
-        # timeout; it holds its download slot until it really ends.
+        # timeout; it counts against the download limit until it really ends.
         result: dict[str, object] = {}
 
         def run() -> None:

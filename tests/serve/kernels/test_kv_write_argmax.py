@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from loraforge.serve.engine.kv_cache import KVCache
+from loraforge.serve.kernels.ops import TORCH_OPS, KernelOps, ops_for
+from loraforge.serve.model.kv_cache import KVCache
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -11,14 +12,14 @@ from loraforge.serve.engine.kv_cache import KVCache
 def test_kv_write_equals_the_pytorch_write(kernels, dtype, tokens):
     g = torch.Generator().manual_seed(tokens)
     caches = [KVCache(2, 40, 16, 3, 8, dtype) for _ in range(2)]
-    caches[1].kernels = None  # the PyTorch path
     slots = torch.randperm(40 * 16, generator=g)[:tokens]
     qkv = torch.randn(tokens, 5 * 3 * 8, generator=g).to(dtype)
     k = qkv[:, : 3 * 8].view(tokens, 3, 8)  # strided views of a fused projection, as in the model
     v = qkv[:, 4 * 3 * 8 :].view(tokens, 3, 8)
-    assert caches[0].kernels is kernels
-    for cache in caches:
-        cache.write(1, slots, k, v)
+    kernel_ops = ops_for("cpu", dtype)
+    assert isinstance(kernel_ops, KernelOps) and kernel_ops.kernels is kernels
+    for ops, cache in zip((kernel_ops, TORCH_OPS), caches, strict=True):  # the kernel, the PyTorch code
+        ops.kv_write(cache, 1, slots, k, v)
     assert torch.equal(caches[0].k, caches[1].k) and torch.equal(caches[0].v, caches[1].v)
     assert caches[0].k[1].abs().sum() > 0 and caches[0].k[0].abs().sum() == 0
 
@@ -26,7 +27,7 @@ def test_kv_write_equals_the_pytorch_write(kernels, dtype, tokens):
 def test_kv_write_rejects_slots_outside_the_cache(kernels):
     kv = KVCache(1, 2, 4, 1, 8, torch.float32)
     with pytest.raises(RuntimeError, match="outside the cache"):
-        kv.write(0, torch.tensor([8]), torch.zeros(1, 1, 8), torch.zeros(1, 1, 8))
+        KernelOps(kernels).kv_write(kv, 0, torch.tensor([8]), torch.zeros(1, 1, 8), torch.zeros(1, 1, 8))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

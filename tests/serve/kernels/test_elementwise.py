@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from loraforge.serve.engine.llama import apply_rope, rms_norm
+from loraforge.serve.kernels.ops import apply_rope, rms_norm
 
 # bf16: the kernels round where the PyTorch code rounds, so at most one bf16 step apart (summation order).
 TOLERANCE = {torch.float32: 1e-6, torch.bfloat16: 1e-2}

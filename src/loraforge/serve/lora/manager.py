@@ -1,34 +1,69 @@
-"""Adapter manager: find adapters by name, load them in the background, keep an LRU set resident in slots.
+"""Adapter manager: find adapters by name, load them in the background, keep an LRU set resident.
+
+The one owner of an adapter's life cycle: known (a name its sources can provide) -> loading (a worker
+thread reads it) -> ready (read, waiting for room in the stacks) -> resident (installed at an adapter index,
+usable by a batch) -> evicted (least recently used, when no request holds it and room is needed), or failed
+(remembered a while). It also holds the requests waiting for an adapter that is not resident yet.
 
 Sources, in order: adapters registered with an explicit path, folders of the registry directory (the folder
 name is the adapter name), then Hugging Face hub ids (`org/name`, only where the operator allowed them).
 Only safetensors are read, never pickles (see adapter_file.py).
 """
 
+import enum
 import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 from loraforge.errors import ModelNotFoundError
-from loraforge.serve.engine.adapter_file import AdapterError, LoadedAdapter, read_adapter
-from loraforge.serve.engine.hub import HubBusyError, HubFetcher
-from loraforge.serve.engine.lora_math import LoRAWeights
-from loraforge.serve.limits import ServeLimits
+from loraforge.serve.engine.sequence import Sequence
+from loraforge.serve.limits import MAX_ADAPTER_BYTES, MAX_ADAPTERS, ServeLimits
+from loraforge.serve.lora.adapter_file import AdapterError, LoadedAdapter, read_adapter
+from loraforge.serve.lora.hub import HubBusyError, HubFetcher
+from loraforge.serve.lora.weights import LoRAWeights
 
 NAME = re.compile(r"^[A-Za-z0-9][\w.\-]*$")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*$")
 
-__all__ = ["AdapterError", "AdapterManager", "LoadedAdapter", "read_adapter"]
+__all__ = ["AdapterError", "AdapterManager", "AdapterRef", "AdapterState", "LoadedAdapter", "read_adapter"]
+
+
+class AdapterState(enum.Enum):
+    """Where an adapter is in its life cycle (see the module docstring)."""
+
+    KNOWN = "known"
+    LOADING = "loading"
+    READY = "ready"
+    RESIDENT = "resident"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Resident:
+    """An adapter installed in the stacked LoRA weights."""
+
+    index: int  # its adapter index: its place in the stacks (LoRAWeights), 1.. (0 = no adapter)
+    nbytes: int  # its own size in the engine's dtype (what it occupies is `adapter_bytes_at` the padded rank)
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """An adapter name checked against its sources once for a request (`AdapterManager.resolve`)."""
+
+    name: str
+    local: bool  # provided by the operator (explicit path or registry folder), not a hub id
 
 
 class AdapterManager:
-    """Tracks known, loading and resident adapters. Loads run on worker threads (one for local folders, a
-    few for hub downloads, so a slow download never delays a local load); `poll()` (engine thread)
-    installs finished loads into slots, evicting least-recently-used adapters that no request is using.
+    """Tracks known, loading and resident adapters and the requests waiting for them. Loads run on worker
+    threads (one for local folders, a few for hub downloads, so a slow download never delays a local load);
+    `admit()` (engine thread) installs finished loads into the stacks, evicting least-recently-used adapters
+    that no request is using, and hands back the waiting requests whose adapter is now resident or failed.
 
     Everything a client can make it remember is bounded: loads in flight plus loaded-but-not-installed
     adapters by `max_adapters`, failures by `limits.max_remembered_failures` (each kept
@@ -39,25 +74,26 @@ class AdapterManager:
         weights: LoRAWeights,
         dims: dict[str, int],
         registry_dir: Path | None = None,
-        max_adapters: int = 64,
-        max_bytes: int = 4 << 30,
+        max_adapters: int = MAX_ADAPTERS,
+        max_bytes: int = MAX_ADAPTER_BYTES,
         on_ready: Callable[[], None] | None = None,
         limits: ServeLimits | None = None,
         hub: HubFetcher | None = None,
     ):
         self.weights, self.dims = weights, dims
         self.registry = Path(registry_dir).resolve() if registry_dir else None
-        self.max_adapters, self.max_bytes = min(max_adapters, weights.num_slots - 1), max_bytes
+        self.max_adapters, self.max_bytes = min(max_adapters, weights.capacity - 1), max_bytes
         self.on_ready = on_ready or (lambda: None)
         self.limits = limits or ServeLimits()
         self.hub = hub or HubFetcher(self.limits)
         self.explicit: dict[str, Path] = {}
-        self.resident: OrderedDict[str, tuple[int, int]] = OrderedDict()  # name -> (slot, nbytes), LRU first
+        self.resident: OrderedDict[str, Resident] = OrderedDict()  # least recently used first
         self.pinned: set[str] = set()
         self.refs: dict[str, int] = {}
         self.loading: dict[str, Future] = {}
-        self.ready: dict[str, LoadedAdapter] = {}  # loaded, waiting for a free slot
+        self.ready: dict[str, LoadedAdapter] = {}  # loaded, waiting for room in the stacks
         self.failed: OrderedDict[str, tuple[Exception, float]] = OrderedDict()  # name -> (error, expiry)
+        self.pending: list[Sequence] = []  # requests waiting for their adapter to become resident
         self.lock = threading.RLock()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapter-load")
         self.hub_pool = ThreadPoolExecutor(
@@ -97,6 +133,21 @@ class AdapterManager:
             if (path / "adapter_config.json").is_file():
                 return path
         raise ModelNotFoundError(f"unknown model or adapter '{name}'")
+
+    def resolve(self, name: str) -> AdapterRef:
+        """Check `name` against the sources once (raises ModelNotFoundError); see `locate`."""
+        return AdapterRef(name, self.locate(name) is not None)
+
+    def state(self, name: str) -> AdapterState:
+        """Where `name` is in its life cycle (KNOWN also for an evicted adapter: it loads again when used)."""
+        with self.lock:
+            if name in self.resident:
+                return AdapterState.RESIDENT
+            if name in self.ready:
+                return AdapterState.READY
+            if name in self.loading:
+                return AdapterState.LOADING
+            return AdapterState.FAILED if self.failure(name) is not None else AdapterState.KNOWN
 
     def exists(self, name: str) -> bool:
         try:
@@ -151,7 +202,7 @@ class AdapterManager:
 
     # ---- residency ---------------------------------------------------------------------------------
     def acquire(self, name: str) -> int | None:
-        """Take a reference for one request: the adapter's slot if resident, else None (a load is started).
+        """Take a reference for one request: the adapter's index if resident, else None (a load is started).
 
         Raises the remembered error of a recent failed load instead of trying again."""
         with self.lock:
@@ -161,7 +212,7 @@ class AdapterManager:
             self.refs[name] = self.refs.get(name, 0) + 1
             if name in self.resident:
                 self.resident.move_to_end(name)
-                return self.resident[name][0]
+                return self.resident[name].index
             self.start_load(name)
             return None
 
@@ -203,11 +254,42 @@ class AdapterManager:
             future.add_done_callback(lambda _: self.on_ready())
             return future
 
-    def poll(self) -> tuple[dict[str, int], dict[str, Exception]]:
-        """Engine thread: install finished loads; returns (new name -> slot, failed name -> error).
+    def park(self, seq: Sequence) -> None:
+        """Hold a request (whose reference `acquire` took) until its adapter is resident or has failed."""
+        self.pending.append(seq)
 
-        Failures are also remembered in `failed`, so whoever polls, no waiting request misses one."""
-        installed, failed = {}, {}
+    def unpark(self, seq: Sequence) -> None:
+        """Forget a waiting request (it was aborted or failed)."""
+        if seq in self.pending:
+            self.pending.remove(seq)
+
+    def admit(self) -> tuple[list[Sequence], list[tuple[Sequence, Exception]]]:
+        """Engine thread: install finished loads, then return the waiting requests that can run now (their
+        `adapter_index` set) and those whose adapter failed, with its error. A request whose load was
+        deferred or dropped (by an unload) has it started again."""
+        if not self.pending:
+            return [], []
+        fresh = self.install_finished()
+        admitted, failed = [], []
+        for seq in list(self.pending):
+            # From the manager's own record, not from whoever installed the load: the /v1/adapters route
+            # installs too, and a failure it saw must still reach these requests.
+            if seq.adapter in self.resident:
+                self.pending.remove(seq)
+                seq.adapter_index = self.resident[seq.adapter].index
+                admitted.append(seq)
+            elif (err := fresh.get(seq.adapter) or self.failure(seq.adapter)) is not None:
+                self.pending.remove(seq)
+                failed.append((seq, err))
+            elif not self.is_settled(seq.adapter):
+                self.start_load(seq.adapter)
+        return admitted, failed
+
+    def install_finished(self) -> dict[str, Exception]:
+        """Engine thread: install the finished loads that fit (evicting as needed); returns the loads that
+        failed now. Failures are also remembered in `failed` (bounded), where the requests waiting for that
+        adapter find them whoever called this (`admit`)."""
+        failed: dict[str, Exception] = {}
         with self.lock:
             for name, future in list(self.loading.items()):
                 if future.done():
@@ -219,31 +301,30 @@ class AdapterManager:
                         self._remember(name, exc)
             for name in list(self.ready):
                 try:
-                    slot = self._install(self.ready[name])
+                    index = self._install(self.ready[name])
                 except Exception as exc:  # e.g. out of memory growing the stacks: fail this adapter only
                     del self.ready[name]
                     failed[name] = exc
                     self._remember(name, exc)
                     continue
-                if slot is not None:
+                if index is not None:
                     del self.ready[name]
-                    installed[name] = slot
-        return installed, failed
+        return failed
 
     def _install(self, adapter: LoadedAdapter) -> int | None:
-        # Every slot is padded to the largest rank ever installed, so that is what each one costs.
-        per_slot = self.weights.slot_bytes_at(max(self.weights.rank, adapter.rank))
+        # Every adapter is padded to the largest rank ever installed, so that is what each one costs.
+        each = self.weights.adapter_bytes_at(max(self.weights.rank, adapter.rank))
         while len(self.resident) >= self.max_adapters or (
-            self.resident and (len(self.resident) + 1) * per_slot > self.max_bytes
+            self.resident and (len(self.resident) + 1) * each > self.max_bytes
         ):
             if not self._evict_one():
                 return None
-        used = {slot for slot, _ in self.resident.values()}
-        slot = next(s for s in range(1, self.weights.num_slots) if s not in used)
+        used = {r.index for r in self.resident.values()}
+        index = next(i for i in range(1, self.weights.capacity) if i not in used)
         self.weights.ensure_rank(adapter.rank, sorted(used))
-        self.weights.install(slot, adapter.modules)
-        self.resident[adapter.name] = (slot, adapter.nbytes)
-        return slot
+        self.weights.install(index, adapter.modules)
+        self.resident[adapter.name] = Resident(index, adapter.nbytes)
+        return index
 
     def _evict_one(self) -> bool:
         for name in self.resident:  # least recently used first
@@ -254,8 +335,8 @@ class AdapterManager:
 
     @property
     def resident_bytes(self) -> int:
-        """Memory of the resident adapters, each slot counted at the common (padded) rank."""
-        return len(self.resident) * self.weights.slot_bytes_at(self.weights.rank)
+        """Memory of the resident adapters, each counted at the common (padded) rank."""
+        return len(self.resident) * self.weights.adapter_bytes_at(self.weights.rank)
 
     def pin(self, name: str, pinned: bool = True) -> None:
         with self.lock:

@@ -3,12 +3,13 @@
 import torch
 
 from loraforge.serve.engine.sequence import Sequence
+from loraforge.serve.kernels.ops import TORCH_OPS, TorchOps
 
 MIN_TEMPERATURE = 1e-5  # smaller ones (valid in the API: 1e-300) act as this; in fp32 they round to 0
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence], kernels=None) -> list[int]:
-    """`logits` `[rows, vocab]` on CPU (the model's dtype), one row per sequence; `kernels` from cpu_kernels.
+def sample(logits: torch.Tensor, seqs: list[Sequence], ops: TorchOps = TORCH_OPS) -> list[int]:
+    """`logits` `[rows, vocab]` on CPU (the model's dtype), one row per sequence; `ops` from kernels/ops.py.
 
     Greedy rows take the argmax of the logits as they are (exact: fp32 holds every bf16 value); only the
     rows that sample are converted to fp32. Rows under a constraint first lose every token it does not allow
@@ -19,10 +20,7 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], kernels=None) -> list[int
             kept = logits[i, allowed]
             logits[i] = float("-inf")
             logits[i, allowed] = kept
-    if kernels is not None:  # rows in parallel, read in place
-        out = kernels.argmax_rows(logits).tolist()
-    else:
-        out = logits.float().argmax(dim=-1).tolist()
+    out = ops.argmax_rows(logits)
     sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
     if not sampled:
         return out

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from loraforge.serve.engine import linear as linear_mod
-from loraforge.serve.engine.linear import Linear, keep_plain_copy, onednn_packs
+from loraforge.serve.kernels.ops import SMALL_BATCH_ROWS, KernelOps
+from loraforge.serve.model import linear as linear_mod
+from loraforge.serve.model.linear import Linear, keep_plain_copy, onednn_packs
 
 needs_bf16_packing = pytest.mark.skipif(
     not onednn_packs(torch.bfloat16),
@@ -45,18 +46,18 @@ def test_few_rows_take_the_kernel_and_more_rows_the_packed_weight(kernels, monke
     x, w, b = _inputs(64, torch.float32, True)
     calls = []
 
-    class SpyKernels:
+    class SpyKernels(KernelOps):
         def small_linear(self, x, w):
             calls.append("kernel")
-            return kernels.small_linear(x, w)
+            return super().small_linear(x, w)
 
     def spy_packed(x, packed, bias):
         calls.append("packed")
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
     monkeypatch.setattr(linear_mod, "packed_linear", spy_packed)
-    layer = Linear(w, b, SpyKernels())
-    for rows in (1, linear_mod.SMALL_BATCH_ROWS, linear_mod.SMALL_BATCH_ROWS + 1, 64):
+    layer = Linear(w, b, SpyKernels(kernels))
+    for rows in (1, SMALL_BATCH_ROWS, SMALL_BATCH_ROWS + 1, 64):
         torch.testing.assert_close(layer(x[:rows]), F.linear(x[:rows], w, b), rtol=1e-5, atol=1e-4)
     assert calls == ["kernel", "kernel", "packed", "packed"]
 
@@ -72,7 +73,8 @@ def test_no_packing_where_onednn_does_not_apply():
 @pytest.mark.parametrize("rows", [1, 64])
 def test_packed_only_drops_the_plain_weight_and_gives_the_same_result(kernels, rows):
     x, w, b = _inputs(rows, torch.bfloat16, True)
-    both, packed_only = Linear(w, b, kernels), Linear(w, b, kernels, keep_plain=False)
+    ops = KernelOps(kernels)
+    both, packed_only = Linear(w, b, ops), Linear(w, b, ops, keep_plain=False)
     assert packed_only.weight is None and packed_only.nbytes == both.nbytes // 2
     torch.testing.assert_close(packed_only(x), both(x), rtol=1e-2, atol=1e-2)  # 1 row: kernel vs oneDNN
 
@@ -83,11 +85,11 @@ def test_without_packing_every_form_gives_f_linear(kernels, monkeypatch, dtype):
     kept even when asked to drop it, the kernel for 1-2 rows and `F.linear` for more."""
     monkeypatch.setattr(linear_mod, "onednn_packs", lambda dtype: False)
     x, w, b = _inputs(64, dtype, True)
-    layer = Linear(w, b, kernels, keep_plain=False)
-    assert layer.packed is None and layer.weight is w
+    layer = Linear(w, b, KernelOps(kernels), keep_plain=False)
+    assert layer.packed is None and layer.weight.data_ptr() == w.data_ptr()
     assert layer.nbytes == w.numel() * w.element_size()
     assert torch.equal(layer(x), F.linear(x, w, b))
-    for rows in (1, linear_mod.SMALL_BATCH_ROWS):
+    for rows in (1, SMALL_BATCH_ROWS):
         torch.testing.assert_close(layer(x[:rows]), F.linear(x[:rows], w, b), rtol=1e-2, atol=1e-2)
 
 

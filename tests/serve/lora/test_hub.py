@@ -8,8 +8,8 @@ import pytest
 
 from loraforge.errors import ModelNotFoundError
 from loraforge.serve.engine import Engine, EngineConfig, SamplingParams
-from loraforge.serve.engine.hub import HubBusyError, HubFetcher
 from loraforge.serve.limits import ServeLimits
+from loraforge.serve.lora.hub import HubBusyError, HubFetcher
 from tests.serve.conftest import write_random_adapter
 
 GREEDY = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)

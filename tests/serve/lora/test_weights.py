@@ -3,7 +3,10 @@
 import pytest
 import torch
 
-from loraforge.serve.engine.lora_math import PROJECTIONS, LoRABatch, LoRAWeights
+from loraforge.serve.kernels.ops import KernelOps
+from loraforge.serve.lora.batch import LoRABatch
+from loraforge.serve.lora.weights import LoRAWeights
+from loraforge.serve.model.projections import PROJECTIONS
 
 # intermediate 84 = one full 64-column block of B plus a partial one
 DIMS = {"hidden_size": 12, "q_size": 12, "kv_size": 4, "intermediate_size": 84}
@@ -14,7 +17,7 @@ def _random_adapter(rank: int, seed: int, modules=ALL):
     g = torch.Generator().manual_seed(seed)
     out = {}
     for layer in range(2):
-        for din, subs in PROJECTIONS.values():
+        for din, subs in ((p.in_dim, p.parts) for p in PROJECTIONS.values()):
             for module, dout in subs:
                 if module in modules:
                     a = torch.randn(rank, DIMS[din], generator=g, dtype=torch.float64)  # PEFT layouts
@@ -25,30 +28,30 @@ def _random_adapter(rank: int, seed: int, modules=ALL):
 
 def _weights(cache_bytes: int):
     w = LoRAWeights(
-        DIMS, num_layers=2, num_slots=5, dtype=torch.float64, device="cpu", cache_bytes=cache_bytes
+        DIMS, num_layers=2, capacity=5, dtype=torch.float64, device="cpu", cache_bytes=cache_bytes
     )
     adapters = {
         1: _random_adapter(2, 1, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj")),
         2: _random_adapter(8, 2),
         3: _random_adapter(4, 3, ("v_proj", "up_proj")),
     }
-    for slot, ad in adapters.items():  # rank grows 2 -> 8 after slot 1 is installed: slot 1 must survive it
-        w.ensure_rank(max(a.shape[0] for a, _, _ in ad.values()), sorted(s for s in adapters if s < slot))
-        w.install(slot, ad)
+    for index, ad in adapters.items():  # rank grows 2 -> 8 after index 1 is installed: it must survive
+        w.ensure_rank(max(a.shape[0] for a, _, _ in ad.values()), sorted(i for i in adapters if i < index))
+        w.install(index, ad)
     return w, adapters
 
 
-def _check(w, adapters, row_slots):
-    batch = LoRABatch.build(row_slots)
+def _check(w, adapters, row_adapters):
+    batch = LoRABatch.build(row_adapters)
     g = torch.Generator().manual_seed(0)
-    for proj, (din, subs) in PROJECTIONS.items():
-        x = torch.randn(len(row_slots), DIMS[din], generator=g, dtype=torch.float64)
+    for proj, din, subs in ((k, p.in_dim, p.parts) for k, p in PROJECTIONS.items()):
+        x = torch.randn(len(row_adapters), DIMS[din], generator=g, dtype=torch.float64)
         width = sum(DIMS[d] for _, d in subs)
-        base = torch.randn(len(row_slots), width, generator=g, dtype=torch.float64)
+        base = torch.randn(len(row_adapters), width, generator=g, dtype=torch.float64)
         out = base.clone()
         w.add(1, proj, x, out, batch)
         expected = base.clone()
-        for row, slot in enumerate(row_slots):
+        for row, slot in enumerate(row_adapters):
             offset = 0
             for module, dout in subs:
                 if slot and (1, module) in adapters[slot]:
@@ -56,7 +59,7 @@ def _check(w, adapters, row_slots):
                     expected[row, offset : offset + DIMS[dout]] += scale * (x[row] @ a.T @ b.T)
                 offset += DIMS[dout]
         torch.testing.assert_close(out, expected)
-        for row, slot in enumerate(row_slots):
+        for row, slot in enumerate(row_adapters):
             if slot == 0:
                 assert torch.equal(out[row], base[row])  # base rows untouched
     return batch
@@ -84,9 +87,9 @@ def test_cached_copy_is_refreshed_when_a_slot_changes():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cpu_kernels_equal_the_batched_matmuls(kernels, dtype):
-    with_kernels = LoRAWeights(DIMS, num_layers=2, num_slots=5, dtype=dtype, device="cpu", cache_bytes=0)
-    assert with_kernels.kernels is not None
-    reference = LoRAWeights(DIMS, num_layers=2, num_slots=5, dtype=torch.float64, device="cpu")
+    with_kernels = LoRAWeights(DIMS, num_layers=2, capacity=5, dtype=dtype, device="cpu", cache_bytes=0)
+    assert isinstance(with_kernels.ops, KernelOps) and with_kernels.ops.kernels is kernels
+    reference = LoRAWeights(DIMS, num_layers=2, capacity=5, dtype=torch.float64, device="cpu")
     adapters = {1: _random_adapter(2, 1, ("q_proj", "v_proj", "down_proj")), 2: _random_adapter(8, 2)}
     adapters[3] = _random_adapter(4, 3, ("v_proj", "up_proj"))
     for w in (with_kernels, reference):
@@ -95,13 +98,13 @@ def test_cpu_kernels_equal_the_batched_matmuls(kernels, dtype):
             w.install(slot, ad)
     g = torch.Generator().manual_seed(0)
     # Decode (one row each), uneven groups of up to five rows (more than one block of 4), base rows first.
-    for row_slots in ([1, 2, 3], [0, 1, 2, 2, 3, 3, 3, 3, 3], [0, 0, 2]):
-        batch = LoRABatch.build(row_slots)
+    for row_adapters in ([1, 2, 3], [0, 1, 2, 2, 3, 3, 3, 3, 3], [0, 0, 2]):
+        batch = LoRABatch.build(row_adapters)
         assert batch.row_start is not None
-        for proj, (din, subs) in PROJECTIONS.items():
-            x = torch.randn(len(row_slots), DIMS[din], generator=g, dtype=torch.float64)
+        for proj, din, subs in ((k, p.in_dim, p.parts) for k, p in PROJECTIONS.items()):
+            x = torch.randn(len(row_adapters), DIMS[din], generator=g, dtype=torch.float64)
             base = torch.randn(
-                len(row_slots), sum(DIMS[d] for _, d in subs), generator=g, dtype=torch.float64
+                len(row_adapters), sum(DIMS[d] for _, d in subs), generator=g, dtype=torch.float64
             )
             expected = base.clone()
             reference.add(1, proj, x, expected, batch)

@@ -18,7 +18,8 @@ gets its own build). Where the compiler does not know `-march=native`, or with
 `LORAFORGE_KERNEL_MARCH=portable`, it builds for the compiler's default target; `LORAFORGE_KERNEL_MARCH=NAME`
 builds for `-march=NAME`.
 
-Without a C++ toolchain the engine falls back to plain PyTorch (batched matmuls, gathered attention), correct
+Which code path a model uses is chosen once, in ops.py. Without a C++ toolchain the engine falls back to
+plain PyTorch (batched matmuls, gathered attention), correct
 but slower; `LORAFORGE_NO_KERNELS=1` forces that fallback. A compile error is not a missing toolchain: it
 raises `KernelBuildError` with the compiler's output.
 """
@@ -35,8 +36,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-
-import torch
 
 from loraforge.hardware import cpu_flags, describe
 
@@ -186,13 +185,6 @@ def cpu_kernels():
         log.warning("engine CPU kernels unavailable: %s; using plain PyTorch (slower)", missing)
         return None
     return build("loraforge_cpu_kernels", SOURCES, march_flags())
-
-
-def kernels_for(device: str | torch.device, dtype: torch.dtype):
-    """The CPU kernels where they apply (CPU tensors in bf16 or fp32), else None."""
-    if torch.device(device).type != "cpu" or dtype not in (torch.bfloat16, torch.float32):
-        return None
-    return cpu_kernels()
 
 
 def main() -> None:

@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from loraforge.errors import LoraforgeError, ModelNotFoundError
-from loraforge.serve.engine.lora_math import MODULE_TO_PROJECTION
+from loraforge.serve.model.projections import MODULE_TO_PROJECTION, PROJECTIONS, module_shape
 
-LORA_KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
+_PARENTS = "|".join(sorted({p.parent for p in PROJECTIONS.values()}))
+LORA_KEY = re.compile(rf"layers\.(\d+)\.(?:{_PARENTS})\.(\w+)\.lora_([AB])\.weight$")
 
 
 class AdapterError(LoraforgeError):
@@ -29,17 +30,6 @@ class LoadedAdapter:
     modules: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, float]]
 
 
-MODULE_DIMS = {
-    "q_proj": ("hidden_size", "q_size"),
-    "k_proj": ("hidden_size", "kv_size"),
-    "v_proj": ("hidden_size", "kv_size"),
-    "o_proj": ("q_size", "hidden_size"),
-    "gate_proj": ("hidden_size", "intermediate_size"),
-    "up_proj": ("hidden_size", "intermediate_size"),
-    "down_proj": ("intermediate_size", "hidden_size"),
-}
-
-
 def read_adapter(
     name: str,
     path: Path,
@@ -50,7 +40,7 @@ def read_adapter(
 ) -> LoadedAdapter:
     """Read a PEFT LoRA folder (safetensors only) and check it against the base model's shapes.
 
-    Tensors stay as stored: transposing, scaling and casting happen in one copy when installed into a slot.
+    Tensors stay as stored: transposing, scaling and casting happen in one copy when installed.
     """
     cfg_path, weights = path / "adapter_config.json", path / "adapter_model.safetensors"
     if not cfg_path.is_file():
@@ -81,12 +71,12 @@ def read_adapter(
         a, b = ab["A"], ab["B"]
         r = a.shape[0]
         if max_rank is not None and r > max_rank:
-            # Every resident slot is padded to the largest rank, so one huge rank costs every adapter.
+            # Every resident adapter is padded to the largest rank, so one huge rank costs every adapter.
             raise AdapterError(
                 f"adapter '{name}': LoRA rank {r} is over this server's limit of {max_rank} "
                 "(--max-adapter-rank)"
             )
-        din, dout = (dims[d] for d in MODULE_DIMS[module])
+        din, dout = module_shape(module, dims)
         if a.shape != (r, din) or b.shape != (dout, r):
             raise AdapterError(
                 f"adapter '{name}': {module} of layer {layer} has shapes {tuple(a.shape)}/{tuple(b.shape)}, "

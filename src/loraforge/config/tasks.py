@@ -1,0 +1,13 @@
+"""The metric names of each evaluation task: part of the config's vocabulary (`evaluation.metrics`), so they
+live here and `evaluate.metrics` computes them, rather than the config reaching up into `evaluate`."""
+
+METRICS_BY_TASK: dict[str, list[str]] = {
+    "classification": ["accuracy", "macro_f1", "out_of_label_rate"],
+    "generation": ["exact_match", "rouge_l", "slot_f1"],
+    "json": ["valid_json_rate", "field_accuracy", "exact_match"],
+}
+DEFAULT_METRICS: dict[str, list[str]] = {
+    "classification": ["accuracy", "macro_f1", "out_of_label_rate"],
+    "generation": ["exact_match", "rouge_l"],
+    "json": ["valid_json_rate", "field_accuracy"],
+}
