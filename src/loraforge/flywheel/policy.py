@@ -111,7 +111,7 @@ class OutputSection(Section):
     labels_file: Path | None = None
 
     def spec(self) -> OutputSpec:
-        labels = self.labels or load_labels(self.labels_file) or []
+        labels = self.labels or (load_labels(self.labels_file) if self.labels_file else [])
         return OutputSpec(self.kind, tuple(labels))
 
 
