@@ -1,7 +1,7 @@
 """Full turns of the flywheel on real parts (tiny model, scripted general model): trigger, dataset, train,
 register, compare, shadow, canary, full; a failed gate; rollback on live regressions."""
 
-from loraforge.flywheel.records import list_runs
+from loraforge.flywheel.records import list_runs, start_run, update_run
 from loraforge.flywheel.turn import run_once
 from loraforge.store.comparisons import list_comparisons
 from loraforge.store.datasets import list_datasets
@@ -58,6 +58,9 @@ def test_a_full_turn_goes_from_data_to_full_traffic(loop):
     assert run_once(loop.store, policy).outcome == "idle"
     assert len(list_runs(loop.store)) == 1 and len(list_datasets(loop.store)) == 1
 
+    # A later turn that stopped (say, at its gate) does not end the watch over the promoted adapter.
+    later = start_run(loop.store, TASK, "compare")
+    update_run(loop.store, later, "gate failed", status="stopped", reason="gate failed")
     # Live regression after promotion: the adapter's calls start falling back -> automatic rollback.
     fallback = [
         _served(chat_call(TASK, f"late {i}", "unsure", seq=1000 + i), "fallback", "full") for i in range(5)
@@ -68,7 +71,7 @@ def test_a_full_turn_goes_from_data_to_full_traffic(loop):
     assert TASK not in current_routes(loop.store)  # back to the general model, as before the turn
     last = route_history(loop.store, TASK)[-1]
     assert (last.action, last.actor, last.stage) == ("rollback", "flywheel", "off")
-    assert list_runs(loop.store)[0].status == "rolled_back"
+    assert [r.status for r in list_runs(loop.store)] == ["stopped", "rolled_back"]
 
 
 def test_a_failed_gate_stops_the_turn_and_leaves_the_route(loop):

@@ -216,13 +216,10 @@ class _Turn:
 
 def _check_promoted(store: Store, policy: FlywheelPolicy) -> TurnReport | None:
     """Roll back the task's promoted adapter when its live numbers went past the limits."""
-    runs = list_runs(store, policy.task, limit=1)
-    if not runs or runs[0].status != DONE:
-        return None
-    run = runs[0]
     current = latest_change(store, policy.task)
-    if current is None or current.seq != run.route_seq:
-        return None  # the route moved on since (a person or a later turn): not ours to judge
+    run = next((r for r in list_runs(store, policy.task) if r.status == DONE), None)
+    if run is None or current is None or current.seq != run.route_seq:
+        return None  # nothing promoted, or the route moved on since (a person, a rollback): not ours to judge
     window = policy.limits.window_calls
     stats = live_stats(store, policy.task, run.adapter, "full", run.stage_since, window=window)
     reason = over_limits(stats, policy.limits)
