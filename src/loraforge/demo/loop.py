@@ -92,6 +92,7 @@ def run_demo(policy_template: Path, data_dir: Path, out: Path, console: Console)
             time.sleep(1.0)  # the gateway picks up the new route
             _show(console, users.send(list(islice(stream, 40))))
         if report.outcome == "done":
+            time.sleep(1.0)  # the gateway picks up the full route
             _phase(console, "4. after the switch: 40 more calls")
             _show(console, users.send(list(islice(stream, 40))))
         _measure_general(console, store, policy)
