@@ -136,23 +136,14 @@ def _plan(console: Console, store: Store):
 
 def _measure_general(console: Console, store: Store, policy) -> None:
     """For the quality table: the general model (no examples) on the held-out split the turn compared on."""
-    from loraforge.compare.run import CompareRequest, run_comparison
-    from loraforge.cost.hardware import hardware_price
-    from loraforge.store.prices import PriceTable
+    from loraforge.flywheel.actions import compare
 
     runs = list_runs(store, TASK)
     if not runs or runs[0].dataset_version is None:
         return
-    run, serving = runs[0], policy.serving
+    run = runs[0]
     console.print(f"measuring the general model on dataset v{run.dataset_version}'s held-out split")
-    req = CompareRequest(
-        task=TASK, candidate="fewshot", baseline="general",
-        dataset=f"{run.dataset_name}:{run.dataset_version}", upstream_url=serving.general_url,
-        general_model=serving.general_model, spec=policy.output.spec(), max_tokens=policy.compare.max_tokens,
-        k=policy.compare.k, concurrency=policy.compare.concurrency,
-    )  # fmt: skip
-    prices = serving.prices_file
-    run_comparison(store, req, PriceTable.load(prices), hardware_price(None, None, prices))
+    compare(store, policy, "fewshot", "general", f"{run.dataset_name}:{run.dataset_version}", None)
 
 
 def _final_screen(console: Console, store: Store, policy, prices: Path, serve: str, seconds: float) -> None:

@@ -138,19 +138,22 @@ def serving_now(store: Store, task: str) -> str:
     return GENERAL
 
 
-def compare(store: Store, policy: FlywheelPolicy, run: FlywheelRun, baseline: str) -> dict[str, Any]:
+def compare(
+    store: Store, policy: FlywheelPolicy, candidate: str, baseline: str, dataset: str, gate: str | None
+) -> dict[str, Any]:
+    """`compare` of two sides on a dataset version with the policy's servers, output kind and settings."""
     serving = policy.serving
     req = CompareRequest(
         task=policy.task,
-        candidate=adapter_label(run.adapter),
+        candidate=candidate,
         baseline=baseline,
-        dataset=f"{run.dataset_name}:{run.dataset_version}",
+        dataset=dataset,
         upstream_url=serving.general_url,
         upstream_api_key=serving.key("general"),
         specialist_url=serving.specialist_url,
         specialist_api_key=serving.key("specialist"),
         general_model=serving.general_model,
-        gate=policy.gate,
+        gate=gate,
         spec=policy.output.spec(),
         max_tokens=policy.compare.max_tokens,
         k=policy.compare.k,

@@ -27,6 +27,7 @@ from loraforge.flywheel.records import (
     task_lock,
     update_run,
 )
+from loraforge.gateway.routing import adapter_label
 from loraforge.spans import span_seconds
 from loraforge.store.models import FlywheelRun, utcnow
 from loraforge.store.retention import prune_calls
@@ -137,7 +138,9 @@ class _Turn:
 
     def _compare(self) -> None:
         baseline = actions.serving_now(self.store, self.policy.task)
-        result = actions.compare(self.store, self.policy, self.run, baseline)
+        dataset = f"{self.run.dataset_name}:{self.run.dataset_version}"
+        candidate = adapter_label(self.run.adapter)
+        result = actions.compare(self.store, self.policy, candidate, baseline, dataset, self.policy.gate)
         summary = actions.summarize(result)
         if not result["gate_passed"]:
             return self._stop(
