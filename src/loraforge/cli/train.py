@@ -25,8 +25,9 @@ def train(
     nproc: int | None = typer.Option(
         None,
         "--nproc",
-        help="Data-parallel training (DDP) in N processes on this machine, started by torchrun's launcher: "
-        "one per GPU (NCCL) or per CPU core (gloo). Same global batch as one process.",
+        help="Data-parallel training (trainer.strategy: ddp, or fsdp to shard the base) in N processes "
+        "on this machine, started by torchrun's launcher: one per GPU (NCCL) or per CPU core (gloo). Same "
+        "global batch as one process.",
     ),
 ) -> None:
     """Train a LoRA adapter; writes adapter/, metrics.jsonl, loss.png, eval.json and README.md."""
@@ -64,7 +65,7 @@ def _train_in_processes(config, config_path, overrides, out, resume, evaluate, b
 
     device = choose_placement(config.trainer).device
     check_nproc(nproc, device, config.trainer.batch_size)
-    check_strategy(config.trainer.strategy, device)
+    check_strategy(config)
     if resume and latest_checkpoint(out / "checkpoints") is None:
         raise ConfigError(f"--resume: no checkpoint found under {out / 'checkpoints'}")
     try:

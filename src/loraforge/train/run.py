@@ -53,8 +53,10 @@ def _run(config, output_dir, context, resume, evaluate, baseline, show_progress,
     resolved = resolve_model(config.base_model)
     tokenizer = load_tokenizer(resolved)
     placement = choose_placement(config.trainer)
+    fsdp = context is not None and config.trainer.strategy == "fsdp"
     if context is not None:
-        device = distributed.init_process_group(context, placement.device, config.trainer.strategy)
+        distributed.check_strategy(config)
+        device = distributed.init_process_group(context, placement.device)
         placement = Placement(device=device, dtype=placement.dtype)
     splits = load_splits(config.data)
     builder = ExampleBuilder(config.prompt, config.target, tokenizer)
@@ -62,9 +64,11 @@ def _run(config, output_dir, context, resume, evaluate, baseline, show_progress,
     train = [tokenize_example(builder.build(r), tokenizer, max_length) for r in splits.train]
     validation = [tokenize_example(builder.build(r), tokenizer, max_length) for r in splits.validation]
 
-    base = load_base_for_training(resolved, config.trainer, placement)
+    # FSDP moves the base to the device one shard at a time: loaded whole, it might not fit there.
+    load_at = Placement("cpu", placement.dtype) if fsdp else placement
+    base = load_base_for_training(resolved, config.trainer, load_at)
     torch.manual_seed(config.trainer.seed)  # the LoRA init is random: same seed, same starting adapter
-    model = add_lora(base, config.adapter)
+    model = add_lora(base, config.adapter, fast_dropout=placement.device == "cpu")
     resumed_step = read_state(checkpoint).step if checkpoint else None
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -75,13 +79,18 @@ def _run(config, output_dir, context, resume, evaluate, baseline, show_progress,
     args = (model, train, validation, config.trainer, output_dir, tokenizer.pad_token_id, placement.device)
     if context is None:
         trainer = LoraTrainer(*args)
+    elif fsdp:
+        from loraforge.train.fsdp import FsdpLoraTrainer
+
+        trainer = FsdpLoraTrainer(*args, context=context)
     else:
-        trainer = distributed.DistributedLoraTrainer(*args, context=context, strategy=config.trainer.strategy)
+        trainer = distributed.DistributedLoraTrainer(*args, context=context)
     result = trainer.train(metrics, resume=resume, on_step=on_step, show_progress=show_progress and main)
+    weights = trainer.adapter_weights()  # gathered on every rank under FSDP (collective)
     if not main:
         return {"summary": None, "eval": None, "model": model}
 
-    model.save_pretrained(output_dir / "adapter", safe_serialization=True)
+    model.save_pretrained(output_dir / "adapter", safe_serialization=True, state_dict=weights)
     tokenizer.save_pretrained(output_dir / "adapter")
     plot_losses(metrics.read(), output_dir / "loss.png")
     summary = {
