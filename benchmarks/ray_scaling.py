@@ -89,8 +89,8 @@ def zipf_sequence(names: list[str], count: int, seed: int, s: float = 1.0) -> li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--requests", type=int, default=400, help="requests per affinity side")
-    parser.add_argument("--throughput-requests", type=int, default=96)
+    parser.add_argument("--requests", type=int, default=1000, help="requests per affinity side")
+    parser.add_argument("--throughput-requests", type=int, default=192)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--adapters", type=int, default=24)
@@ -134,7 +134,8 @@ def main() -> None:
                 listed = [m["id"] for m in httpx.get(url + "/v1/models", timeout=60).json()["data"]]
                 base = next(m for m in listed if m not in names)
                 jobs = [(base, PROMPTS[i % 3]) for i in range(args.throughput_requests)]
-                run_requests(url, jobs[:8], args.max_tokens, args.concurrency)  # warm-up
+                warm_up = jobs[: 2 * args.concurrency]  # every replica, every batch size seen once
+                run_requests(url, warm_up, args.max_tokens, args.concurrency)
                 tokens, seconds = run_requests(url, jobs, args.max_tokens, args.concurrency)
                 rates[replicas] = tokens / seconds
                 rate = f"{rates[replicas]:8.1f} tokens/s"
