@@ -117,7 +117,7 @@ def serve(
         if not sep or not name or not path:
             raise ConfigError(f"--adapter expects NAME=DIR, got '{spec}'")
         extra[name] = Path(path)
-    settings = ServerSettings(
+    settings = ServerSettings.from_flags(
         model=model,
         precision=precision,
         adapter_dir=adapter_dir,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loraforge.errors import ConfigError
 from loraforge.models.aliases import DEFAULT_MODEL
@@ -78,6 +78,17 @@ class ServerSettings(BaseModel):
     max_stop_sequences: int = Field(_LIMITS.max_stop_sequences, ge=0)
     max_stop_chars: int = Field(_LIMITS.max_stop_chars, ge=1)
     max_adapter_rank: int = Field(_LIMITS.max_adapter_rank, ge=1)
+
+    @classmethod
+    def from_flags(cls, **flags) -> "ServerSettings":
+        """Settings from `loraforge serve`'s flags; a value the flags let through but these refuse is a
+        ConfigError naming the flag."""
+        try:
+            return cls(**flags)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            flag = "--" + str(first["loc"][0]).replace("_", "-")
+            raise ConfigError(f"{flag}: {first['msg']}") from None
 
     def option_name(self, key: str) -> str:
         """How the user wrote the option `key`, for messages: a flag here, a file key in a file."""

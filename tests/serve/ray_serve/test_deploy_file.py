@@ -105,3 +105,10 @@ def test_file_keys_are_the_serve_flags_with_their_defaults():
     assert {"replicas", "max_adapters_per_replica", "replica_cpus", "ray_address", "host", "port"} < set(
         flags
     )
+
+
+def test_a_flag_value_the_settings_refuse_names_the_flag():
+    from loraforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^--max-num-seqs: Input should be greater than or equal to 1$"):
+        ServerSettings.from_flags(max_num_seqs=0)
