@@ -24,6 +24,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from loraforge.errors import ConfigError
 from loraforge.train.checkpoint import (
     FullStates,
     TrainerState,
@@ -40,7 +41,7 @@ def layer_classes(causal_lm) -> set[str]:
     """Class names of the decoder layers, the FSDP units (transformers lists them as `_no_split_modules`)."""
     names = set(getattr(causal_lm, "_no_split_modules", None) or [])
     if not names:
-        raise ValueError(f"{type(causal_lm).__name__} names no decoder layer class to shard")
+        raise ConfigError(f"trainer.strategy fsdp: {type(causal_lm).__name__} names no layer to shard")
     return names
 
 
