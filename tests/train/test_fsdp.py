@@ -114,3 +114,14 @@ def test_fsdp_refuses_what_it_cannot_shard(monkeypatch, capsys, tmp_path, tiny_m
     assert code == 2
     assert needle in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_an_fsdp_run_does_not_resume_a_ddp_checkpoint(tmp_path):
+    from loraforge.errors import ConfigError
+
+    torch.save({"optimizer": {}, "optimizer_layout": "ids"}, tmp_path / "optimizer.pt")
+    with pytest.raises(ConfigError, match="written by trainer.strategy ddp or one process; resume with it"):
+        read_optimizer_file(tmp_path, LAYOUT)
+    torch.save({"optimizer": {}}, tmp_path / "optimizer.pt")  # written before the layout was recorded
+    with pytest.raises(ConfigError, match="ddp or one process"):
+        read_optimizer_file(tmp_path, LAYOUT)
