@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from loraforge.config import load_config
-from loraforge.recipe.infer import MAX_EPOCHS, MIN_EPOCHS, infer_task, schedule
+from loraforge.recipe.infer import MAX_EPOCHS, MIN_EPOCHS, SYSTEM_PROMPTS, infer_task, make_prompt, schedule
 
 INTENTS = ["card_arrival", "activate_my_card", "transfer_failed", "exchange_rate"]
 
@@ -23,6 +23,18 @@ def test_small_data_gets_more_epochs_within_bounds():
     epochs = [schedule(rows)[0] for rows in (50, 400, 800, 2000, 10_000, 100_000)]
     assert epochs == sorted(epochs, reverse=True)
     assert epochs[0] == MAX_EPOCHS and epochs[-1] == MIN_EPOCHS
+
+
+def test_the_prompt_is_the_input_under_a_short_system_prompt():
+    chat = make_prompt("classification", "text", chat=True)
+    assert chat.template == "{text}" and chat.chat_template
+    # a one-line system prompt replaces the model's own default one (SmolLM2's identity line) in every row
+    assert chat.system == SYSTEM_PROMPTS["classification"] and len(chat.system.split()) <= 6
+    assert {make_prompt(task, "q", chat=True).system for task in SYSTEM_PROMPTS} == set(
+        SYSTEM_PROMPTS.values()
+    )
+    plain = make_prompt("generation", "question", chat=False)
+    assert plain.template == "{question}\n" and not plain.chat_template and plain.system is None
 
 
 def _cli(monkeypatch, capsys, *args):
