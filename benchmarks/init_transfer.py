@@ -11,7 +11,8 @@ Settings (data from /work/shared/data, fixed seeds, so every row is reproducible
     python benchmarks/init_transfer.py --settings banking77-5,banking77-10 [--eval-on validation]
         [--test-limit N] [--set trainer.epochs=3 ...] [--workdir /tmp/init-transfer]
 
-Runs are sequential under `nice -n 10` (the machine is shared); each row is appended to
+Runs are sequential, each under `nice -n 10` (the machine is shared; do not wrap the script itself in `nice`:
+niceness adds up); each row is appended to
 WORKDIR/results.jsonl and the table printed at the end lists every row there (`--table` prints only).
 """
 
@@ -33,7 +34,7 @@ VALIDATION_PER_LABEL = 3
 
 
 def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -129,7 +130,10 @@ def _loraforge(*args: str) -> list[str]:
     return ["nice", "-n", "10", sys.executable, "-m", "loraforge", *args]
 
 
-def run_setting(setting: str, workdir: Path, eval_on: str, test_limit: int | None, sets: list[str]) -> dict:
+def run_setting(
+    setting: str, workdir: Path, eval_on: str, test_limit: int | None, sets: list[str], init_only: bool
+) -> dict | None:
+    """Build the data, `init`, then (unless `init_only`) `train` + evaluate; the table row."""
     folder = workdir / eval_on / setting
     if setting.startswith("banking77-"):
         train, held_out, input_column, target = banking77(
@@ -146,6 +150,8 @@ def run_setting(setting: str, workdir: Path, eval_on: str, test_limit: int | Non
     ]  # fmt: skip
     subprocess.run(_loraforge(*init), check=True)
     config = yaml.safe_load(config_path.read_text())
+    if init_only:
+        return None
     run_dir = folder / "run"
     overrides = [*sets, *([f"evaluation.limit={test_limit}"] if test_limit else [])]
     started = time.monotonic()
@@ -211,11 +217,14 @@ def main() -> None:
     )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/init-transfer"))
     parser.add_argument("--table", action="store_true", help="print the table of past rows and exit")
+    parser.add_argument("--init-only", action="store_true", help="only build the data and run init")
     args = parser.parse_args()
     results = args.workdir / "results.jsonl"
     if not args.table:
         for setting in args.settings.split(","):
-            row = run_setting(setting, args.workdir, args.eval_on, args.test_limit, args.sets)
+            row = run_setting(setting, args.workdir, args.eval_on, args.test_limit, args.sets, args.init_only)
+            if row is None:
+                continue
             args.workdir.mkdir(parents=True, exist_ok=True)
             with results.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")

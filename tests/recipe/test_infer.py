@@ -6,7 +6,15 @@ import sys
 import pytest
 
 from loraforge.config import load_config
-from loraforge.recipe.infer import MAX_EPOCHS, MIN_EPOCHS, SYSTEM_PROMPTS, infer_task, make_prompt, schedule
+from loraforge.recipe.infer import (
+    MAX_EPOCHS,
+    MIN_EPOCHS,
+    SYSTEM_PROMPTS,
+    infer_task,
+    make_prompt,
+    new_tokens,
+    schedule,
+)
 
 INTENTS = ["card_arrival", "activate_my_card", "transfer_failed", "exchange_rate"]
 
@@ -35,6 +43,13 @@ def test_the_prompt_is_the_input_under_a_short_system_prompt():
     )
     plain = make_prompt("generation", "question", chat=False)
     assert plain.template == "{question}\n" and not plain.chat_template and plain.system is None
+
+
+def test_new_tokens_fit_the_longest_target_with_room_only_for_free_text():
+    assert new_tokens("classification", 17) == 19  # a constrained label never runs longer than itself
+    assert new_tokens("generation", 79) == 79 + 19 + 8  # ViGGO's longest MR: 1.25x + 8, not 2x
+    assert new_tokens("json", 8) == 18
+    assert new_tokens("generation", 10_000) == 4096  # the schema's ceiling
 
 
 def _cli(monkeypatch, capsys, *args):
