@@ -74,6 +74,8 @@ def test_init_writes_a_config_train_accepts(monkeypatch, capsys, tmp_path, tiny_
     assert "task classification: 4 distinct targets in 40 rows" in printed
     config = load_config(out)
     assert config.evaluation.task == "classification" and config.evaluation.constrain_to_labels
+    assert config.prompt.system == SYSTEM_PROMPTS["classification"] and config.prompt.chat_template
+    assert "system prompt 'Answer with the label.'" in printed
     assert json.loads(config.evaluation.labels.read_text()) == sorted(INTENTS)
     assert config.trainer.epochs == MAX_EPOCHS and config.evaluation.split == "validation"
     assert config.evaluation.max_new_tokens >= max(len(i) for i in INTENTS) // 8  # tokens, not characters
