@@ -89,5 +89,5 @@ def test_gateway_logs_engine_calls_and_the_dataset_trains_an_adapter(
         }
     )
     trained = run_training(config, tmp_path / "run", show_progress=False)
-    assert trained["summary"]["train_examples"] == len(rows)
+    assert trained.summary.train_examples == len(rows)
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
