@@ -23,7 +23,7 @@ from sqlalchemy import insert, text
 
 from loraforge.hardware import describe
 from loraforge.store import Store
-from loraforge.store.models import Call, Feedback, utcnow
+from loraforge.store.tables import Call, Feedback, utcnow
 from loraforge.ui import UISettings, create_ui_app
 from loraforge.ui.queries.cache import CACHE
 
@@ -110,7 +110,7 @@ def time_pages(client: TestClient, first_id: str, repeat: int) -> tuple[dict[str
 
 
 def set_ui_indexes(store: Store, present: bool) -> None:
-    from loraforge.store.models import Call as C
+    from loraforge.store.tables import Call as C
 
     with store.engine.begin() as conn:
         for index in C.__table__.indexes:

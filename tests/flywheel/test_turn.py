@@ -104,7 +104,7 @@ def test_a_canary_over_the_limits_is_rolled_back(loop):
 
 
 def _served(record: dict, served_by: str, stage: str) -> dict:
-    from loraforge.store.models import utcnow
+    from loraforge.store.tables import utcnow
 
     record.update(served_by=served_by, route_stage=stage, time=utcnow())
     return record

@@ -16,7 +16,7 @@ from loraforge.store.datasets import (
     list_datasets,
 )
 from loraforge.store.examples import input_hash
-from loraforge.store.models import utcnow
+from loraforge.store.tables import utcnow
 from tests.store.calls import chat_call, completion_call
 
 
@@ -185,7 +185,7 @@ def test_since_takes_a_span_back_from_now():
 
     from loraforge.errors import LoraforgeError
     from loraforge.store.datasets import parse_since
-    from loraforge.store.models import utcnow
+    from loraforge.store.tables import utcnow
 
     assert abs(utcnow() - timedelta(days=7) - parse_since("7d")) < timedelta(seconds=5)
     assert abs(utcnow() - timedelta(minutes=30) - parse_since("30m")) < timedelta(seconds=5)

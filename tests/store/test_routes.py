@@ -109,8 +109,8 @@ def test_migration_0003_adds_route_options_and_keeps_older_routes_readable(store
     from alembic import command
     from sqlalchemy import MetaData, Table, inspect
 
-    from loraforge.store.models import utcnow
     from loraforge.store.schema import alembic_config
+    from loraforge.store.tables import utcnow
 
     def migrate(step, revision):
         with store.engine.begin() as conn:

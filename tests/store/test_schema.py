@@ -96,7 +96,7 @@ def test_models_and_migrations_agree(store):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from loraforge.store.models import Base
+    from loraforge.store.tables import Base
 
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []

@@ -8,8 +8,8 @@ from sqlalchemy import func, select
 
 from loraforge.store import Store
 from loraforge.store.datasets import DatasetFilter, build_dataset
-from loraforge.store.models import Call
 from loraforge.store.routes import route_history
+from loraforge.store.tables import Call
 from loraforge.ui.queries.calls import CallFilter, list_calls
 from tests.ui.conftest import ui_client
 from tests.ui.seed import TASKS

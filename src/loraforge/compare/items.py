@@ -12,8 +12,8 @@ from loraforge.compare.sides import Answer
 from loraforge.errors import DataError, LoraforgeError
 from loraforge.store.datasets import get_dataset, parse_since
 from loraforge.store.examples import call_to_example, output_text
-from loraforge.store.models import Call, Feedback
 from loraforge.store.store import Store
+from loraforge.store.tables import Call, Feedback
 
 
 @dataclass

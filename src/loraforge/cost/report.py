@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session
 from loraforge.cost.hardware import HardwarePrice, adapter_call_cost
 from loraforge.cost.throughput import Throughput, throughput_from_calls
 from loraforge.store.datasets import parse_since
-from loraforge.store.models import Call, utcnow
 from loraforge.store.prices import PriceTable
 from loraforge.store.store import Store
+from loraforge.store.tables import Call, utcnow
 
 DAYS_PER_MONTH = 30
 MIN_SPAN = timedelta(hours=1)  # a projection from less traffic than this would say nothing

@@ -12,8 +12,8 @@ from sqlalchemy import Select, case, func, select
 
 from loraforge.flywheel.policy import LimitsSection
 from loraforge.gateway.routing import FALLBACK, adapter_label
-from loraforge.store.models import Call, Feedback
 from loraforge.store.store import Store
+from loraforge.store.tables import Call, Feedback
 
 
 @dataclass(frozen=True)

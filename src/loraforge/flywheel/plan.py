@@ -14,8 +14,8 @@ from sqlalchemy import case, func, select
 
 from loraforge.compare.sides import ADAPTER_PREFIX, FEWSHOT, GENERAL, is_fewshot
 from loraforge.store.comparisons import list_comparisons
-from loraforge.store.models import Call, Feedback
 from loraforge.store.store import Store
+from loraforge.store.tables import Call, Feedback
 
 FINETUNE = "finetune"
 # Reviewed examples below which few-shot has nothing to show the model (k is 8 by default), and below which

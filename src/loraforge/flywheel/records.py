@@ -15,8 +15,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from loraforge.store.models import FlywheelLock, FlywheelRun, utcnow
 from loraforge.store.store import Store
+from loraforge.store.tables import FlywheelLock, FlywheelRun, utcnow
 
 RUNNING, DONE, STOPPED, ROLLED_BACK = "running", "done", "stopped", "rolled_back"
 

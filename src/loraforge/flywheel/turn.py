@@ -29,10 +29,10 @@ from loraforge.flywheel.records import (
 )
 from loraforge.gateway.routing import adapter_label
 from loraforge.spans import span_seconds
-from loraforge.store.models import FlywheelRun, utcnow
 from loraforge.store.retention import prune_calls
 from loraforge.store.routes import latest_change, restore_route, set_route
 from loraforge.store.store import Store
+from loraforge.store.tables import FlywheelRun, utcnow
 
 ACTOR = "flywheel"
 

@@ -6,8 +6,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from loraforge.errors import LoraforgeError
-from loraforge.store.models import Comparison
 from loraforge.store.store import Store
+from loraforge.store.tables import Comparison
 
 
 def save_comparison(store: Store, result: dict[str, Any]) -> Comparison:

@@ -15,8 +15,8 @@ from typing import IO, Any
 from sqlalchemy import Select, func, select
 
 from loraforge.store.examples import Example, call_to_example
-from loraforge.store.models import Call, Feedback
 from loraforge.store.store import Store
+from loraforge.store.tables import Call, Feedback
 
 BATCH_ROWS = 200  # calls fetched per round trip (a server-side cursor on PostgreSQL)
 

@@ -18,8 +18,8 @@ from loraforge.paths import loraforge_home
 from loraforge.spans import span_seconds
 from loraforge.store.database import redact
 from loraforge.store.dataset_rows import BATCH_ROWS, RowRef, file_digest_into, write_rows
-from loraforge.store.models import Dataset, DatasetRow, utcnow
 from loraforge.store.store import Store
+from loraforge.store.tables import Dataset, DatasetRow, utcnow
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 FILES = ("train.jsonl", "test.jsonl", "manifest.json")

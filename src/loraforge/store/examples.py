@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from loraforge.store.models import Call
+from loraforge.store.tables import Call
 
 PROMPT_ROLES = ("system", "user", "assistant")
 

@@ -11,8 +11,8 @@ from datetime import timedelta
 from sqlalchemy import delete, func, select
 
 from loraforge.errors import ConfigError
-from loraforge.store.models import Call, DatasetRow, Feedback, utcnow
 from loraforge.store.store import Store
+from loraforge.store.tables import Call, DatasetRow, Feedback, utcnow
 
 BATCH = 500  # ids per DELETE: bounded statements on any database size
 

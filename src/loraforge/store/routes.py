@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 
 from loraforge.errors import LoraforgeError
 from loraforge.fewshot.settings import DEFAULT_K, MAX_K
-from loraforge.store.models import RouteChange, utcnow
 from loraforge.store.store import Store
+from loraforge.store.tables import RouteChange, utcnow
 
 FEWSHOT = "fewshot"  # answered by a model prompted with the task's most similar good examples
 STAGES = ("shadow", "canary", "full", FEWSHOT)

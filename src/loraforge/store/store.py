@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 
 from loraforge.errors import LoraforgeError
 from loraforge.store.database import make_engine, redact, resolve_store_url
-from loraforge.store.models import Call, Feedback
 from loraforge.store.schema import upgrade
+from loraforge.store.tables import Call, Feedback
 
 
 class StoreUnavailableError(LoraforgeError):

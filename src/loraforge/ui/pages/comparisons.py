@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from loraforge.compare.render import fmt
-from loraforge.store.models import Comparison
+from loraforge.store.tables import Comparison
 from loraforge.ui.settings import PAGE_SIZE
 from loraforge.ui.web import UIError, render, state, url
 

@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 from loraforge.errors import LoraforgeError
 from loraforge.store.datasets import parse_since
 from loraforge.store.examples import output_text
-from loraforge.store.models import Call, Feedback
 from loraforge.store.store import Store
+from loraforge.store.tables import Call, Feedback
 from loraforge.ui.queries.sql import GROUPS, group_filter, served_group
 from loraforge.ui.settings import MAX_SEARCH_CHARS, PAGE_SIZE
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from loraforge.store.models import Dataset, DatasetRow
 from loraforge.store.store import Store
+from loraforge.store.tables import Dataset, DatasetRow
 from loraforge.ui.settings import MAX_DIFF_ROWS, MAX_LABELS_SHOWN
 
 SPLITS = ("train", "test")

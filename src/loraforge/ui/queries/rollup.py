@@ -10,8 +10,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
-from loraforge.store.models import Call
 from loraforge.store.store import Store
+from loraforge.store.tables import Call
 from loraforge.ui.queries.cache import CACHE
 from loraforge.ui.queries.sql import day_of, served_group
 from loraforge.ui.settings import ROLLUP_CACHE_S

@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 
 from loraforge.cost.hardware import HardwarePrice, adapter_call_cost
 from loraforge.cost.throughput import Throughput, throughput_from_calls
-from loraforge.store.models import Call, Comparison, Feedback, utcnow
 from loraforge.store.routes import current_routes
 from loraforge.store.store import Store
+from loraforge.store.tables import Call, Comparison, Feedback, utcnow
 from loraforge.ui.queries.cache import CACHE
 from loraforge.ui.queries.rollup import daily, midnight, window_start
 from loraforge.ui.queries.sql import GROUPS

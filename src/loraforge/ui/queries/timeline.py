@@ -13,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from loraforge.flywheel.records import list_runs as list_flywheel_runs
-from loraforge.store.models import Comparison, Dataset, RouteChange
 from loraforge.store.store import Store
+from loraforge.store.tables import Comparison, Dataset, RouteChange
 from loraforge.ui.queries.runs import list_runs
 
 
