@@ -109,7 +109,7 @@ def test_migration_0003_adds_route_options_and_keeps_older_routes_readable(store
     from alembic import command
     from sqlalchemy import MetaData, Table, inspect
 
-    from loraforge.store.schema import alembic_config
+    from loraforge.store.migrate import alembic_config
     from loraforge.store.tables import utcnow
 
     def migrate(step, revision):

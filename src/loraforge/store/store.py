@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from loraforge.errors import LoraforgeError
 from loraforge.store.database import make_engine, redact, resolve_store_url
-from loraforge.store.schema import upgrade
+from loraforge.store.migrate import upgrade
 from loraforge.store.tables import Call, Feedback
 
 

@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection that `loraforge.store.schema.upgrade` hands over."""
+"""Alembic environment: runs on the connection that `loraforge.store.migrate.upgrade` hands over."""
 
 from alembic import context
 

@@ -8,7 +8,7 @@ from sqlalchemy import inspect, text
 from loraforge.errors import ConfigError
 from loraforge.store import Store, StoreUnavailableError
 from loraforge.store.database import default_store_url, resolve_store_url
-from loraforge.store.schema import current_revision, head_revision
+from loraforge.store.migrate import current_revision, head_revision
 
 
 def test_open_creates_every_table_at_head(store):
