@@ -27,10 +27,10 @@ from loraforge import hardware
 from loraforge.compare.run import CompareRequest, run_comparison
 from loraforge.config import load_config
 from loraforge.cost.hardware import hardware_price
+from loraforge.curation.datasets import DatasetFilter, build_dataset
 from loraforge.demo.processes import Children, free_port
 from loraforge.flywheel.plan import make_plan
 from loraforge.store import Store
-from loraforge.store.datasets import DatasetFilter, build_dataset
 from loraforge.store.prices import PriceTable
 from loraforge.store.routes import OutputSpec
 from loraforge.store.tables import utcnow

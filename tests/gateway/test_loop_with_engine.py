@@ -6,7 +6,7 @@ import json
 import pytest
 
 from loraforge.config import validate_config
-from loraforge.store.datasets import DatasetFilter, build_dataset
+from loraforge.curation.datasets import DatasetFilter, build_dataset
 from loraforge.train.run import run_training
 from tests.gateway.conftest import start_gateway
 from tests.serve.api.conftest import start_server

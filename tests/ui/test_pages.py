@@ -6,8 +6,8 @@ import re
 import pytest
 from sqlalchemy import func, select
 
+from loraforge.curation.datasets import DatasetFilter, build_dataset
 from loraforge.store import Store
-from loraforge.store.datasets import DatasetFilter, build_dataset
 from loraforge.store.routes import route_history
 from loraforge.store.tables import Call
 from loraforge.ui.queries.calls import CallFilter, list_calls

@@ -9,9 +9,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
 from loraforge.compare.sides import Answer
+from loraforge.curation.call_examples import call_to_example, output_text
+from loraforge.curation.datasets import get_dataset, parse_since
 from loraforge.errors import DataError, LoraforgeError
-from loraforge.store.datasets import get_dataset, parse_since
-from loraforge.store.examples import call_to_example, output_text
 from loraforge.store.store import Store
 from loraforge.store.tables import Call, Feedback
 

@@ -8,10 +8,10 @@ from typing import Any
 
 from sqlalchemy import or_
 
+from loraforge.curation.call_examples import call_to_example, input_hash
+from loraforge.curation.rows import BATCH_ROWS, feedback_query
 from loraforge.errors import DataError, LoraforgeError
 from loraforge.fewshot.settings import MAX_STORE_EXAMPLES
-from loraforge.store.dataset_rows import BATCH_ROWS, feedback_query
-from loraforge.store.examples import call_to_example, input_hash
 from loraforge.store.store import Store
 from loraforge.store.tables import Call, Feedback
 

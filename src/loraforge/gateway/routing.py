@@ -7,8 +7,8 @@ from typing import Any
 
 import jsonschema
 
+from loraforge.curation.call_examples import output_text
 from loraforge.evaluate.metrics import normalize
-from loraforge.store.examples import output_text
 from loraforge.store.routes import FEWSHOT, OutputSpec, Route
 
 GENERAL = "general"

@@ -7,9 +7,9 @@ from typing import Any
 from sqlalchemy import Select, String, and_, cast, exists, or_, select
 from sqlalchemy.orm import Session
 
+from loraforge.curation.call_examples import output_text
+from loraforge.curation.datasets import parse_since
 from loraforge.errors import LoraforgeError
-from loraforge.store.datasets import parse_since
-from loraforge.store.examples import output_text
 from loraforge.store.store import Store
 from loraforge.store.tables import Call, Feedback
 from loraforge.ui.queries.sql import GROUPS, group_filter, served_group

@@ -13,11 +13,11 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from loraforge.curation.rows import BATCH_ROWS, RowRef, file_digest_into, write_rows
 from loraforge.errors import DataError, LoraforgeError
 from loraforge.paths import loraforge_home
 from loraforge.spans import span_seconds
 from loraforge.store.database import redact
-from loraforge.store.dataset_rows import BATCH_ROWS, RowRef, file_digest_into, write_rows
 from loraforge.store.store import Store
 from loraforge.store.tables import Dataset, DatasetRow, utcnow
 
@@ -75,7 +75,7 @@ def datasets_root() -> Path:
 def build_dataset(store: Store, name: str, filt: DatasetFilter, root: Path | None = None) -> BuildResult:
     """Build dataset NAME from the store; reuses the newest version when its content would be identical.
 
-    Rows are streamed from the store into the files (see `loraforge.store.dataset_rows`), so a build's
+    Rows are streamed from the store into the files (see `loraforge.curation.rows`), so a build's
     memory does not grow with the number of calls' bodies.
     """
     if not NAME_RE.match(name):

@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from sqlalchemy import Select, func, select
 
-from loraforge.store.examples import Example, call_to_example
+from loraforge.curation.call_examples import CallExample, call_to_example
 from loraforge.store.store import Store
 from loraforge.store.tables import Call, Feedback
 
@@ -33,7 +33,7 @@ class RowRef:
 
 @dataclass
 class Candidate:
-    example: Example
+    example: CallExample
     corrected: bool
     score: float | None
     time: datetime
@@ -100,7 +100,9 @@ def _candidates(
                 counts["unreviewed"] += 1
                 continue
             if corrected:
-                example = Example(example.call_id, example.messages, row.corrected_output, example.input_hash)
+                example = CallExample(
+                    example.call_id, example.messages, row.corrected_output, example.input_hash
+                )
                 counts["corrected"] += 1
             yield Candidate(example, corrected, score, row.time)
 
