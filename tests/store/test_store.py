@@ -2,9 +2,9 @@
 
 import pytest
 
+from loraforge.cost.prices import PriceTable
 from loraforge.errors import ConfigError
 from loraforge.store import CallNotFoundError
-from loraforge.store.prices import PriceTable
 from tests.store.calls import chat_call
 
 

@@ -73,7 +73,7 @@ def compare(
     from loraforge.compare.run import CompareRequest, run_comparison
     from loraforge.compare.sides import is_fewshot, parse_side
     from loraforge.cost.hardware import hardware_price
-    from loraforge.store.prices import PriceTable
+    from loraforge.cost.prices import PriceTable
 
     if task is None or candidate is None:
         raise LoraforgeError(

@@ -18,9 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from loraforge.cost.hardware import HardwarePrice, adapter_call_cost
+from loraforge.cost.prices import PriceTable
 from loraforge.cost.throughput import Throughput, throughput_from_calls
 from loraforge.curation.datasets import parse_since
-from loraforge.store.prices import PriceTable
 from loraforge.store.store import Store
 from loraforge.store.tables import Call, utcnow
 
