@@ -11,7 +11,7 @@ from loraforge.errors import ConfigError
 def adapter_names(adapters: list[Path]) -> dict[str, Path]:
     """Report names for adapter folders: "adapter" for one; else each folder's name (its run's name for a
     run's `adapter/` folder)."""
-    from loraforge.evaluate.generation import ADAPTER
+    from loraforge.inference.hf import ADAPTER
 
     if len(adapters) == 1:
         return {ADAPTER: adapters[0]}

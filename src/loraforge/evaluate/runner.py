@@ -13,8 +13,8 @@ from loraforge.data.labels import load_labels
 from loraforge.data.splits import Splits
 from loraforge.errors import ConfigError, DataError
 from loraforge.evaluate.engine_backend import EngineBackend
-from loraforge.evaluate.generation import ADAPTER, GenerationModel
 from loraforge.evaluate.metrics import compute_metrics
+from loraforge.inference.hf import ADAPTER, GenerationModel
 
 
 def open_backend(

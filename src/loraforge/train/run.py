@@ -12,8 +12,8 @@ from loraforge.data.examples import ExampleBuilder
 from loraforge.data.splits import load_splits
 from loraforge.data.tokenize import tokenize_example
 from loraforge.errors import ConfigError
-from loraforge.evaluate.generation import ADAPTER, GenerationModel
 from loraforge.evaluate.runner import evaluate_config, evaluation_rows, open_backend, write_report
+from loraforge.inference.hf import ADAPTER, GenerationModel
 from loraforge.models import load_tokenizer, resolve_model
 from loraforge.train import distributed
 from loraforge.train.checkpoint import TrainerState, latest_checkpoint, read_state
