@@ -113,15 +113,15 @@ def test_migration_0003_adds_route_options_and_keeps_older_routes_readable(store
     from loraforge.store.tables import utcnow
 
     def migrate(step, revision):
-        with store.engine.begin() as conn:
+        with store.db.begin() as conn:
             cfg = alembic_config()
             cfg.attributes["connection"] = conn
             step(cfg, revision)
 
     migrate(command.downgrade, "0002")
     try:
-        assert "options" not in {c["name"] for c in inspect(store.engine).get_columns("route_changes")}
-        with store.engine.begin() as conn:  # a route written before 0003
+        assert "options" not in {c["name"] for c in inspect(store.db).get_columns("route_changes")}
+        with store.db.begin() as conn:  # a route written before 0003
             table = Table("route_changes", MetaData(), autoload_with=conn)
             conn.execute(
                 table.insert().values(

@@ -69,7 +69,7 @@ def test_pages_walk_every_call_of_a_task_once_newest_first(seeded, client):
         seen += re.findall(r'href="/calls/([^"?]+)"', page)
         found = re.search(r'href="([^"]+)" rel="next"', page)
         url = found.group(1).replace("&amp;", "&") if found else None
-    with Store(seeded.store_url).engine.connect() as conn:
+    with Store(seeded.store_url).db.connect() as conn:
         total = conn.scalar(select(func.count()).where(Call.task == "extract"))
     assert len(seen) == len(set(seen)) == total
 

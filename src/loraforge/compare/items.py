@@ -77,7 +77,7 @@ def shadow_items(store: Store, task: str, candidate: str, since: str) -> Source:
         )
         .order_by(primary.time, primary.id)
     )
-    with Session(store.engine) as session:
+    with Session(store.db) as session:
         pairs = [tuple(row) for row in session.execute(query)]
         ids = [p.id for _, p in pairs]
         corrections = {

@@ -59,7 +59,7 @@ def cost_report(
     query = select(Call).where(Call.time >= start, Call.task.is_not(None)).order_by(Call.time)
     if task is not None:
         query = query.where(Call.task == task)
-    with Session(store.engine) as session:
+    with Session(store.db) as session:
         calls = list(session.scalars(query))
     adapter_calls = [c for c in calls if (c.served_by or "").startswith("adapter:") and c.status == "ok"]
     if throughput is None:

@@ -81,7 +81,7 @@ def _candidates(
     """Usable, not low-scored examples (corrections applied), oldest first; counts what was dropped."""
     for count in ("selected", "unusable", "unreviewed", "low_score", "corrected"):
         counts.setdefault(count, 0)
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         result = conn.execution_options(yield_per=BATCH_ROWS).execute(feedback_query(filt.task, since))
         for row in result:
             counts["selected"] += 1
@@ -129,7 +129,7 @@ def count_candidates(store: Store, filt: Any, since: datetime | None = None) -> 
         if filt.use_corrections:
             kept = kept | Feedback.corrected_output.is_not(None)
         query = query.where(kept)
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         return conn.scalar(select(func.count()).select_from(query.subquery())) or 0
 
 

@@ -93,7 +93,7 @@ def examples_from_store(
     )
     examples: list[FewShotExample] = []
     seen: set[str] = set()
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         for row in conn.execution_options(yield_per=BATCH_ROWS).execute(query):
             example = call_to_example(row)
             if example is None or example.input_hash in seen:

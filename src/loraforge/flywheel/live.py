@@ -71,7 +71,7 @@ def live_stats(
     scores = select(func.count(Feedback.score), func.avg(Feedback.score)).where(
         Feedback.call_id.in_(select(sub.c.id)), Feedback.score.is_not(None)
     )
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         calls, fallbacks, invalid = conn.execute(counts).one()
         scored, mean = conn.execute(scores).one()
     return LiveStats(

@@ -56,7 +56,7 @@ def data_counts(store: Store, task: str, min_score: float = GOOD_SCORE) -> dict[
     (corrected, or scored >= min_score)."""
     latest = select(Feedback.call_id, func.max(Feedback.id).label("id")).group_by(Feedback.call_id).subquery()
     calls = select(Call.id).where(Call.task == task, Call.status == "ok", Call.shadow_of.is_(None))
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         total = conn.scalar(select(func.count()).select_from(calls.subquery())) or 0
         row = conn.execute(
             select(

@@ -183,7 +183,7 @@ def rollback_route(
     store: Store, task: str, *, actor: str | None = None, reason: str | None = None
 ) -> RouteChange:
     """Restore the route the task had before its current one."""
-    with Session(store.engine) as session:
+    with Session(store.db) as session:
         current = _latest(session, task)
         if current is None:
             raise LoraforgeError(f"task {task!r} has no route history to roll back")
@@ -204,7 +204,7 @@ def restore_route(
     a rollback: what an automatic rollback does when a promotion fails."""
     state, before_target = _OFF, None
     if seq is not None:
-        with Session(store.engine) as session:
+        with Session(store.db) as session:
             target = session.scalars(
                 select(RouteChange).where(RouteChange.task == task, RouteChange.seq == seq)
             ).first()
@@ -215,7 +215,7 @@ def restore_route(
 
 
 def latest_change(store: Store, task: str) -> RouteChange | None:
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         return _latest(session, task)
 
 
@@ -224,7 +224,7 @@ def current_routes(store: Store) -> dict[str, Route]:
     newest = select(RouteChange.task, func.max(RouteChange.seq).label("seq")).group_by(RouteChange.task)
     sub = newest.subquery()
     query = select(RouteChange).join(sub, (RouteChange.task == sub.c.task) & (RouteChange.seq == sub.c.seq))
-    with Session(store.engine) as session:
+    with Session(store.db) as session:
         return {c.task: to_route(c) for c in session.scalars(query) if c.stage != "off"}
 
 
@@ -232,7 +232,7 @@ def route_history(store: Store, task: str | None = None) -> list[RouteChange]:
     query = select(RouteChange).order_by(RouteChange.task, RouteChange.seq)
     if task is not None:
         query = query.where(RouteChange.task == task)
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         return list(session.scalars(query))
 
 
@@ -285,7 +285,7 @@ def _append(
 ) -> RouteChange:
     for _ in range(_RETRIES):
         try:
-            with Session(store.engine, expire_on_commit=False) as session, session.begin():
+            with Session(store.db, expire_on_commit=False) as session, session.begin():
                 current = _latest(session, task)
                 seq = current.seq + 1 if current else 1
                 change = RouteChange(

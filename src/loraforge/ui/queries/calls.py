@@ -114,7 +114,7 @@ def list_calls(
         t, call_id = decode_cursor(before)
         query = query.where(or_(Call.time < t, and_(Call.time == t, Call.id < call_id)))
     query = query.order_by(Call.time.desc(), Call.id.desc()).limit(limit + 1)
-    with Session(store.engine) as session:
+    with Session(store.db) as session:
         rows = [_row(call, grp) for call, grp in session.execute(query)]
     more = len(rows) > limit
     rows = rows[:limit]
@@ -167,7 +167,7 @@ class CallDetail:
 
 
 def call_detail(store: Store, call_id: str) -> CallDetail | None:
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         call = session.get(Call, call_id)
         if call is None:
             return None

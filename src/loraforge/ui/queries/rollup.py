@@ -30,7 +30,7 @@ def _query(store: Store, task: str, start: datetime, end: datetime | None) -> li
     ).where(Call.task == task, Call.time >= start)
     if end is not None:
         query = query.where(Call.time < end)
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         rows = conn.execute(query.group_by(day, group))
         return [(d, g, int(n), float(usd or 0.0), int(toks or 0)) for d, g, n, usd, toks in rows]
 

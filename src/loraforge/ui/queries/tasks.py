@@ -28,7 +28,7 @@ from loraforge.ui.settings import (
 def list_tasks(store: Store) -> list[str]:
     """Every task name, by a loose index scan (one index seek per task, not a scan of every call)."""
     tasks: list[str] = []
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         last = conn.scalar(select(func.min(Call.task)))
         while last is not None:
             tasks.append(last)
@@ -115,14 +115,14 @@ def _throughput_of(store: Store, task: str, start) -> Throughput | None:
         func.sum(func.coalesce(recent.c.prompt_tokens, 0) + func.coalesce(recent.c.completion_tokens, 0)),
         func.sum(recent.c.latency_ms),
     )
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         toks, latency_ms = conn.execute(query).one()
     return throughput_from_calls(int(toks or 0), (latency_ms or 0) / 1000)
 
 
 def latest_comparison(store: Store, task: str) -> Comparison | None:
     query = select(Comparison).where(Comparison.task == task).order_by(Comparison.time.desc()).limit(1)
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         return session.scalars(query).first()
 
 
@@ -163,7 +163,7 @@ def _data_available(store: Store) -> dict[str, dict[str, int]]:
         .where(per_call.c.task.is_not(None))
         .group_by(per_call.c.task)
     )
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         return {
             task: {
                 "with_feedback": int(n or 0),
