@@ -67,13 +67,13 @@ def compare(
     """Exit status: 0 when the gate holds (or there is none), 1 when it does not, 2 on a mistake."""
     if ctx.invoked_subcommand is not None:
         return
-    from loraforge.cli.route import output_spec
     from loraforge.compare.judge import JudgeSettings
     from loraforge.compare.render import render
     from loraforge.compare.run import CompareRequest, run_comparison
     from loraforge.compare.sides import is_fewshot, parse_side
     from loraforge.cost.hardware import hardware_price
     from loraforge.cost.prices import PriceTable
+    from loraforge.store.route_options import output_spec
 
     if task is None or candidate is None:
         raise LoraforgeError(
