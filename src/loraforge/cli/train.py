@@ -2,10 +2,14 @@
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from loraforge.cli.main import app
+
+if TYPE_CHECKING:
+    from loraforge.config.schema import FineTuneConfig
 
 
 def default_output_dir(config_path: Path) -> Path:
@@ -48,7 +52,16 @@ def train(
         render_report(run.eval_report)
 
 
-def _train_in_processes(config, config_path, overrides, out, resume, evaluate, baseline, nproc):
+def _train_in_processes(
+    config: "FineTuneConfig",
+    config_path: Path,
+    overrides: list[str],
+    out: Path,
+    resume: bool,
+    evaluate: bool,
+    baseline: bool,
+    nproc: int,
+) -> None:
     """Checks what it can before starting anything, then runs the workers."""
     from loraforge.train.distributed import check_strategy
     from loraforge.train.launch import TrainingFailed, check_nproc, launch, worker_args

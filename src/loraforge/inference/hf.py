@@ -2,6 +2,7 @@
 
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -9,6 +10,10 @@ from loraforge.errors import ConfigError, ModelNotFoundError
 from loraforge.inference.hf_constraints import prefix_allowed_tokens
 from loraforge.models import load_causal_lm, load_tokenizer, pick_dtype, resolve_model
 from loraforge.serve.engine.constraints import ChoiceConstraint
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 ADAPTER = "adapter"  # the name of the one adapter a GenerationModel wraps
 
@@ -114,11 +119,11 @@ class GenerationModel:
         return outputs
 
 
-def _contiguous_input(module, args):
+def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
     return (args[0].contiguous(), *args[1:])
 
 
-def attach_adapter(model, adapter_dir: Path):
+def attach_adapter(model: "PreTrainedModel", adapter_dir: Path) -> "PeftModel":
     """Wrap `model` with a saved PEFT adapter (safetensors only)."""
     from peft import PeftModel
 
