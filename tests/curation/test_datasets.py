@@ -164,9 +164,9 @@ def test_a_build_streams_calls_instead_of_loading_them_all(store, tmp_path, monk
     """Peak memory of a build stays far below the size of the calls' bodies (read in batches)."""
     import tracemalloc
 
-    from loraforge.store import dataset_rows
+    from loraforge.curation import rows
 
-    monkeypatch.setattr(dataset_rows, "BATCH_ROWS", 20)
+    monkeypatch.setattr(rows, "BATCH_ROWS", 20)
 
     big = "word " * 20_000  # 100 KB per output
     store.insert_calls([chat_call("bulk", f"q{i}", f"{i} {big}", seq=i) for i in range(300)])  # 30 MB
