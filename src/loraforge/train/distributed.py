@@ -107,7 +107,7 @@ class DistributedLoraTrainer(LoraTrainer):
         self.parallel = wrap_for_strategy(self.model, strategy, self.device)
 
     def _start(self, checkpoint: Path | None) -> tuple[TrainerState, dict[str, torch.Tensor] | None]:
-        """Also restores this rank's own RNG: dropout masks differ per rank (`run_training` seeds each)."""
+        """Also restores this rank's own RNG: dropout masks differ per rank (`run.seeded_lora`)."""
         state, best = super()._start(checkpoint)
         rng_file = checkpoint / RNG_FILE if checkpoint is not None else None
         if rng_file is not None and rng_file.exists():

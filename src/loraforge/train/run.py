@@ -17,6 +17,7 @@ from loraforge.inference.hf import ADAPTER, GenerationModel
 from loraforge.models import load_tokenizer, resolve_model
 from loraforge.train import distributed
 from loraforge.train.checkpoint import TrainerState, latest_checkpoint, read_state
+from loraforge.train.distributed import DistContext
 from loraforge.train.metrics_log import MetricsLog, plot_losses
 from loraforge.train.model_card import write_model_card
 from loraforge.train.model_setup import Placement, add_lora, choose_placement, load_base_for_training
@@ -33,6 +34,18 @@ def checkpoint_to_resume(output_dir: Path, resume: bool) -> Path | None:
     if checkpoint is None:
         raise ConfigError(f"--resume: no checkpoint found under {output_dir / 'checkpoints'}")
     return checkpoint
+
+
+def seeded_lora(
+    base: torch.nn.Module, config: FineTuneConfig, context: DistContext | None
+) -> torch.nn.Module:
+    """`base` with fresh LoRA weights: the one place a run seeds torch's RNG. The LoRA init comes from
+    `trainer.seed`, the same adapter on every rank; then dropout draws from `seed + rank`, each rank its own
+    masks (rank 0 as a single process). A resumed run then restores its checkpoint's RNG instead."""
+    torch.manual_seed(config.trainer.seed)
+    model = add_lora(base, config.adapter)
+    torch.manual_seed(config.trainer.seed + (context.rank if context else 0))
+    return model
 
 
 def run_training(
@@ -73,10 +86,7 @@ def _run(config, output_dir, context, resume, evaluate, baseline, show_progress,
     validation = [tokenize_example(builder.build(r), tokenizer, max_length) for r in splits.validation]
 
     base = load_base_for_training(resolved, config.trainer, placement)
-    # The one seeding of a run: the LoRA init, then dropout (a resumed run restores the checkpoint's RNG).
-    # Each rank draws its own dropout masks; DDP copies rank 0's initial weights to every rank.
-    torch.manual_seed(config.trainer.seed + (context.rank if context else 0))
-    model = add_lora(base, config.adapter)
+    model = seeded_lora(base, config, context)
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(dump_config(config))
