@@ -32,7 +32,7 @@ from loraforge.curation.datasets import DatasetFilter, build_dataset
 from loraforge.demo.processes import Children, free_port
 from loraforge.flywheel.plan import make_plan
 from loraforge.store import Store
-from loraforge.store.routes import OutputSpec
+from loraforge.store.output_spec import OutputSpec
 from loraforge.store.tables import utcnow
 from loraforge.train.run import run_training
 

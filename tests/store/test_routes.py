@@ -3,14 +3,8 @@
 import pytest
 
 from loraforge.errors import LoraforgeError
-from loraforge.store.routes import (
-    OutputSpec,
-    current_routes,
-    rollback_route,
-    route_history,
-    route_off,
-    set_route,
-)
+from loraforge.store.output_spec import OutputSpec
+from loraforge.store.routes import current_routes, rollback_route, route_history, route_off, set_route
 
 
 def test_history_records_who_when_what_why_and_current_is_the_newest(store):

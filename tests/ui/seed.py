@@ -11,7 +11,8 @@ from pathlib import Path
 from loraforge.curation.datasets import DatasetFilter, build_dataset
 from loraforge.store import Store
 from loraforge.store.comparisons import save_comparison
-from loraforge.store.routes import OutputSpec, set_route
+from loraforge.store.output_spec import OutputSpec
+from loraforge.store.routes import set_route
 from loraforge.store.tables import utcnow
 
 TASKS = ("intent", "support", "extract")

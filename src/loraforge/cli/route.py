@@ -50,7 +50,8 @@ def set_(
 ) -> None:
     """Route TASK to ADAPTER at STAGE, or to few-shot prompting (--stage fewshot [--model] [--k]); a running
     gateway picks it up within its --route-refresh."""
-    from loraforge.store.route_options import RouteOptions, output_spec, parse_fallback
+    from loraforge.store.output_spec import parse_output_options
+    from loraforge.store.route_options import RouteOptions, parse_fallback
 
     options = RouteOptions(
         stage,
@@ -58,7 +59,7 @@ def set_(
         percent=percent,
         fallback=parse_fallback(fallback),
         timeout_ms=timeout_ms,
-        output=output_spec(kind, labels, json_schema),
+        output=parse_output_options(kind, labels, json_schema),
         model=model,
         k=k,
         min_score=min_score,

@@ -30,7 +30,8 @@ from loraforge.cost.throughput import Throughput, scrape_throughput, throughput_
 from loraforge.errors import LoraforgeError
 from loraforge.fewshot.settings import DEFAULT_K, MAX_K
 from loraforge.store.comparisons import save_comparison
-from loraforge.store.routes import OutputSpec, route_history
+from loraforge.store.output_spec import OutputSpec
+from loraforge.store.routes import route_history
 from loraforge.store.store import Store
 
 

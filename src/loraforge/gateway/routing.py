@@ -9,7 +9,8 @@ import jsonschema
 
 from loraforge.curation.call_examples import output_text
 from loraforge.evaluate.metrics import normalize
-from loraforge.store.routes import FEWSHOT, OutputSpec, Route
+from loraforge.store.output_spec import OutputSpec
+from loraforge.store.routes import FEWSHOT, Route
 
 GENERAL = "general"
 FALLBACK = "fallback"  # the general model answered because the adapter erred, timed out or was invalid

@@ -1,15 +1,12 @@
-"""The options of a route change, parsed and checked in one place for `loraforge route set`, `compare`'s
-output options and the dashboard's route form."""
+"""The options of a route change, parsed and checked in one place for `loraforge route set` and the
+dashboard's route form."""
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-from loraforge.errors import LoraforgeError
+from loraforge.store.output_spec import OutputSpec
 from loraforge.store.routes import (
     DEFAULT_FALLBACK,
     DEFAULT_TIMEOUT_MS,
-    OUTPUT_KINDS,
-    OutputSpec,
     set_route,
     validate_route,
 )
@@ -22,27 +19,6 @@ def parse_fallback(value: str) -> tuple[str, ...]:
     if value.strip().lower() == "none":
         return ()
     return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
-
-
-def output_spec(kind: str | None, labels: Path | None, schema: Path | None) -> OutputSpec:
-    """The output spec from --kind/--labels/--json-schema (labels imply classification, a schema JSON)."""
-    from loraforge.data.labels import load_labels
-    from loraforge.synth.validation import load_schema
-
-    if labels and schema:
-        raise LoraforgeError("pass either --labels or --json-schema, not both")
-    kind = kind or ("classification" if labels else "json" if schema else "text")
-    if kind not in OUTPUT_KINDS:
-        raise LoraforgeError(f"--kind {kind!r}: choose one of {', '.join(OUTPUT_KINDS)}")
-    if kind == "classification" and not labels:
-        raise LoraforgeError("--kind classification needs --labels FILE (the task's label set)")
-    if kind != "classification" and labels:
-        raise LoraforgeError(f"--labels applies to --kind classification, not {kind}")
-    if kind != "json" and schema:
-        raise LoraforgeError(f"--json-schema applies to --kind json, not {kind}")
-    return OutputSpec(
-        kind, tuple(load_labels(labels)) if labels else (), load_schema(schema) if schema else None
-    )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from loraforge.errors import LoraforgeError
 from loraforge.fewshot.settings import DEFAULT_K, MAX_K
+from loraforge.store.output_spec import OutputSpec
 from loraforge.store.store import Store
 from loraforge.store.tables import RouteChange, utcnow
 
@@ -25,28 +26,10 @@ FEWSHOT = "fewshot"  # answered by a model prompted with the task's most similar
 STAGES = ("shadow", "canary", "full", FEWSHOT)
 GENERAL_MODEL = "general"  # a few-shot route's model: the client's model on the gateway's upstream
 FALLBACKS = ("on-error", "on-invalid")
-OUTPUT_KINDS = ("text", "classification", "json")
 DEFAULT_FALLBACK = FALLBACKS  # canary and full fall back on both unless told otherwise
 DEFAULT_TIMEOUT_MS = 30_000
 ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
 _RETRIES = 5  # concurrent changes of one task collide on (task, seq); the loser retries
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    """What a valid answer of the task is: any text, one label of a set, or JSON (optionally a schema)."""
-
-    kind: str = "text"
-    labels: tuple[str, ...] = ()
-    schema: dict[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "labels": list(self.labels), "schema": self.schema}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> "OutputSpec":
-        data = data or {}
-        return cls(data.get("kind") or "text", tuple(data.get("labels") or ()), data.get("schema"))
 
 
 @dataclass(frozen=True)
