@@ -9,6 +9,7 @@ single-process one: sum over all tokens / all tokens. Only rank 0 writes files.
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -17,7 +18,6 @@ from loraforge.errors import ConfigError
 from loraforge.train.checkpoint import (
     FullStates,
     TrainerState,
-    latest_checkpoint,
     prune_checkpoints,
     save_checkpoint,
 )
@@ -111,16 +111,13 @@ class DistributedLoraTrainer(LoraTrainer):
         device_ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
         return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
-    def _start(self, resume: bool):
-        state, best = super()._start(resume)
-        checkpoint = latest_checkpoint(self.checkpoints) if resume else None
+    def _start(self, checkpoint: Path | None) -> tuple[TrainerState, dict[str, torch.Tensor] | None]:
+        """Also restores this rank's own RNG: dropout masks differ per rank (`run.seeded_lora`)."""
+        state, best = super()._start(checkpoint)
         rng_file = checkpoint / RNG_FILE if checkpoint is not None else None
         if rng_file is not None and rng_file.exists():
             states = torch.load(rng_file, weights_only=True)
             torch.set_rng_state(states[self.context.rank % len(states)])
-        elif checkpoint is None:
-            # Different dropout masks per rank, as each rank sees different examples.
-            torch.manual_seed(self.config.seed + self.context.rank)
         return state, best
 
     def _forward_backward(self, causal_lm, stream: Iterator[list[int]]) -> tuple[float, int]:

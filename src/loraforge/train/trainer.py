@@ -13,7 +13,6 @@ from loraforge.data.batching import collate, length_grouped_batches
 from loraforge.data.tokenize import TokenizedExample
 from loraforge.train.checkpoint import (
     TrainerState,
-    latest_checkpoint,
     load_best,
     load_checkpoint,
     load_trainable_state,
@@ -26,8 +25,10 @@ from loraforge.train.metrics_log import MetricsLog
 from loraforge.train.progress import TrainingProgress
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainResult:
+    """What the training loop did: steps, tokens, time, losses (`RunSummary` adds the run's facts)."""
+
     steps: int
     tokens_seen: int  # over the whole run, resumed parts included
     session_tokens: int  # in this process, the ones `train_seconds` timed
@@ -119,11 +120,13 @@ class LoraTrainer:
     def train(
         self,
         metrics: MetricsLog,
-        resume: bool = False,
+        checkpoint: Path | None = None,
         on_step: Callable[[TrainerState], None] | None = None,
         show_progress: bool = True,
     ) -> TrainResult:
-        state, best = self._start(resume)
+        """Train to `total_steps` (or early stopping), from `checkpoint` when given (`run_training` decides
+        whether a run resumes) with the best adapter loaded into the model at the end."""
+        state, best = self._start(checkpoint)
         tokens_before = state.tokens_seen
         causal_lm = self.model.get_base_model()
         stream = self._micro_batches(state)
@@ -213,11 +216,9 @@ class LoraTrainer:
     def _sum_over_ranks(self, total: float, count: int) -> tuple[float, int]:
         return total, count
 
-    def _start(self, resume: bool) -> tuple[TrainerState, dict[str, torch.Tensor] | None]:
-        """The state to start from: the last checkpoint's when resuming, else a fresh, seeded one."""
-        checkpoint = latest_checkpoint(self.checkpoints) if resume else None
+    def _start(self, checkpoint: Path | None) -> tuple[TrainerState, dict[str, torch.Tensor] | None]:
+        """The state to start from: `checkpoint`'s (RNG included), else a fresh one."""
         if checkpoint is None:
-            torch.manual_seed(self.config.seed)
             return TrainerState(), None
         return self._load_checkpoint(checkpoint), load_best(checkpoint)
 
