@@ -25,6 +25,13 @@ PERSON = {
 }
 
 
+def _nested(depth: int) -> dict:
+    schema: dict = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
     return Engine(EngineConfig(model=str(tiny_model_dir), precision="fp32"))
@@ -119,6 +126,7 @@ def test_choice_constraint_is_shared_stateless(engine):
         ({"type": "integer", "minimum": 5, "maximum": 3}, "minimum greater than maximum"),
         ({"properties": {"a": {"not": {"type": "string"}}}}, "'/properties/a/not' is not supported"),
         ({"$ref": "#/$defs/missing"}, "unsupported JSON schema"),
+        (_nested(100), "nests deeper than 48 levels"),
     ],
 )
 def test_bad_schemas_are_refused_with_the_reason(grammars, schema, message):

@@ -28,6 +28,7 @@ GRAMMAR_CACHE_BYTES = 64 << 20
 UNSUPPORTED_KEYWORDS = frozenset(
     {"not", "if", "then", "else", "dependentSchemas", "dependentRequired", "uniqueItems", "contains"}
 )
+MAX_SCHEMA_DEPTH = 48  # nesting of objects/arrays in a schema; deeper ones are refused (recursion in checks)
 _SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMA_ONE = ("items", "additionalProperties", "propertyNames", "unevaluatedProperties")
@@ -41,6 +42,17 @@ class GrammarError(ValueError):
 
 def _native_message(exc: Exception) -> str:
     return _NATIVE_PREFIX.sub("", str(exc).strip()).split("\n")[0]
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply JSON objects and arrays nest in `value` (iterative: safe on any depth)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            stack += [(v, depth + 1) for v in (item.values() if isinstance(item, dict) else item)]
+    return deepest
 
 
 def unsupported_keyword(schema: Any, path: str = "") -> str | None:
@@ -96,14 +108,17 @@ class GrammarState:
             if not self.matcher.accept_token(token):
                 raise RuntimeError(f"token {token} breaks the grammar (a masked logit was sampled)")
         self.consumed = len(generated)
-        if self.matcher.is_terminated():  # an end token was accepted, and the sequence went on (ignore_eos)
+        if not self.matcher.is_terminated():
+            self.matcher.fill_next_token_bitmask(self.bitmask, 0)
+            if self.also_allowed is not None:
+                self.bitmask &= self.also_allowed
+        # Done (an end token was accepted and the sequence went on: ignore_eos), or a dead end the grammar
+        # cannot leave (a pattern that matches nothing): only the end of sequence, never an error.
+        if self.matcher.is_terminated() or not self.bitmask.any():
             kept = logits[row, self.stop_ids]
             logits[row] = float("-inf")
             logits[row, self.stop_ids] = kept
             return
-        self.matcher.fill_next_token_bitmask(self.bitmask, 0)
-        if self.also_allowed is not None:
-            self.bitmask &= self.also_allowed
         xgr.apply_token_bitmask_inplace(logits[row : row + 1], self.bitmask, vocab_size=self.vocab_size)
 
 
@@ -166,6 +181,8 @@ class Grammars:
 
         if not isinstance(schema, dict | bool):
             raise GrammarError("a JSON schema must be an object")
+        if nesting_depth(schema) > MAX_SCHEMA_DEPTH:
+            raise GrammarError(f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
         try:
             validator_for(schema).check_schema(schema)
         except SchemaError as exc:
@@ -178,7 +195,7 @@ class Grammars:
             compiled = self.compiler.compile_json_schema(
                 json.dumps(schema), any_whitespace=False, strict_mode=strict
             )
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError, TypeError) as exc:  # xgrammar's C++ errors arrive as RuntimeError
             raise GrammarError(f"unsupported JSON schema: {_native_message(exc)}") from None
         return self._constraint(compiled, is_json=True)
 
@@ -190,5 +207,5 @@ class Grammars:
         """Output that matches `pattern` in full."""
         try:
             return self._constraint(self.compiler.compile_regex(pattern))
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError, TypeError) as exc:
             raise GrammarError(f"invalid regular expression: {_native_message(exc)}") from None
