@@ -127,6 +127,8 @@ def test_choice_constraint_is_shared_stateless(engine):
         ({"properties": {"a": {"not": {"type": "string"}}}}, "'/properties/a/not' is not supported"),
         ({"$ref": "#/$defs/missing"}, "unsupported JSON schema"),
         (_nested(100), "nests deeper than 48 levels"),
+        ({"$ref": "http://example.com/s.json"}, "'/$ref' is not supported"),
+        ({"$schema": 5, "type": "string"}, "invalid JSON schema at '/$schema'"),
     ],
 )
 def test_bad_schemas_are_refused_with_the_reason(grammars, schema, message):

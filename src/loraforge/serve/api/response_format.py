@@ -1,8 +1,9 @@
 """Structured output in the API: OpenAI's `response_format` and vLLM's `guided_choice` / `guided_json` /
 `guided_regex` (in `extra_body`), turned into the engine's constraint for one request.
 
-A JSON schema or regex is compiled in the thread pool, never on the event loop, and compiled grammars are
-cached (by xgrammar's compiler, keyed by the grammar's text): a schema sent again costs nothing. A grammar
+A JSON schema or regex is compiled in the thread pool, never on the event loop (xgrammar releases the GIL
+while compiling, so the loop keeps running), and compiled grammars are cached (by xgrammar's compiler, keyed
+by the grammar's text): a schema sent again costs nothing. A grammar
 that cannot be built is a 400 naming the field; nothing reaches the engine, so no other request sees it."""
 
 import json

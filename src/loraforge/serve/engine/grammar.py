@@ -62,6 +62,9 @@ def unsupported_keyword(schema: Any, path: str = "") -> str | None:
     for key in schema:
         if key in UNSUPPORTED_KEYWORDS:
             return f"{path}/{key}"
+    ref = schema.get("$ref")
+    if ref is not None and not (isinstance(ref, str) and ref.startswith("#")):
+        return f"{path}/$ref"  # only references inside the schema: nothing is fetched
     children: list[tuple[str, Any]] = []
     for key in _SUBSCHEMA_MAPS:
         if isinstance(schema.get(key), dict):
@@ -176,15 +179,15 @@ class Grammars:
         """Output that validates against `schema`, on one line (", " and ": " between items, no other
         whitespace: small models otherwise fill the answer with blank lines). `strict`: properties the
         schema does not name are refused even where it does not say `additionalProperties: false`."""
-        from jsonschema import SchemaError
-        from jsonschema.validators import validator_for
+        from jsonschema import Draft202012Validator, SchemaError
 
         if not isinstance(schema, dict | bool):
             raise GrammarError("a JSON schema must be an object")
         if nesting_depth(schema) > MAX_SCHEMA_DEPTH:
             raise GrammarError(f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
         try:
-            validator_for(schema).check_schema(schema)
+            # Always the draft OpenAI documents (its `$schema` would pick another, or fail on a bad one).
+            Draft202012Validator.check_schema(schema)
         except SchemaError as exc:
             where = "/".join(str(p) for p in exc.absolute_path)
             raise GrammarError(f"invalid JSON schema at '/{where}': {exc.message}") from None
