@@ -17,13 +17,10 @@ Why the engine uses xgrammar (serve/engine/grammar.py) and its own label trie fo
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
-import llguidance
-import llguidance.hf
-import llguidance.torch as lgt
-import outlines_core as oc
 import torch
 import xgrammar as xgr
 
@@ -31,6 +28,9 @@ from loraforge.hardware import describe
 from loraforge.serve.engine import Engine, EngineConfig, SamplingParams
 from loraforge.serve.engine.constraints import ChoiceConstraint
 from loraforge.serve.engine.grammar import Grammars
+
+sys.path.insert(0, str(Path(__file__).parent))
+from grammar_libs import LLGuidance, OutlinesCore, XGrammar  # noqa: E402  (the libraries, one interface)
 
 LABELS = Path("/work/shared/data/banking77/labels.json")
 SCHEMA = {
@@ -65,97 +65,6 @@ PROMPT = "Describe a new user account as JSON with name, age, email, tags, addre
 def _stats(seconds: list[float]) -> tuple[float, float]:
     xs = sorted(seconds)
     return statistics.mean(xs) * 1e6, xs[min(len(xs) - 1, int(len(xs) * 0.99))] * 1e6
-
-
-# ---- the three libraries behind one interface: compile(kind, spec) -> matcher factory -----------------
-class XGrammar:
-    name = "xgrammar 0.2.8"
-
-    def __init__(self, tok, vocab, stops):
-        self.info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=vocab, stop_token_ids=stops)
-        self.compiler = xgr.GrammarCompiler(self.info, max_threads=1, cache_enabled=False)
-
-    def compile(self, kind, spec):
-        if kind == "choice":
-            alts = " | ".join(json.dumps(c) for c in spec)
-            return self.compiler.compile_grammar(f"root ::= {alts}")
-        schema = {"type": "object"} if kind == "object" else spec
-        return self.compiler.compile_json_schema(
-            json.dumps(schema), any_whitespace=False, strict_mode=kind == "schema"
-        )
-
-    def matcher(self, compiled):
-        m = xgr.GrammarMatcher(compiled)
-        return (lambda bm: m.fill_next_token_bitmask(bm, 0)), m.accept_token
-
-
-class LLGuidance:
-    name = "llguidance 1.9.1"
-    DEFAULTS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-
-    def __init__(self, tok, vocab, stops):
-        self.tok = llguidance.hf.from_tokenizer(tok, n_vocab=vocab, eos_token=stops)
-
-    def compile(self, kind, spec):
-        if kind == "choice":
-            return llguidance.LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(c) for c in spec))
-        schema = {"type": "object"} if kind == "object" else spec
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=self.DEFAULTS)
-        llguidance.LLMatcher(self.tok, grammar)  # builds its lexer: the part of compiling done up front
-        return grammar
-
-    def matcher(self, grammar):
-        m = llguidance.LLMatcher(self.tok, grammar)
-        return (lambda bm: lgt.fill_next_token_bitmask(m, bm, 0)), m.consume_token
-
-
-class OutlinesCore:
-    name = "outlines-core 0.2.14"
-
-    def __init__(self, tok, vocab, stops):
-        unicode_to_byte = {c: b for b, c in _bytes_to_unicode().items()}
-        tokens: dict[bytes, list[int]] = {}
-        special = set(tok.all_special_ids)
-        for text, i in tok.get_vocab().items():
-            if i not in special and i < vocab and all(c in unicode_to_byte for c in text):
-                tokens.setdefault(bytes(unicode_to_byte[c] for c in text), []).append(i)
-        self.eos = stops[0]
-        self.vocab = oc.Vocabulary(self.eos, tokens)
-
-    def compile(self, kind, spec):
-        if kind == "object":
-            return None  # a regex cannot describe nested JSON of any depth
-        if kind == "choice":
-            regex = "(" + "|".join(_escape(c) for c in spec) + ")"
-        else:
-            regex = oc.json_schema.build_regex_from_schema(json.dumps(spec), whitespace_pattern=" ?")
-        return oc.Index(regex, self.vocab)
-
-    def matcher(self, index):
-        guide = oc.Guide(index)
-
-        def accept(token):
-            if token != self.eos:
-                guide.advance(token, return_tokens=False)
-            return True
-
-        return (lambda bm: guide.write_mask_into(bm.data_ptr(), bm.numel(), 4)), accept
-
-
-def _escape(text: str) -> str:
-    return "".join("\\" + c if c in ".^$*+?()[]{}|\\/" else c for c in text)
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte <-> printable-character table of byte-level BPE vocabularies."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs, n = list(bs), 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
 
 
 def mask_times(engine: Engine, rounds: int) -> dict:
