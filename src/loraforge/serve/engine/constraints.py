@@ -21,7 +21,7 @@ class Constraint(Protocol):
 
 class ChoiceConstraint:
     """A prefix tree over the token ids of every choice, each followed by EOS. Stateless: `start()` is the
-    tree itself. Faster than a grammar for this (`benchmarks/structured_overhead.py`)."""
+    tree itself. How it compares with a grammar for this: `benchmarks/structured_overhead.py`."""
 
     def __init__(self, choices: list[list[int]], eos_id: int) -> None:
         if not choices:
