@@ -89,9 +89,9 @@ SERVE_CASES = {
         400,
         "tools",
     ),
-    "response_format (not implemented)": (
+    "response_format with a schema no grammar can enforce": (
         "chat",
-        {"response_format": {"type": "json_object"}},
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {}}}}},
         400,
         "response_format",
     ),

@@ -104,7 +104,6 @@ def test_the_bearer_scheme_is_case_insensitive(live):
     [
         ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
         ("tool_choice", "required"),
-        ("response_format", {"type": "json_object"}),
         ("logit_bias", {"50256": -100}),
         ("logprobs", True),
         ("top_logprobs", 3),

@@ -21,6 +21,7 @@ from loraforge.serve.api.deps import AdapterPolicy, get_engine, get_metrics
 from loraforge.serve.api.errors import install_error_handlers
 from loraforge.serve.api.metrics import Metrics
 from loraforge.serve.engine.async_engine import AsyncEngine
+from loraforge.serve.engine.grammar import Grammars
 
 system_router = APIRouter()
 
@@ -59,6 +60,8 @@ def create_app(
     app = FastAPI(title="loraforge", lifespan=lifespan)
     app.state.engine = engine
     app.state.metrics = Metrics(engine, engine.limits.max_metric_models)
+    # Structured output: the model's vocabulary and end tokens are fixed once loaded (read-only here).
+    app.state.grammars = Grammars(engine.tokenizer, engine.engine.vocab_size, engine.engine.eos_ids)
     root = adapter_root.resolve() if adapter_root is not None else None
     app.state.adapter_policy = AdapterPolicy(admin_api_key, root)
     app.add_middleware(BodyLimitMiddleware, max_bytes=engine.limits.max_body_bytes)

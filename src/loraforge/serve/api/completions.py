@@ -15,10 +15,13 @@ from starlette.concurrency import run_in_threadpool
 
 from loraforge.errors import ModelNotFoundError
 from loraforge.serve.api import protocol as p
-from loraforge.serve.api.deps import get_engine, get_metrics
+from loraforge.serve.api.deps import get_engine, get_grammars, get_metrics
 from loraforge.serve.api.errors import APIError, from_engine_error
 from loraforge.serve.api.metrics import Metrics
+from loraforge.serve.api.response_format import constraint_for
 from loraforge.serve.engine.async_engine import AsyncEngine, Event
+from loraforge.serve.engine.constraints import Constraint
+from loraforge.serve.engine.grammar import Grammars
 from loraforge.serve.engine.sequence import SamplingParams
 from loraforge.serve.lora.manager import AdapterRef
 
@@ -49,7 +52,11 @@ def _resolve(engine: AsyncEngine, model: str) -> AdapterRef | None:
 
 
 def _sampling(
-    engine: AsyncEngine, req: p._Request, num_prompt: int, max_tokens: int | None
+    engine: AsyncEngine,
+    req: p._Request,
+    num_prompt: int,
+    max_tokens: int | None,
+    constraint: Constraint | None = None,
 ) -> SamplingParams:
     context = engine.max_model_len
     # (A prompt that is too long by itself is the engine's error, about the prompt.)
@@ -71,6 +78,7 @@ def _sampling(
         seed=req.seed,
         stop=req.stop_list(),
         ignore_eos=req.ignore_eos,
+        constraint=constraint,
     )
 
 
@@ -86,11 +94,12 @@ class _Generation:
     chunks: Callable[[Event, bool], list[p.Completion | p.ChatCompletionChunk]]
     started: float = 0.0  # when it was submitted (time.monotonic)
 
-    async def respond(self, engine: AsyncEngine, metrics: Metrics):
+    async def respond(self, engine: AsyncEngine, metrics: Metrics, grammars: Grammars):
         req = self.req
         adapter = await run_in_threadpool(_resolve, engine, req.model)
         label = metrics.label(req.model, adapter is None or adapter.local)
-        params = _sampling(engine, req, len(self.prompt_ids), self.max_tokens)
+        constraint = await constraint_for(req, grammars)
+        params = _sampling(engine, req, len(self.prompt_ids), self.max_tokens, constraint)
         self.started = time.monotonic()
         stream = engine.generate(self.prompt_ids, params, adapter)
         try:
@@ -170,6 +179,7 @@ async def completions(
     req: p.CompletionRequest,
     engine: AsyncEngine = Depends(get_engine),
     metrics: Metrics = Depends(get_metrics),
+    grammars: Grammars = Depends(get_grammars),
 ):
     tokenizer, prompt = engine.tokenizer, req.prompt
     if isinstance(prompt, str):
@@ -200,12 +210,16 @@ async def completions(
             out.append(usage_chunk)
         return out
 
-    return await _Generation("completions", req, ids, req.max_tokens, body, chunks).respond(engine, metrics)
+    generation = _Generation("completions", req, ids, req.max_tokens, body, chunks)
+    return await generation.respond(engine, metrics, grammars)
 
 
 @router.post("/v1/chat/completions", response_model=p.ChatCompletion)
 async def chat(
-    req: p.ChatRequest, engine: AsyncEngine = Depends(get_engine), metrics: Metrics = Depends(get_metrics)
+    req: p.ChatRequest,
+    engine: AsyncEngine = Depends(get_engine),
+    metrics: Metrics = Depends(get_metrics),
+    grammars: Grammars = Depends(get_grammars),
 ):
     tokenizer = engine.tokenizer
     messages = []
@@ -254,4 +268,4 @@ async def chat(
         return out
 
     max_tokens = req.max_completion_tokens or req.max_tokens
-    return await _Generation("chat", req, ids, max_tokens, body, chunks).respond(engine, metrics)
+    return await _Generation("chat", req, ids, max_tokens, body, chunks).respond(engine, metrics, grammars)

@@ -1,4 +1,5 @@
-"""FastAPI dependencies: the engine facade and the metrics of the app serving the request."""
+"""FastAPI dependencies: the engine facade, the metrics and the grammar compiler of the app serving the
+request."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -7,6 +8,7 @@ from fastapi import Request
 
 from loraforge.serve.api.metrics import Metrics
 from loraforge.serve.engine.async_engine import AsyncEngine
+from loraforge.serve.engine.grammar import Grammars
 
 
 @dataclass(frozen=True)
@@ -27,3 +29,7 @@ def get_metrics(request: Request) -> Metrics:
 
 def get_adapter_policy(request: Request) -> AdapterPolicy:
     return request.app.state.adapter_policy
+
+
+def get_grammars(request: Request) -> Grammars:
+    return request.app.state.grammars

@@ -4,60 +4,13 @@ import time
 import uuid
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, Field, field_validator, model_serializer
 
+from loraforge.serve.api.response_format import ResponseFormat
+from loraforge.serve.api.strict import NoTools, Unsupported
+from loraforge.serve.api.strict import Strict as _Strict
+from loraforge.serve.api.strict import only as _only
 from loraforge.serve.limits import SEED_MAX, SEED_MIN
-
-
-def _only(*neutral: object, why: str = "not supported by this server") -> AfterValidator:
-    """A field of the OpenAI API we do not implement: accepted only at a value that changes nothing."""
-    shown = " or ".join(repr(v) if v is not None else "null" for v in neutral)
-
-    def check(value: object) -> object:
-        # (True == 1 in Python, but `n: true` is not `n: 1`.)
-        if not any(value is v or (value == v and type(value) is not bool) for v in neutral):
-            raise ValueError(f"{why} (only {shown})")
-        return value
-
-    return AfterValidator(check)
-
-
-Unsupported = Annotated[Any, _only(None)]
-NoTools = Annotated[Any, _only(None, [], "none")]
-
-
-def _valid_text(value: Any) -> Any:
-    """JSON may carry unpaired UTF-16 surrogates (\\ud800) that no tokenizer can encode: a 400 here."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("text must be valid Unicode (it holds an unpaired surrogate)") from None
-    elif isinstance(value, dict):
-        for item in value.values():
-            _valid_text(item)
-    elif isinstance(value, list):
-        for item in value:
-            _valid_text(item)
-    return value
-
-
-class _Strict(BaseModel):
-    # A field we do not know is refused by name (400), never silently ignored.
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _unicode(cls, data: Any) -> Any:
-        return _valid_text(data)
 
 
 class StreamOptions(_Strict):
@@ -76,6 +29,11 @@ class _Request(_Strict):
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     ignore_eos: bool = False  # extension, for benchmarks
+    # Structured output (response_format.py): OpenAI's field, and vLLM's names (extra_body) for the others.
+    response_format: ResponseFormat | None = None
+    guided_choice: list[str] | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
     presence_penalty: Annotated[float | None, _only(None, 0)] = None
     frequency_penalty: Annotated[float | None, _only(None, 0)] = None
     logit_bias: Annotated[dict[str, float] | None, _only(None, {})] = None
@@ -153,7 +111,6 @@ class ChatRequest(_Request):
     parallel_tool_calls: bool | None = None  # no tools, so nothing to call in parallel
     functions: NoTools = None
     function_call: NoTools = None
-    response_format: Annotated[Any, _only(None, {"type": "text"})] = None
     modalities: Annotated[Any, _only(None, ["text"])] = None
     audio: Unsupported = None
     prediction: Unsupported = None

@@ -1,9 +1,27 @@
-"""Constrained decoding: a sequence may only spell out one of a fixed set of strings (a classifier's labels,
-an API's `guided_choice`), then end. The sampler masks every other token before choosing."""
+"""Constrained decoding: what a sequence may generate next. A `Constraint` (shared by requests) gives each
+sequence its own state (`start()`); the sampler asks that state to mask the row's logits before choosing.
+
+Two kinds: `ChoiceConstraint` here (one of a fixed set of strings: a classifier's labels, the API's
+`guided_choice`) and `GrammarConstraint` (grammar.py: JSON schemas, regexes)."""
+
+from typing import Protocol
+
+import torch
+
+
+class ConstraintState(Protocol):
+    def mask(self, logits: torch.Tensor, row: int, generated: list[int]) -> None:
+        """Set `logits[row, t]` to -inf for every token `t` not allowed after `generated` (in place)."""
+
+
+class Constraint(Protocol):
+    def start(self) -> ConstraintState:
+        """The state of one new sequence under this constraint."""
 
 
 class ChoiceConstraint:
-    """A prefix tree over the token ids of every choice, each followed by EOS."""
+    """A prefix tree over the token ids of every choice, each followed by EOS. Stateless: `start()` is the
+    tree itself. How it compares with a grammar for this: `benchmarks/structured_overhead.py`."""
 
     def __init__(self, choices: list[list[int]], eos_id: int) -> None:
         if not choices:
@@ -30,3 +48,12 @@ class ChoiceConstraint:
                 return [self.eos_id]
             node = node[token]
         return sorted(node) or [self.eos_id]
+
+    def start(self) -> "ChoiceConstraint":
+        return self
+
+    def mask(self, logits: torch.Tensor, row: int, generated: list[int]) -> None:
+        allowed = torch.tensor(self.allowed(generated))
+        kept = logits[row, allowed]
+        logits[row] = float("-inf")
+        logits[row, allowed] = kept

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from loraforge.serve.engine.constraints import ChoiceConstraint
+from loraforge.serve.engine.constraints import Constraint, ConstraintState
 
 
 @dataclass
@@ -20,7 +20,7 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
-    constraint: ChoiceConstraint | None = None  # decode only one of a set of strings (constraints.py)
+    constraint: Constraint | None = None  # what may be generated: labels, a JSON schema (constraints.py)
 
     @property
     def greedy(self) -> bool:
@@ -70,6 +70,10 @@ class Sequence:
         self.error: Exception | None = None  # why an aborted sequence failed (its adapter did not load)
         self.num_preemptions = 0
         self.generator: torch.Generator | None = None
+        # This sequence's own place in its constraint (a grammar matcher); the constraint may be shared.
+        self.constraint_state: ConstraintState | None = (
+            params.constraint.start() if params.constraint else None
+        )
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed)
 

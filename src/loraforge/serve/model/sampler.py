@@ -15,11 +15,8 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], ops: TorchOps = TORCH_OPS
     rows that sample are converted to fp32. Rows under a constraint first lose every token it does not allow
     (in place: the logits are this step's own)."""
     for i, seq in enumerate(seqs):
-        if seq.params.constraint is not None:
-            allowed = torch.tensor(seq.params.constraint.allowed(seq.output_ids))
-            kept = logits[i, allowed]
-            logits[i] = float("-inf")
-            logits[i, allowed] = kept
+        if seq.constraint_state is not None:  # engine/constraints.py: a label set or a grammar
+            seq.constraint_state.mask(logits, i, seq.output_ids)
     out = ops.argmax_rows(logits)
     sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
     if not sampled:
