@@ -176,11 +176,16 @@ def main() -> None:
     ap.add_argument("--llama-types", default="bf16,q8_0,q4_k_m", help=f"of {', '.join(LLAMA_TYPES)}")
     ap.add_argument("--rank", type=int, default=16, help="rank of the adapters of row 3")
     ap.add_argument("--targets", default="all", choices=["all", "qv"], help="all linear, or q/v_proj")
+    ap.add_argument("--requests", type=int, help="concurrent requests (default 64, --quick 16)")
+    ap.add_argument("--tokens", type=int, help="new tokens per request (default 128, --quick 32)")
+    ap.add_argument("--adapters", help="adapter counts of row 3 (default 8,32; --quick 4,8)")
     args = ap.parse_args()
     args.llama_types = args.llama_types.split(",")
     our_weights = args.our_weights.split(",")
     print(f"CPU: {describe()}", flush=True)
     n_req, max_tokens, counts, n_ttft = (16, 32, (4, 8), 4) if args.quick else (64, 128, (8, 32), 8)
+    n_req, max_tokens = args.requests or n_req, args.tokens or max_tokens
+    counts = tuple(int(c) for c in args.adapters.split(",")) if args.adapters else counts
 
     from loraforge.export.llamacpp import LLAMA_CPP_PYTHON, tools
     from loraforge.models import load_tokenizer, pick_dtype, resolve_model
