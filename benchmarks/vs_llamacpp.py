@@ -18,6 +18,9 @@ with token-id prompts, `temperature: 0`, `ignore_eos: true`. llama.cpp is built 
 sdist (loraforge.export.llamacpp, cached); the GGUFs (the base at each type, the adapters as GGUF LoRA in
 bf16) are converted once and cached under $LORAFORGE_HOME/bench/vs_llamacpp/.
 
+llama.cpp's threads meet at a barrier after every operation: when other processes hold the cores, its
+multi-thread decode collapses (and ours suffers too), so run it on quiet cores; the load average is printed.
+
     .venv/bin/python benchmarks/vs_llamacpp.py            # full: 64 requests x 128 tokens (~15 min)
     .venv/bin/python benchmarks/vs_llamacpp.py --quick    # 16 requests x 32 tokens over 4 and 8 adapters
 """
@@ -227,7 +230,8 @@ def main() -> None:
     print(
         f"\nvs_llamacpp: {model.name}, {args.threads} threads, llama.cpp from llama-cpp-python"
         f" {LLAMA_CPP_PYTHON}; {n_req} requests x {max_tokens} tokens; adapters r={args.rank}"
-        f" {args.targets}-linear as GGUF LoRA bf16; load avg {os.getloadavg()[0]:.1f}\n"
+        f" {'all-linear' if args.targets == 'all' else 'q/v'} as GGUF LoRA bf16;"
+        f" load avg {os.getloadavg()[0]:.1f}\n"
     )
     rows = [("row", "ours", "llama.cpp", "ratio (>1: ours faster)", "target")]
     for w in our_weights:
