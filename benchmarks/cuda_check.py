@@ -159,17 +159,17 @@ def check_qlora(work: Path, base: Path, steps: int) -> Path:
     )
     out = work / "qlora-run"
     start = time.perf_counter()
-    result = run_training(config, out, evaluate=False, show_progress=False)
-    summary = result["summary"]
+    run = run_training(config, out, evaluate=False, show_progress=False)
+    summary = run.summary
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train_losses = [r["train_loss"] for r in rows if "train_loss" in r]
     peak = torch.cuda.max_memory_allocated() / (1 << 30)
     log(
-        f"2. QLoRA: {summary['steps']} steps in {time.perf_counter() - start:.0f} s, "
-        f"{summary['tokens_per_second']} tok/s, {summary['dtype']} on {summary['device']}; train loss "
+        f"2. QLoRA: {summary.training.steps} steps in {time.perf_counter() - start:.0f} s, "
+        f"{summary.training.tokens_per_second:.1f} tok/s, {summary.dtype} on {summary.device}; train loss "
         f"{train_losses[0]:.3f} -> {train_losses[-1]:.3f}; peak GPU memory {peak:.1f} GiB"
     )
-    del result
+    del run
     torch.cuda.empty_cache()
     registry = work / "qlora-registry"
     registry.mkdir(exist_ok=True)

@@ -21,9 +21,9 @@ import torch
 from loraforge.config import load_config
 from loraforge.data.examples import ExampleBuilder
 from loraforge.data.splits import load_splits
-from loraforge.evaluate.generation import ADAPTER
 from loraforge.evaluate.runner import evaluate_records, open_backend, select_rows
 from loraforge.hardware import describe
+from loraforge.inference.hf import ADAPTER
 from loraforge.models import resolve_model
 
 sys.path.insert(0, str(Path(__file__).parent))

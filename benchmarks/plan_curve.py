@@ -27,13 +27,13 @@ from loraforge import hardware
 from loraforge.compare.run import CompareRequest, run_comparison
 from loraforge.config import load_config
 from loraforge.cost.hardware import hardware_price
+from loraforge.cost.prices import PriceTable
+from loraforge.curation.datasets import DatasetFilter, build_dataset
 from loraforge.demo.processes import Children, free_port
 from loraforge.flywheel.plan import make_plan
 from loraforge.store import Store
-from loraforge.store.datasets import DatasetFilter, build_dataset
-from loraforge.store.models import utcnow
-from loraforge.store.prices import PriceTable
-from loraforge.store.routes import OutputSpec
+from loraforge.store.output_spec import OutputSpec
+from loraforge.store.tables import utcnow
 from loraforge.train.run import run_training
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from sqlalchemy import insert, text
 
 from loraforge.hardware import describe
 from loraforge.store import Store
-from loraforge.store.models import Call, Feedback, utcnow
+from loraforge.store.tables import Call, Feedback, utcnow
 from loraforge.ui import UISettings, create_ui_app
 from loraforge.ui.queries.cache import CACHE
 
@@ -55,7 +55,7 @@ def fill(store: Store, n: int, seed: int = 1) -> str:
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "placeholder"}]}
     words = ("refund", "card", "balance", "transfer", "invoice", "password", "delivery", "contract")
     feedback, first = [], None
-    with store.engine.begin() as conn:
+    with store.db.begin() as conn:
         for start in range(0, n, BATCH):
             rows = []
             for i in range(start, min(n, start + BATCH)):
@@ -110,9 +110,9 @@ def time_pages(client: TestClient, first_id: str, repeat: int) -> tuple[dict[str
 
 
 def set_ui_indexes(store: Store, present: bool) -> None:
-    from loraforge.store.models import Call as C
+    from loraforge.store.tables import Call as C
 
-    with store.engine.begin() as conn:
+    with store.db.begin() as conn:
         for index in C.__table__.indexes:
             if index.name in UI_INDEXES:
                 if present:

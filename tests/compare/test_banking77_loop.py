@@ -14,9 +14,10 @@ import pytest
 from openai import OpenAI
 
 from loraforge.config import validate_config
+from loraforge.curation.datasets import DatasetFilter, build_dataset
 from loraforge.store import Store
-from loraforge.store.datasets import DatasetFilter, build_dataset
-from loraforge.store.routes import OutputSpec, set_route
+from loraforge.store.output_spec import OutputSpec
+from loraforge.store.routes import set_route
 from loraforge.train.run import run_training
 from tests.cli.test_errors import run_cli
 from tests.conftest import SHARED_DATA

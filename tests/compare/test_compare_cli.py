@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from loraforge.curation.datasets import DatasetFilter, build_dataset, get_dataset
 from loraforge.store import Store
-from loraforge.store.datasets import DatasetFilter, build_dataset, get_dataset
 from tests.cli.test_errors import run_cli
 from tests.compare.judge_server import create_judge
 from tests.gateway.servers import ThreadServer

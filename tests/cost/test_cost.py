@@ -8,12 +8,12 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 from loraforge.cost.hardware import HardwarePrice, hardware_price
+from loraforge.cost.prices import PriceTable
 from loraforge.cost.report import cost_report
 from loraforge.cost.throughput import Throughput, scrape_throughput
 from loraforge.errors import ConfigError, LoraforgeError
 from loraforge.serve.api.metrics import Metrics
 from loraforge.store import Store
-from loraforge.store.prices import PriceTable
 from tests.cli.test_errors import run_cli
 from tests.gateway.servers import ThreadServer
 from tests.store.calls import chat_call

@@ -9,7 +9,7 @@ import yaml
 
 from loraforge.errors import ConfigError
 from loraforge.evaluate.engine_backend import EngineBackend
-from loraforge.evaluate.generation import ADAPTER, GenerationModel, attach_adapter
+from loraforge.inference.hf import ADAPTER, GenerationModel, attach_adapter
 from loraforge.models import load_causal_lm, load_tokenizer, resolve_model
 from tests.serve.conftest import make_adapter_registry
 

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
+from loraforge.curation.datasets import list_datasets
 from loraforge.flywheel.records import list_runs
 from loraforge.flywheel.turn import run_once
-from loraforge.store.datasets import list_datasets
 from loraforge.store.routes import route_history
 from tests.conftest import REPO_ROOT
 from tests.flywheel.conftest import TASK

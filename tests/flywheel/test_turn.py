@@ -1,10 +1,10 @@
 """Full turns of the flywheel on real parts (tiny model, scripted general model): trigger, dataset, train,
 register, compare, shadow, canary, full; a failed gate; rollback on live regressions."""
 
+from loraforge.curation.datasets import list_datasets
 from loraforge.flywheel.records import list_runs, start_run, update_run
 from loraforge.flywheel.turn import run_once
 from loraforge.store.comparisons import list_comparisons
-from loraforge.store.datasets import list_datasets
 from loraforge.store.routes import current_routes, route_history
 from tests.flywheel.conftest import TASK
 from tests.store.calls import chat_call
@@ -104,7 +104,7 @@ def test_a_canary_over_the_limits_is_rolled_back(loop):
 
 
 def _served(record: dict, served_by: str, stage: str) -> dict:
-    from loraforge.store.models import utcnow
+    from loraforge.store.tables import utcnow
 
     record.update(served_by=served_by, route_stage=stage, time=utcnow())
     return record

@@ -9,7 +9,8 @@ import pytest
 from openai import OpenAI
 
 from loraforge.store import Store
-from loraforge.store.routes import OutputSpec, set_route
+from loraforge.store.output_spec import OutputSpec
+from loraforge.store.routes import set_route
 from tests.gateway.conftest import start_gateway
 from tests.gateway.test_routes_live import ASK, ask, wait_for_seq
 from tests.store.calls import chat_call, completion_call

@@ -4,8 +4,8 @@ import json
 
 import httpx
 
-from loraforge.store.datasets import DatasetFilter, build_dataset
-from loraforge.store.examples import input_hash
+from loraforge.curation.call_examples import input_hash
+from loraforge.curation.datasets import DatasetFilter, build_dataset
 
 
 def test_traffic_feedback_dataset(gateway, tmp_path):

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from loraforge.config import validate_config
-from loraforge.store.datasets import DatasetFilter, build_dataset
+from loraforge.curation.datasets import DatasetFilter, build_dataset
 from loraforge.train.run import run_training
 from tests.gateway.conftest import start_gateway
 from tests.serve.api.conftest import start_server
@@ -89,5 +89,5 @@ def test_gateway_logs_engine_calls_and_the_dataset_trains_an_adapter(
         }
     )
     trained = run_training(config, tmp_path / "run", show_progress=False)
-    assert trained["summary"]["train_examples"] == len(rows)
+    assert trained.summary.train_examples == len(rows)
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()

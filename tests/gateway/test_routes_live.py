@@ -7,10 +7,11 @@ import time
 import pytest
 from openai import OpenAI
 
+from loraforge.curation.datasets import DatasetFilter, build_dataset, dataset_rows, get_dataset
 from loraforge.gateway.upstream import UpstreamClient
 from loraforge.store import Store
-from loraforge.store.datasets import DatasetFilter, build_dataset, dataset_rows, get_dataset
-from loraforge.store.routes import OutputSpec, rollback_route, set_route
+from loraforge.store.output_spec import OutputSpec
+from loraforge.store.routes import rollback_route, set_route
 from tests.gateway.conftest import start_gateway
 from tests.gateway.servers import free_port
 

@@ -3,7 +3,8 @@
 import pytest
 
 from loraforge.gateway.routing import canary_bucket, goes_to_adapter, invalid_reason, stickiness_key
-from loraforge.store.routes import OutputSpec, Route
+from loraforge.store.output_spec import OutputSpec
+from loraforge.store.routes import Route
 
 
 @pytest.mark.parametrize("percent", [5, 30, 50, 90])

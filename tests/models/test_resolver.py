@@ -32,7 +32,7 @@ def test_hub_id_offline_fails_with_a_clear_message():
 def test_embedded_smollm2_converts_once_and_answers_sensibly(loraforge_home):
     import time
 
-    from loraforge.evaluate.generation import GenerationModel
+    from loraforge.inference.hf import GenerationModel
 
     resolved = resolve_model("smollm2-135m")
     assert (resolved.path / "model.safetensors").is_file()

@@ -6,7 +6,15 @@ import sys
 import pytest
 
 from loraforge.config import load_config
-from loraforge.recipe.infer import MAX_EPOCHS, MIN_EPOCHS, infer_task, schedule
+from loraforge.recipe.infer import (
+    MAX_EPOCHS,
+    MIN_EPOCHS,
+    SYSTEM_PROMPTS,
+    infer_task,
+    make_prompt,
+    new_tokens,
+    schedule,
+)
 
 INTENTS = ["card_arrival", "activate_my_card", "transfer_failed", "exchange_rate"]
 
@@ -23,6 +31,25 @@ def test_small_data_gets_more_epochs_within_bounds():
     epochs = [schedule(rows)[0] for rows in (50, 400, 800, 2000, 10_000, 100_000)]
     assert epochs == sorted(epochs, reverse=True)
     assert epochs[0] == MAX_EPOCHS and epochs[-1] == MIN_EPOCHS
+
+
+def test_the_prompt_is_the_input_under_a_short_system_prompt():
+    chat = make_prompt("classification", "text", chat=True)
+    assert chat.template == "{text}" and chat.chat_template
+    # a one-line system prompt replaces the model's own default one (SmolLM2's identity line) in every row
+    assert chat.system == SYSTEM_PROMPTS["classification"] and len(chat.system.split()) <= 6
+    assert {make_prompt(task, "q", chat=True).system for task in SYSTEM_PROMPTS} == set(
+        SYSTEM_PROMPTS.values()
+    )
+    plain = make_prompt("generation", "question", chat=False)
+    assert plain.template == "{question}\n" and not plain.chat_template and plain.system is None
+
+
+def test_new_tokens_fit_the_longest_target_with_room_only_for_free_text():
+    assert new_tokens("classification", 17) == 19  # a constrained label never runs longer than itself
+    assert new_tokens("generation", 79) == 79 + 19 + 8  # ViGGO's longest MR: 1.25x + 8, not 2x
+    assert new_tokens("json", 8) == 18
+    assert new_tokens("generation", 10_000) == 4096  # the schema's ceiling
 
 
 def _cli(monkeypatch, capsys, *args):
@@ -47,6 +74,8 @@ def test_init_writes_a_config_train_accepts(monkeypatch, capsys, tmp_path, tiny_
     assert "task classification: 4 distinct targets in 40 rows" in printed
     config = load_config(out)
     assert config.evaluation.task == "classification" and config.evaluation.constrain_to_labels
+    assert config.prompt.system == SYSTEM_PROMPTS["classification"] and config.prompt.chat_template
+    assert "system prompt 'Answer with the label.'" in printed
     assert json.loads(config.evaluation.labels.read_text()) == sorted(INTENTS)
     assert config.trainer.epochs == MAX_EPOCHS and config.evaluation.split == "validation"
     assert config.evaluation.max_new_tokens >= max(len(i) for i in INTENTS) // 8  # tokens, not characters

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from loraforge.store.database import redact, resolve_store_url
-from loraforge.store.schema import upgrade
+from loraforge.store.migrate import upgrade
 
 POSTGRES_ENV = "LORAFORGE_TEST_POSTGRES_URL"
 # What scripts/ci-postgres.sh provisions; used when the variable is not set.

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from loraforge.store.models import utcnow
+from loraforge.store.tables import utcnow
 
 _T0 = utcnow() - timedelta(days=1)
 

@@ -6,10 +6,10 @@ from datetime import timedelta
 
 import pytest
 
+from loraforge.curation.datasets import DatasetFilter, build_dataset
 from loraforge.errors import ConfigError
-from loraforge.store.datasets import DatasetFilter, build_dataset
-from loraforge.store.models import utcnow
 from loraforge.store.retention import prune_calls
+from loraforge.store.tables import utcnow
 from tests.store.calls import chat_call
 
 

@@ -3,14 +3,8 @@
 import pytest
 
 from loraforge.errors import LoraforgeError
-from loraforge.store.routes import (
-    OutputSpec,
-    current_routes,
-    rollback_route,
-    route_history,
-    route_off,
-    set_route,
-)
+from loraforge.store.output_spec import OutputSpec
+from loraforge.store.routes import current_routes, rollback_route, route_history, route_off, set_route
 
 
 def test_history_records_who_when_what_why_and_current_is_the_newest(store):
@@ -109,19 +103,19 @@ def test_migration_0003_adds_route_options_and_keeps_older_routes_readable(store
     from alembic import command
     from sqlalchemy import MetaData, Table, inspect
 
-    from loraforge.store.models import utcnow
-    from loraforge.store.schema import alembic_config
+    from loraforge.store.migrate import alembic_config
+    from loraforge.store.tables import utcnow
 
     def migrate(step, revision):
-        with store.engine.begin() as conn:
+        with store.db.begin() as conn:
             cfg = alembic_config()
             cfg.attributes["connection"] = conn
             step(cfg, revision)
 
     migrate(command.downgrade, "0002")
     try:
-        assert "options" not in {c["name"] for c in inspect(store.engine).get_columns("route_changes")}
-        with store.engine.begin() as conn:  # a route written before 0003
+        assert "options" not in {c["name"] for c in inspect(store.db).get_columns("route_changes")}
+        with store.db.begin() as conn:  # a route written before 0003
             table = Table("route_changes", MetaData(), autoload_with=conn)
             conn.execute(
                 table.insert().values(

@@ -2,9 +2,9 @@
 
 import pytest
 
+from loraforge.cost.prices import PriceTable
 from loraforge.errors import ConfigError
 from loraforge.store import CallNotFoundError
-from loraforge.store.prices import PriceTable
 from tests.store.calls import chat_call
 
 
@@ -103,7 +103,7 @@ def test_a_gateway_store_bounds_postgres_statements_keeping_the_urls_options(tmp
     base = store_url_for("postgres", tmp_path)
     url = base + ("&" if "?" in base else "?") + "options=-c%20lock_timeout%3D7000"
     bounded = Store(url, statement_timeout_s=1.5)
-    with bounded.engine.connect() as conn:
+    with bounded.db.connect() as conn:
         assert conn.execute(text("SHOW statement_timeout")).scalar() == "1500ms"
         assert conn.execute(text("SHOW lock_timeout")).scalar() == "7s"
     bounded.close()

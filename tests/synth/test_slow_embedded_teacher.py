@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from loraforge.synth.dedup import normalize
-from loraforge.synth.generate import GenerateConfig, generate
 from loraforge.synth.records import load_seeds, load_texts, parse_saved
+from loraforge.synth.synthesize import GenerateConfig, synthesize
 from loraforge.synth.teacher import TeacherClient, TeacherSettings
 from loraforge.synth.validation import OutputSpec, load_labels
 from tests.conftest import SHARED_DATA
@@ -105,7 +105,7 @@ def test_banking77_generation_with_the_embedded_teacher(serve_url, tmp_path):
     async def go():
         async with TeacherClient(settings) as teacher:
             await teacher.check_reachable()
-            return await generate(config, teacher)
+            return await synthesize(config, teacher)
 
     started = time.monotonic()
     summary = asyncio.run(go())

@@ -93,7 +93,6 @@ def test_two_process_resume_continues_the_run(runs):
         (["--nproc", "0"], "--nproc must be at least 1"),
         (["--nproc", "100000"], "CPU core(s), one process per core"),
         (["--nproc", "2", "--set", "trainer.batch_size=1"], "more than trainer.batch_size (1)"),
-        (["--nproc", "2", "--set", "trainer.strategy=fsdp"], "trainer.strategy 'fsdp'"),
         (["--nproc", "2", "--set", "trainer.strategy=zero3"], "trainer.strategy"),
         (["--nproc", "2", "--resume", "-o", "nowhere"], "--resume: no checkpoint found"),
     ],

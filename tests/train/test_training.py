@@ -32,8 +32,9 @@ def test_training_reduces_loss_and_writes_the_run(make_config, tmp_path):
         json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "eval_loss" in line
     ]
     assert [row["step"] for row in evals] == [10, 20, 30]
-    assert result["summary"]["steps"] == 30
-    assert set(result["eval"]["results"]["adapter"]) == {"accuracy", "macro_f1", "out_of_label_rate"}
+    assert result.summary.training.steps == 30
+    assert json.loads((out / "summary.json").read_text()) == result.summary.to_json()
+    assert set(result.eval_report["results"]["adapter"]) == {"accuracy", "macro_f1", "out_of_label_rate"}
     assert "r=8" in (out / "README.md").read_text()
 
 
@@ -101,10 +102,10 @@ def test_early_stopping_stops_and_keeps_the_best(make_config, tmp_path, monkeypa
     monkeypatch.setattr(LoraTrainer, "evaluate_loss", scripted_loss)
     config = make_config(max_steps=40, eval_every=2, early_stopping_patience=2)
     result = run_training(config, tmp_path / "run", evaluate=False, show_progress=False)
-    assert result["summary"]["stopped_early"]
-    assert result["summary"]["steps"] == 8
+    assert result.summary.training.stopped_early
+    assert result.summary.training.steps == 8
     best = snapshots[1]
-    handed_back = {k: v for k, v in result["model"].named_parameters() if v.requires_grad}
+    handed_back = {k: v for k, v in result.model.named_parameters() if v.requires_grad}
     assert all(torch.equal(handed_back[k], best[k]) for k in best)
     assert not all(torch.equal(snapshots[-1][k], best[k]) for k in best)
 
@@ -114,7 +115,7 @@ def test_saved_adapter_loads_in_plain_peft_with_identical_logits(make_config, tm
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "run"
-    ours = run_training(make_config(max_steps=5), out, evaluate=False, show_progress=False)["model"].eval()
+    ours = run_training(make_config(max_steps=5), out, evaluate=False, show_progress=False).model.eval()
     # Same attention kernel as ours (the trainer picks eager on CPU), so only the adapter can differ.
     attention = ours.get_base_model().config._attn_implementation
     base = AutoModelForCausalLM.from_pretrained(

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from loraforge.curation.datasets import DatasetFilter, build_dataset
 from loraforge.store import Store
 from loraforge.store.comparisons import save_comparison
-from loraforge.store.datasets import DatasetFilter, build_dataset
-from loraforge.store.models import utcnow
-from loraforge.store.routes import OutputSpec, set_route
+from loraforge.store.output_spec import OutputSpec
+from loraforge.store.routes import set_route
+from loraforge.store.tables import utcnow
 
 TASKS = ("intent", "support", "extract")
 LABELS = ("card_lost", "refund", "balance", "transfer")

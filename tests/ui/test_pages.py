@@ -6,10 +6,10 @@ import re
 import pytest
 from sqlalchemy import func, select
 
+from loraforge.curation.datasets import DatasetFilter, build_dataset
 from loraforge.store import Store
-from loraforge.store.datasets import DatasetFilter, build_dataset
-from loraforge.store.models import Call
 from loraforge.store.routes import route_history
+from loraforge.store.tables import Call
 from loraforge.ui.queries.calls import CallFilter, list_calls
 from tests.ui.conftest import ui_client
 from tests.ui.seed import TASKS
@@ -69,7 +69,7 @@ def test_pages_walk_every_call_of_a_task_once_newest_first(seeded, client):
         seen += re.findall(r'href="/calls/([^"?]+)"', page)
         found = re.search(r'href="([^"]+)" rel="next"', page)
         url = found.group(1).replace("&amp;", "&") if found else None
-    with Store(seeded.store_url).engine.connect() as conn:
+    with Store(seeded.store_url).db.connect() as conn:
         total = conn.scalar(select(func.count()).where(Call.task == "extract"))
     assert len(seen) == len(set(seen)) == total
 

@@ -67,13 +67,13 @@ def compare(
     """Exit status: 0 when the gate holds (or there is none), 1 when it does not, 2 on a mistake."""
     if ctx.invoked_subcommand is not None:
         return
-    from loraforge.cli.route import output_spec
     from loraforge.compare.judge import JudgeSettings
     from loraforge.compare.render import render
     from loraforge.compare.run import CompareRequest, run_comparison
     from loraforge.compare.sides import is_fewshot, parse_side
     from loraforge.cost.hardware import hardware_price
-    from loraforge.store.prices import PriceTable
+    from loraforge.cost.prices import PriceTable
+    from loraforge.store.output_spec import parse_output_options
 
     if task is None or candidate is None:
         raise LoraforgeError(
@@ -88,7 +88,7 @@ def compare(
     judge = None
     if judge_url:
         judge = JudgeSettings(judge_url, judge_model, key_from_env("--judge-api-key-env", judge_api_key_env))
-    spec = output_spec(kind, labels, json_schema) if (kind or labels or json_schema) else None
+    spec = parse_output_options(kind, labels, json_schema) if (kind or labels or json_schema) else None
     req = CompareRequest(
         task=task,
         candidate=parse_side(candidate, "--candidate"),

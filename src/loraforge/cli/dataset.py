@@ -42,7 +42,7 @@ def build(
     store: str | None = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
     """Build (or reuse) a dataset version from the task's logged calls."""
-    from loraforge.store.datasets import DatasetFilter, build_dataset
+    from loraforge.curation.datasets import DatasetFilter, build_dataset
 
     filt = DatasetFilter(task, since, min_score, use_corrections, dedupe, test_fraction, reviewed_only)
     result = build_dataset(_open(store), name, filt)
@@ -62,7 +62,7 @@ def list_(store: str | None = typer.Option(None, "--store", help=STORE_HELP)) ->
     from rich.console import Console
     from rich.table import Table
 
-    from loraforge.store.datasets import list_datasets
+    from loraforge.curation.datasets import list_datasets
 
     table = Table("name", "version", "train", "test", "task", "created (UTC)", "hash")
     for d in list_datasets(_open(store)):
@@ -86,8 +86,8 @@ def show(
     store: str | None = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
     """Print a dataset version's manifest."""
+    from loraforge.curation.datasets import get_dataset
     from loraforge.errors import DataError
-    from loraforge.store.datasets import get_dataset
 
     dataset = get_dataset(_open(store), name, version)
     manifest = Path(dataset.path) / "manifest.json"
@@ -107,7 +107,7 @@ def export(
     store: str | None = typer.Option(None, "--store", help=STORE_HELP),
 ) -> None:
     """Copy a dataset version's files out of $LORAFORGE_HOME."""
-    from loraforge.store.datasets import export_dataset, get_dataset
+    from loraforge.curation.datasets import export_dataset, get_dataset
 
     dataset = get_dataset(_open(store), name, version)
     for path in export_dataset(dataset, out, force=force):

@@ -53,11 +53,7 @@ def demo(
         f"[bold]fine-tune {config.base_model} on {config.data.max_train_examples} Banking77 examples, "
         f"then evaluate base vs adapter on {config.evaluation.limit} test rows"
     )
-    result = run_training(config, output_dir, baseline=True)
-    summary = result["summary"]
-    console.print(
-        f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s "
-        f"({summary['tokens_per_second']:,.0f} tokens/s, {summary['dtype']} on {summary['device']})"
-    )
-    render_report(result["eval"], console)
+    run = run_training(config, output_dir, baseline=True)
+    console.print(run.summary.headline())
+    render_report(run.eval_report, console)
     console.print(f"run directory: {output_dir} (adapter/, metrics.jsonl, loss.png, eval.json, README.md)")

@@ -11,7 +11,7 @@ from loraforge.errors import ConfigError
 def adapter_names(adapters: list[Path]) -> dict[str, Path]:
     """Report names for adapter folders: "adapter" for one; else each folder's name (its run's name for a
     run's `adapter/` folder)."""
-    from loraforge.evaluate.generation import ADAPTER
+    from loraforge.inference.hf import ADAPTER
 
     if len(adapters) == 1:
         return {ADAPTER: adapters[0]}
@@ -40,10 +40,9 @@ def evaluate(
 ) -> None:
     """Batched greedy generation on a split; prints a metrics table and writes eval.json."""
     from loraforge.config import load_config
-    from loraforge.data.examples import ExampleBuilder
     from loraforge.data.splits import load_splits
     from loraforge.evaluate.report import render_report
-    from loraforge.evaluate.runner import evaluate_records, open_backend, select_rows, write_report
+    from loraforge.evaluate.runner import evaluate_config, evaluation_rows, open_backend, write_report
 
     if not adapters and not baseline:
         raise ConfigError("nothing to evaluate: pass --adapter DIR, --baseline, or both")
@@ -52,16 +51,11 @@ def evaluate(
             overrides = [*overrides, f"evaluation.{key}={value}"]
     config = load_config(config_path, overrides)
     named = adapter_names(adapters) if adapters else {}
-    splits = load_splits(config.data)
-    records = splits.test if config.evaluation.split == "test" else splits.validation
-    if not records:
+    rows = evaluation_rows(config, load_splits(config.data))
+    if not rows:
         raise ConfigError(f"evaluation.split '{config.evaluation.split}': the config gives no such data")
-    rows = select_rows(records, config.evaluation.limit, config.data.seed)
     generator = open_backend(config, named)
-    builder = ExampleBuilder(config.prompt, config.target, generator.tokenizer)
-    report = evaluate_records(
-        generator, builder, rows, config.evaluation, adapters=tuple(named), baseline=baseline
-    )
+    report = evaluate_config(config, generator, rows, adapters=tuple(named), baseline=baseline)
     if named:
         report["adapters"] = {name: str(path) for name, path in named.items()}
     first = adapters[0] if len(adapters) == 1 else None  # one adapter: beside it; several: here

@@ -22,7 +22,7 @@ def generate(
     raw: bool = typer.Option(False, "--raw", help="Send the prompt as-is, without the chat template."),
 ) -> None:
     """Generate a greedy answer to PROMPT."""
-    from loraforge.evaluate.generation import GenerationModel
+    from loraforge.inference.hf import GenerationModel
 
     generator = GenerationModel.load(model, adapter=adapter)
     messages = ([{"role": "system", "content": system}] if system else []) + [

@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "export",
     "demo",
     "serve",
+    "deploy",
     "gateway",
     "dataset",
     "store",

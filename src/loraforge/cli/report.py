@@ -35,9 +35,9 @@ def cost(
 ) -> None:
     """Calls and tokens by who answered, spend, savings so far and projected per month, latency p50/p95."""
     from loraforge.cost.hardware import hardware_price
+    from loraforge.cost.prices import PriceTable
     from loraforge.cost.report import cost_report
     from loraforge.cost.throughput import Throughput, scrape_throughput
-    from loraforge.store.prices import PriceTable
 
     throughput = None
     if tokens_per_second is not None:

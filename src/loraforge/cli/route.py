@@ -16,35 +16,6 @@ route_app = typer.Typer(
 app.add_typer(route_app, name="route")
 
 
-def parse_fallback(value: str) -> tuple[str, ...]:
-    """'on-error,on-invalid' -> ('on-error', 'on-invalid'); 'none' -> ()."""
-    if value.strip().lower() == "none":
-        return ()
-    return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
-
-
-def output_spec(kind: str | None, labels: Path | None, schema: Path | None):
-    """The output spec from --kind/--labels/--json-schema (labels imply classification, a schema JSON)."""
-    from loraforge.data.labels import load_labels
-    from loraforge.store.routes import OUTPUT_KINDS, OutputSpec
-    from loraforge.synth.validation import load_schema
-
-    if labels and schema:
-        raise LoraforgeError("pass either --labels or --json-schema, not both")
-    kind = kind or ("classification" if labels else "json" if schema else "text")
-    if kind not in OUTPUT_KINDS:
-        raise LoraforgeError(f"--kind {kind!r}: choose one of {', '.join(OUTPUT_KINDS)}")
-    if kind == "classification" and not labels:
-        raise LoraforgeError("--kind classification needs --labels FILE (the task's label set)")
-    if kind != "classification" and labels:
-        raise LoraforgeError(f"--labels applies to --kind classification, not {kind}")
-    if kind != "json" and schema:
-        raise LoraforgeError(f"--json-schema applies to --kind json, not {kind}")
-    return OutputSpec(
-        kind, tuple(load_labels(labels)) if labels else (), load_schema(schema) if schema else None
-    )
-
-
 @route_app.command("set")
 def set_(
     task: str = typer.Option(..., "--task", help="The task (X-Loraforge-Task / metadata.task)."),
@@ -79,24 +50,21 @@ def set_(
 ) -> None:
     """Route TASK to ADAPTER at STAGE, or to few-shot prompting (--stage fewshot [--model] [--k]); a running
     gateway picks it up within its --route-refresh."""
-    from loraforge.store.routes import set_route
+    from loraforge.store.output_spec import parse_output_options
+    from loraforge.store.route_options import RouteOptions, parse_fallback
 
-    spec = output_spec(kind, labels, json_schema)
-    change = set_route(
-        _open(store),
-        task,
+    options = RouteOptions(
         stage,
         adapter,
         percent=percent,
         fallback=parse_fallback(fallback),
         timeout_ms=timeout_ms,
-        output=spec,
-        actor=by,
-        reason=reason,
+        output=parse_output_options(kind, labels, json_schema),
         model=model,
         k=k,
         min_score=min_score,
     )
+    change = options.apply(_open(store), task, actor=by, reason=reason)
     typer.echo(f"task {task}: route #{change.seq} {describe(change)}")
 
 

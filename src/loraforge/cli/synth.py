@@ -171,8 +171,8 @@ def generate_cmd(
     summary_json: Path | None = SUMMARY_JSON,
 ) -> None:
     """Generate N new, validated, deduplicated examples with a teacher model."""
-    from loraforge.synth.generate import GenerateConfig, generate
     from loraforge.synth.records import load_seeds, load_texts
+    from loraforge.synth.synthesize import GenerateConfig, synthesize
 
     spec = build_spec(labels, output_schema)
     config = GenerateConfig(
@@ -199,7 +199,7 @@ def generate_cmd(
         timeout_s=timeout,
         max_retries=max_retries,
     )
-    summary = run_with_teacher(settings, n, "generating", lambda t, p: generate(config, t, p))
+    summary = run_with_teacher(settings, n, "generating", lambda t, p: synthesize(config, t, p))
     finish(summary, out, summary_json)
 
 

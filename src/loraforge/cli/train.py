@@ -2,10 +2,14 @@
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from loraforge.cli.main import app
+
+if TYPE_CHECKING:
+    from loraforge.config.schema import FineTuneConfig
 
 
 def default_output_dir(config_path: Path) -> Path:
@@ -25,8 +29,9 @@ def train(
     nproc: int | None = typer.Option(
         None,
         "--nproc",
-        help="Data-parallel training (DDP) in N processes on this machine, started by torchrun's launcher: "
-        "one per GPU (NCCL) or per CPU core (gloo). Same global batch as one process.",
+        help="Data-parallel training (trainer.strategy: ddp, or fsdp to shard the base) in N processes "
+        "on this machine, started by torchrun's launcher: one per GPU (NCCL) or per CPU core (gloo). Same "
+        "global batch as one process.",
     ),
 ) -> None:
     """Train a LoRA adapter; writes adapter/, metrics.jsonl, loss.png, eval.json and README.md."""
@@ -40,33 +45,34 @@ def train(
         return
     from loraforge.train.run import run_training
 
-    result = run_training(config, out, resume=resume, evaluate=evaluate, baseline=baseline)
-    summary = result["summary"]
-    if summary is None:  # a rank other than 0 under torchrun
+    run = run_training(config, out, resume=resume, evaluate=evaluate, baseline=baseline)
+    if run.summary is None:  # a rank other than 0 under torchrun
         return
-    typer.echo(
-        f"trained {summary['steps']} steps on {summary['train_examples']} examples in "
-        f"{summary['train_seconds']:.0f} s ({summary['tokens_per_second']:,.0f} tokens/s, "
-        f"{summary['dtype']} on {summary['device']}, {summary['processes']} process(es)); "
-        f"adapter: {out / 'adapter'}"
-    )
-    if result["eval"]:
-        render_report(result["eval"])
+    typer.echo(f"{run.summary.headline()}; adapter: {out / 'adapter'}")
+    if run.eval_report:
+        render_report(run.eval_report)
 
 
-def _train_in_processes(config, config_path, overrides, out, resume, evaluate, baseline, nproc):
+def _train_in_processes(
+    config: "FineTuneConfig",
+    config_path: Path,
+    overrides: list[str],
+    out: Path,
+    resume: bool,
+    evaluate: bool,
+    baseline: bool,
+    nproc: int,
+) -> None:
     """Checks what it can before starting anything, then runs the workers."""
-    from loraforge.errors import ConfigError
-    from loraforge.train.checkpoint import latest_checkpoint
     from loraforge.train.distributed import check_strategy
     from loraforge.train.launch import TrainingFailed, check_nproc, launch, worker_args
     from loraforge.train.model_setup import choose_placement
+    from loraforge.train.run import checkpoint_to_resume
 
     device = choose_placement(config.trainer).device
     check_nproc(nproc, device, config.trainer.batch_size)
-    check_strategy(config.trainer.strategy, device)
-    if resume and latest_checkpoint(out / "checkpoints") is None:
-        raise ConfigError(f"--resume: no checkpoint found under {out / 'checkpoints'}")
+    check_strategy(config)
+    checkpoint_to_resume(out, resume)  # --resume with no checkpoint: one line before any worker starts
     try:
         launch(nproc, worker_args(config_path, overrides, out, resume, evaluate, baseline))
     except TrainingFailed as exc:

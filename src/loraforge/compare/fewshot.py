@@ -4,10 +4,10 @@ version's train split laid out in it (never from the test split being compared).
 from typing import Any
 
 from loraforge.compare.items import Source
+from loraforge.curation.call_examples import input_hash
 from loraforge.errors import DataError, LoraforgeError
 from loraforge.fewshot import ExampleIndex, fewshot_messages
 from loraforge.fewshot.examples import dedupe, examples_from_jsonl
-from loraforge.store.examples import input_hash
 
 
 def fewshot_inputs(source: Source, k: int) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:

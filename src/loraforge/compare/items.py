@@ -9,11 +9,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
 from loraforge.compare.sides import Answer
+from loraforge.curation.call_examples import call_to_example, output_text
+from loraforge.curation.datasets import get_dataset, parse_since
 from loraforge.errors import DataError, LoraforgeError
-from loraforge.store.datasets import get_dataset, parse_since
-from loraforge.store.examples import call_to_example, output_text
-from loraforge.store.models import Call, Feedback
 from loraforge.store.store import Store
+from loraforge.store.tables import Call, Feedback
 
 
 @dataclass
@@ -77,7 +77,7 @@ def shadow_items(store: Store, task: str, candidate: str, since: str) -> Source:
         )
         .order_by(primary.time, primary.id)
     )
-    with Session(store.engine) as session:
+    with Session(store.db) as session:
         pairs = [tuple(row) for row in session.execute(query)]
         ids = [p.id for _, p in pairs]
         corrections = {

@@ -25,12 +25,13 @@ from loraforge.compare.sides import (
     on_general_upstream,
 )
 from loraforge.cost.hardware import HardwarePrice, adapter_call_cost
+from loraforge.cost.prices import PriceTable
 from loraforge.cost.throughput import Throughput, scrape_throughput, throughput_from_calls
 from loraforge.errors import LoraforgeError
 from loraforge.fewshot.settings import DEFAULT_K, MAX_K
 from loraforge.store.comparisons import save_comparison
-from loraforge.store.prices import PriceTable
-from loraforge.store.routes import OutputSpec, route_history
+from loraforge.store.output_spec import OutputSpec
+from loraforge.store.routes import route_history
 from loraforge.store.store import Store
 
 

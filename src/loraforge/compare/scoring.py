@@ -15,7 +15,7 @@ import numpy as np
 from loraforge.compare.items import Item
 from loraforge.compare.stats import Statistic, figure, index_matrix, macro_f1_of, mean_of, percentile_of
 from loraforge.evaluate.metrics import normalize, rouge_l
-from loraforge.store.routes import OutputSpec
+from loraforge.store.output_spec import OutputSpec
 
 Metrics = dict[str, dict[str, Any]]
 

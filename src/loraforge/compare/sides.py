@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
+from loraforge.curation.call_examples import output_text
 from loraforge.errors import LoraforgeError
-from loraforge.store.examples import output_text
 
 GENERAL = "general"
 ADAPTER_PREFIX = "adapter:"

@@ -78,7 +78,8 @@ class TrainerConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     quantization: Literal["none", "4bit"] = Field("none", description="4bit = QLoRA via bitsandbytes (CUDA).")
     strategy: Literal["ddp", "fsdp"] = Field(
-        "ddp", description="Data parallelism under torchrun / --nproc; fsdp is not run yet (a clear error)."
+        "ddp",
+        description="Under torchrun / --nproc: ddp (each process a whole base) or fsdp (the base sharded).",
     )
     eval_every: int | None = Field(None, gt=0, description="Steps between validation-loss evaluations.")
     early_stopping_patience: int | None = Field(None, gt=0, description="Evaluations without improvement.")

@@ -3,8 +3,8 @@
 from dataclasses import dataclass
 from pathlib import Path
 
+from loraforge.cost.prices import price_files, read_yaml
 from loraforge.errors import ConfigError
-from loraforge.store.prices import price_files, read_yaml
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from loraforge.cost.hardware import HardwarePrice, adapter_call_cost
+from loraforge.cost.prices import PriceTable
 from loraforge.cost.throughput import Throughput, throughput_from_calls
-from loraforge.store.datasets import parse_since
-from loraforge.store.models import Call, utcnow
-from loraforge.store.prices import PriceTable
+from loraforge.curation.datasets import parse_since
 from loraforge.store.store import Store
+from loraforge.store.tables import Call, utcnow
 
 DAYS_PER_MONTH = 30
 MIN_SPAN = timedelta(hours=1)  # a projection from less traffic than this would say nothing
@@ -59,7 +59,7 @@ def cost_report(
     query = select(Call).where(Call.time >= start, Call.task.is_not(None)).order_by(Call.time)
     if task is not None:
         query = query.where(Call.task == task)
-    with Session(store.engine) as session:
+    with Session(store.db) as session:
         calls = list(session.scalars(query))
     adapter_calls = [c for c in calls if (c.served_by or "").startswith("adapter:") and c.status == "ok"]
     if throughput is None:

@@ -149,9 +149,9 @@ def _measure_general(console: Console, store: Store, policy) -> None:
 def _final_screen(console: Console, store: Store, policy, prices: Path, serve: str, seconds: float) -> None:
     from loraforge.cli.report import render as render_cost
     from loraforge.cost.hardware import hardware_price
+    from loraforge.cost.prices import PriceTable
     from loraforge.cost.report import cost_report
     from loraforge.cost.throughput import scrape_throughput
-    from loraforge.store.prices import PriceTable
 
     console.rule("[bold]the loop, end to end")
     plan = make_plan(store, TASK)

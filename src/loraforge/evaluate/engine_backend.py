@@ -1,7 +1,7 @@
 """Evaluation through the serving engine: every prompt of every run (base model, one or more adapters) goes
 into one continuous batch, instead of HF `generate`'s padded batches run one model at a time.
 
-Same greedy decoding and the same label constraint as the HF backend (`evaluate/generation.py`), so both
+Same greedy decoding and the same label constraint as the HF backend (`inference/hf.py`), so both
 give the same outputs where their arithmetic agrees (fp32; `tests/evaluate/test_engine_backend.py`); bf16
 matmuls may round differently between the two. `benchmarks/eval_throughput.py` measures the speed-up.
 """

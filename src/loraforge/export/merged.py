@@ -41,7 +41,7 @@ def export_merged(
 ) -> Path:
     """Merge the adapter of `path` (a run directory or an adapter folder) into its base model and save the
     result, with the tokenizer, to `out`. fp32 by default: merging in bf16 rounds the sum once more."""
-    from loraforge.evaluate.generation import attach_adapter
+    from loraforge.inference.hf import attach_adapter
     from loraforge.models import load_causal_lm, load_tokenizer, resolve_model
 
     if dtype not in DTYPES:

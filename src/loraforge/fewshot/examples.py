@@ -8,12 +8,12 @@ from typing import Any
 
 from sqlalchemy import or_
 
+from loraforge.curation.call_examples import call_to_example, input_hash
+from loraforge.curation.rows import BATCH_ROWS, feedback_query
 from loraforge.errors import DataError, LoraforgeError
 from loraforge.fewshot.settings import MAX_STORE_EXAMPLES
-from loraforge.store.dataset_rows import BATCH_ROWS, feedback_query
-from loraforge.store.examples import call_to_example, input_hash
-from loraforge.store.models import Call, Feedback
 from loraforge.store.store import Store
+from loraforge.store.tables import Call, Feedback
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def examples_from_store(
     )
     examples: list[FewShotExample] = []
     seen: set[str] = set()
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         for row in conn.execution_options(yield_per=BATCH_ROWS).execute(query):
             example = call_to_example(row)
             if example is None or example.input_hash in seen:

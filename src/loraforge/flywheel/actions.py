@@ -12,18 +12,18 @@ from loraforge.compare.run import CompareRequest, point_values, run_comparison
 from loraforge.compare.sides import FEWSHOT, FEWSHOT_PREFIX, GENERAL
 from loraforge.config import load_config
 from loraforge.cost.hardware import hardware_price
+from loraforge.cost.prices import PriceTable
+from loraforge.curation.datasets import BuildResult, DatasetFilter, build_dataset, get_dataset, parse_since
+from loraforge.curation.rows import count_candidates
 from loraforge.errors import LoraforgeError
 from loraforge.flywheel.policy import FlywheelPolicy
 from loraforge.flywheel.records import list_runs, runs_on_dataset
 from loraforge.gateway.routing import adapter_label
 from loraforge.spans import span_seconds
-from loraforge.store.dataset_rows import count_candidates
-from loraforge.store.datasets import BuildResult, DatasetFilter, build_dataset, get_dataset, parse_since
-from loraforge.store.models import FlywheelRun, utcnow
-from loraforge.store.prices import PriceTable
 from loraforge.store.routes import FEWSHOT as FEWSHOT_STAGE
 from loraforge.store.routes import GENERAL_MODEL, current_routes
 from loraforge.store.store import Store
+from loraforge.store.tables import FlywheelRun, utcnow
 from loraforge.train.checkpoint import latest_checkpoint
 
 REGISTER_TIMEOUT_S = 300.0  # loading an adapter is quick; a cold server may first compile its kernels

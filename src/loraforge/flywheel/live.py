@@ -12,8 +12,8 @@ from sqlalchemy import Select, case, func, select
 
 from loraforge.flywheel.policy import LimitsSection
 from loraforge.gateway.routing import FALLBACK, adapter_label
-from loraforge.store.models import Call, Feedback
 from loraforge.store.store import Store
+from loraforge.store.tables import Call, Feedback
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def live_stats(
     scores = select(func.count(Feedback.score), func.avg(Feedback.score)).where(
         Feedback.call_id.in_(select(sub.c.id)), Feedback.score.is_not(None)
     )
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         calls, fallbacks, invalid = conn.execute(counts).one()
         scored, mean = conn.execute(scores).one()
     return LiveStats(

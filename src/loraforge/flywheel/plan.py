@@ -14,8 +14,8 @@ from sqlalchemy import case, func, select
 
 from loraforge.compare.sides import ADAPTER_PREFIX, FEWSHOT, GENERAL, is_fewshot
 from loraforge.store.comparisons import list_comparisons
-from loraforge.store.models import Call, Feedback
 from loraforge.store.store import Store
+from loraforge.store.tables import Call, Feedback
 
 FINETUNE = "finetune"
 # Reviewed examples below which few-shot has nothing to show the model (k is 8 by default), and below which
@@ -56,7 +56,7 @@ def data_counts(store: Store, task: str, min_score: float = GOOD_SCORE) -> dict[
     (corrected, or scored >= min_score)."""
     latest = select(Feedback.call_id, func.max(Feedback.id).label("id")).group_by(Feedback.call_id).subquery()
     calls = select(Call.id).where(Call.task == task, Call.status == "ok", Call.shadow_of.is_(None))
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         total = conn.scalar(select(func.count()).select_from(calls.subquery())) or 0
         row = conn.execute(
             select(

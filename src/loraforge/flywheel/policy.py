@@ -28,7 +28,8 @@ from loraforge.config.loading import format_validation_error, parse_override, re
 from loraforge.data.labels import load_labels
 from loraforge.errors import ConfigError, LoraforgeError
 from loraforge.spans import span_seconds
-from loraforge.store.routes import ADAPTER_NAME_RE, OUTPUT_KINDS, OutputSpec
+from loraforge.store.output_spec import OUTPUT_KINDS, OutputSpec
+from loraforge.store.routes import ADAPTER_NAME_RE
 
 
 class Section(BaseModel):

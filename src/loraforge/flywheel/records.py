@@ -15,8 +15,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from loraforge.store.models import FlywheelLock, FlywheelRun, utcnow
 from loraforge.store.store import Store
+from loraforge.store.tables import FlywheelLock, FlywheelRun, utcnow
 
 RUNNING, DONE, STOPPED, ROLLED_BACK = "running", "done", "stopped", "rolled_back"
 
@@ -29,7 +29,7 @@ def try_lock(store: Store, task: str, owner: str, lease_s: float) -> bool:
     """Take the task's lock when it is free or its holder's lease ran out (a crashed holder)."""
     now = utcnow()
     expires = now + timedelta(seconds=lease_s)
-    with Session(store.engine) as session, session.begin():
+    with Session(store.db) as session, session.begin():
         taken = session.execute(
             update(FlywheelLock)
             .where(FlywheelLock.task == task, (FlywheelLock.expires < now) | (FlywheelLock.owner == owner))
@@ -38,7 +38,7 @@ def try_lock(store: Store, task: str, owner: str, lease_s: float) -> bool:
     if taken:
         return True
     try:
-        with Session(store.engine) as session, session.begin():
+        with Session(store.db) as session, session.begin():
             session.add(FlywheelLock(task=task, owner=owner, expires=expires))
         return True
     except IntegrityError:  # held by a live owner
@@ -46,7 +46,7 @@ def try_lock(store: Store, task: str, owner: str, lease_s: float) -> bool:
 
 
 def renew_lock(store: Store, task: str, owner: str, lease_s: float) -> bool:
-    with Session(store.engine) as session, session.begin():
+    with Session(store.db) as session, session.begin():
         return bool(
             session.execute(
                 update(FlywheelLock)
@@ -57,7 +57,7 @@ def renew_lock(store: Store, task: str, owner: str, lease_s: float) -> bool:
 
 
 def release_lock(store: Store, task: str, owner: str) -> None:
-    with Session(store.engine) as session, session.begin():
+    with Session(store.db) as session, session.begin():
         session.execute(delete(FlywheelLock).where(FlywheelLock.task == task, FlywheelLock.owner == owner))
 
 
@@ -89,7 +89,7 @@ def task_lock(store: Store, task: str, lease_s: float) -> Iterator[bool]:
 
 def start_run(store: Store, task: str, step: str) -> FlywheelRun:
     run = FlywheelRun(task=task, step=step, status=RUNNING, events=[])
-    with Session(store.engine, expire_on_commit=False) as session, session.begin():
+    with Session(store.db, expire_on_commit=False) as session, session.begin():
         session.add(run)
     return run
 
@@ -97,7 +97,7 @@ def start_run(store: Store, task: str, step: str) -> FlywheelRun:
 def update_run(store: Store, run: FlywheelRun, message: str | None = None, **fields: Any) -> FlywheelRun:
     """Set fields of the run (and log `message` as an event of its current step), in one transaction."""
     now = utcnow()
-    with Session(store.engine, expire_on_commit=False) as session, session.begin():
+    with Session(store.db, expire_on_commit=False) as session, session.begin():
         row = session.get(FlywheelRun, run.id)
         if message is not None:  # logged under the step that did the work, before `fields` move it on
             event = {"time": now.isoformat(timespec="seconds"), "step": row.step, "message": message}
@@ -115,7 +115,7 @@ def active_run(store: Store, task: str) -> FlywheelRun | None:
         .where(FlywheelRun.task == task, FlywheelRun.status == RUNNING)
         .order_by(FlywheelRun.id.desc())
     )
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         return session.scalars(query).first()
 
 
@@ -125,12 +125,12 @@ def list_runs(store: Store, task: str | None = None, limit: int | None = None) -
         query = query.where(FlywheelRun.task == task)
     if limit is not None:
         query = query.limit(limit)
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         return list(session.scalars(query))
 
 
 def get_run(store: Store, run_id: int) -> FlywheelRun | None:
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         return session.get(FlywheelRun, run_id)
 
 
@@ -138,5 +138,5 @@ def runs_on_dataset(store: Store, task: str, name: str, version: int) -> list[Fl
     query = select(FlywheelRun).where(
         FlywheelRun.task == task, FlywheelRun.dataset_name == name, FlywheelRun.dataset_version == version
     )
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         return list(session.scalars(query))

@@ -29,10 +29,10 @@ from loraforge.flywheel.records import (
 )
 from loraforge.gateway.routing import adapter_label
 from loraforge.spans import span_seconds
-from loraforge.store.models import FlywheelRun, utcnow
 from loraforge.store.retention import prune_calls
 from loraforge.store.routes import latest_change, restore_route, set_route
 from loraforge.store.store import Store
+from loraforge.store.tables import FlywheelRun, utcnow
 
 ACTOR = "flywheel"
 
@@ -103,7 +103,10 @@ class _Turn:
         step = self.run.step
         self.run = update_run(self.store, self.run, message, **fields)
         if message:
-            self.echo(f"{self.policy.task} #{self.run.id} {step}: {message}")
+            self._echo(step, message)
+
+    def _echo(self, step: str, message: str) -> None:
+        self.echo(f"{self.policy.task} #{self.run.id} {step}: {message}")
 
     def _stop(self, reason: str, **fields) -> None:
         self._update(reason, status=STOPPED, reason=reason, **fields)
@@ -211,10 +214,9 @@ class _Turn:
         self._update(f"route → {step.stage}{share} (change #{change.seq})", **fields)
 
     def _roll_back(self, reason: str) -> None:
-        change = restore_route(
-            self.store, self.policy.task, self.run.route_before, actor=ACTOR, reason=f"rollback: {reason}"
-        )
-        self._update(f"rolled back (change #{change.seq}): {reason}", status=ROLLED_BACK, reason=reason)
+        step = self.run.step
+        self.run = roll_back(self.store, self.policy.task, self.run, reason)
+        self._echo(step, self.run.events[-1]["message"])
 
 
 def _check_promoted(store: Store, policy: FlywheelPolicy) -> TurnReport | None:
@@ -228,9 +230,16 @@ def _check_promoted(store: Store, policy: FlywheelPolicy) -> TurnReport | None:
     reason = over_limits(stats, policy.limits)
     if reason is None:
         return None
-    turn = _Turn(store, policy, run, lambda _: None)
-    turn._roll_back(f"after promotion: {reason}")
-    return TurnReport(policy.task, ROLLED_BACK, turn.run.reason or reason, run.id)
+    run = roll_back(store, policy.task, run, f"after promotion: {reason}")
+    return TurnReport(policy.task, ROLLED_BACK, run.reason or reason, run.id)
+
+
+def roll_back(store: Store, task: str, run: FlywheelRun, reason: str) -> FlywheelRun:
+    """Return `task` to the route it had before turn `run` (recorded as a rollback by the flywheel) and mark
+    the turn rolled back with `reason`; returns the updated turn."""
+    change = restore_route(store, task, run.route_before, actor=ACTOR, reason=f"rollback: {reason}")
+    message = f"rolled back (change #{change.seq}): {reason}"
+    return update_run(store, run, message, status=ROLLED_BACK, reason=reason)
 
 
 def _minutes(span: timedelta) -> str:

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from loraforge.cost.prices import PriceTable
 from loraforge.gateway.errors import GatewayError, json_response, upstream_error, upstream_status_error
 from loraforge.gateway.fewshot import FewShotIndexes
 from loraforge.gateway.metrics import GatewayMetrics
@@ -19,7 +20,6 @@ from loraforge.gateway.settings import GatewaySettings
 from loraforge.gateway.upstream import UpstreamClient, UpstreamError
 from loraforge.gateway.validation import TASK_HEADER, parse_feedback, parse_request
 from loraforge.openai_compat import METRICS_CONTENT_TYPE, bearer_matches, render_metrics
-from loraforge.store.prices import PriceTable
 from loraforge.store.recorder import Recorder
 from loraforge.store.spool import Spool
 from loraforge.store.store import CallNotFoundError, Store, StoreUnavailableError

@@ -17,14 +17,14 @@ from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
+from loraforge.cost.prices import PriceTable
 from loraforge.gateway.errors import GatewayError, upstream_error, upstream_status_error
 from loraforge.gateway.metrics import GatewayMetrics
 from loraforge.gateway.sse import StreamAssembler, sse_data
 from loraforge.gateway.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 from loraforge.gateway.validation import ParsedRequest
-from loraforge.store.models import utcnow
-from loraforge.store.prices import PriceTable
 from loraforge.store.recorder import Recorder, RecordError
+from loraforge.store.tables import utcnow
 
 log = logging.getLogger("loraforge.gateway")
 

@@ -7,9 +7,10 @@ from typing import Any
 
 import jsonschema
 
+from loraforge.curation.call_examples import output_text
 from loraforge.evaluate.metrics import normalize
-from loraforge.store.examples import output_text
-from loraforge.store.routes import FEWSHOT, OutputSpec, Route
+from loraforge.store.output_spec import OutputSpec
+from loraforge.store.routes import FEWSHOT, Route
 
 GENERAL = "general"
 FALLBACK = "fallback"  # the general model answered because the adapter erred, timed out or was invalid

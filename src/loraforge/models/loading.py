@@ -1,9 +1,14 @@
 """Load a resolved model and tokenizer with the dtype that is fastest on this hardware."""
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from loraforge.hardware import has_fast_bf16
 from loraforge.models.resolver import ResolvedModel
+
+if TYPE_CHECKING:  # transformers is imported when a model is loaded, not with this module
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 def pick_dtype(precision: str = "auto", device: str = "cpu") -> torch.dtype:
@@ -17,7 +22,8 @@ def pick_dtype(precision: str = "auto", device: str = "cpu") -> torch.dtype:
     return torch.bfloat16 if has_fast_bf16() else torch.float32
 
 
-def load_tokenizer(model: ResolvedModel):
+def load_tokenizer(model: ResolvedModel) -> "PreTrainedTokenizerBase":
+    """The model's tokenizer, with the end-of-sequence token as padding where it has none."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model.path)
@@ -26,7 +32,10 @@ def load_tokenizer(model: ResolvedModel):
     return tokenizer
 
 
-def load_causal_lm(model: ResolvedModel, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+def load_causal_lm(
+    model: ResolvedModel, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> "PreTrainedModel":
+    """The causal LM in `dtype` on `device`, in eval mode."""
     from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(model.path, dtype=dtype)

@@ -1,6 +1,10 @@
 """Tiny random Llama-family models with a real BPE tokenizer and chat template, for fast tests."""
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -22,7 +26,7 @@ _CORPUS = [
 ]
 
 
-def build_tiny_tokenizer(vocab_size: int = 384):
+def build_tiny_tokenizer(vocab_size: int = 384) -> "PreTrainedTokenizerFast":
     """A byte-level BPE tokenizer trained on a few sentences: covers any text, ids 0-2 are special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

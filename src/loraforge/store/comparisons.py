@@ -6,8 +6,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from loraforge.errors import LoraforgeError
-from loraforge.store.models import Comparison
 from loraforge.store.store import Store
+from loraforge.store.tables import Comparison
 
 
 def save_comparison(store: Store, result: dict[str, Any]) -> Comparison:
@@ -23,7 +23,7 @@ def save_comparison(store: Store, result: dict[str, Any]) -> Comparison:
         gate_passed=result.get("gate_passed"),
         result=result,
     )
-    with Session(store.engine, expire_on_commit=False) as session, session.begin():
+    with Session(store.db, expire_on_commit=False) as session, session.begin():
         session.add(row)
     return row
 
@@ -32,12 +32,12 @@ def list_comparisons(store: Store, task: str | None = None) -> list[Comparison]:
     query = select(Comparison).order_by(Comparison.id)
     if task is not None:
         query = query.where(Comparison.task == task)
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         return list(session.scalars(query))
 
 
 def get_comparison(store: Store, comparison_id: int) -> Comparison:
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         row = session.get(Comparison, comparison_id)
     if row is None:
         raise LoraforgeError(f"no comparison #{comparison_id} in the store (see `loraforge compare list`)")

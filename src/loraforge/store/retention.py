@@ -11,8 +11,8 @@ from datetime import timedelta
 from sqlalchemy import delete, func, select
 
 from loraforge.errors import ConfigError
-from loraforge.store.models import Call, DatasetRow, Feedback, utcnow
 from loraforge.store.store import Store
+from loraforge.store.tables import Call, DatasetRow, Feedback, utcnow
 
 BATCH = 500  # ids per DELETE: bounded statements on any database size
 
@@ -59,14 +59,14 @@ def prune_calls(
         raise ConfigError("--keep-days and --keep-rows must be >= 0")
     candidates = _prunable(task, keep_days, keep_rows).subquery()
     unreferenced = candidates.c.id.not_in(select(DatasetRow.call_id))
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         matched = conn.scalar(select(func.count()).select_from(candidates)) or 0
         free = conn.scalar(select(func.count()).select_from(candidates).where(unreferenced)) or 0
     result = PruneResult(matched=matched, referenced=matched - free, deleted=0)
     while not dry_run:
         # A batch per transaction: a long prune never holds a big lock, and memory stays flat. The DELETEs
         # re-check the datasets, so a dataset built meanwhile keeps its calls.
-        with store.engine.begin() as conn:
+        with store.db.begin() as conn:
             ids = conn.scalars(select(candidates.c.id).where(unreferenced).limit(BATCH)).all()
             if not ids:
                 break

@@ -18,35 +18,18 @@ from sqlalchemy.orm import Session
 
 from loraforge.errors import LoraforgeError
 from loraforge.fewshot.settings import DEFAULT_K, MAX_K
-from loraforge.store.models import RouteChange, utcnow
+from loraforge.store.output_spec import OutputSpec
 from loraforge.store.store import Store
+from loraforge.store.tables import RouteChange, utcnow
 
 FEWSHOT = "fewshot"  # answered by a model prompted with the task's most similar good examples
 STAGES = ("shadow", "canary", "full", FEWSHOT)
 GENERAL_MODEL = "general"  # a few-shot route's model: the client's model on the gateway's upstream
 FALLBACKS = ("on-error", "on-invalid")
-OUTPUT_KINDS = ("text", "classification", "json")
 DEFAULT_FALLBACK = FALLBACKS  # canary and full fall back on both unless told otherwise
 DEFAULT_TIMEOUT_MS = 30_000
 ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$")
 _RETRIES = 5  # concurrent changes of one task collide on (task, seq); the loser retries
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    """What a valid answer of the task is: any text, one label of a set, or JSON (optionally a schema)."""
-
-    kind: str = "text"
-    labels: tuple[str, ...] = ()
-    schema: dict[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "labels": list(self.labels), "schema": self.schema}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> "OutputSpec":
-        data = data or {}
-        return cls(data.get("kind") or "text", tuple(data.get("labels") or ()), data.get("schema"))
 
 
 @dataclass(frozen=True)
@@ -183,7 +166,7 @@ def rollback_route(
     store: Store, task: str, *, actor: str | None = None, reason: str | None = None
 ) -> RouteChange:
     """Restore the route the task had before its current one."""
-    with Session(store.engine) as session:
+    with Session(store.db) as session:
         current = _latest(session, task)
         if current is None:
             raise LoraforgeError(f"task {task!r} has no route history to roll back")
@@ -204,7 +187,7 @@ def restore_route(
     a rollback: what an automatic rollback does when a promotion fails."""
     state, before_target = _OFF, None
     if seq is not None:
-        with Session(store.engine) as session:
+        with Session(store.db) as session:
             target = session.scalars(
                 select(RouteChange).where(RouteChange.task == task, RouteChange.seq == seq)
             ).first()
@@ -215,7 +198,7 @@ def restore_route(
 
 
 def latest_change(store: Store, task: str) -> RouteChange | None:
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         return _latest(session, task)
 
 
@@ -224,7 +207,7 @@ def current_routes(store: Store) -> dict[str, Route]:
     newest = select(RouteChange.task, func.max(RouteChange.seq).label("seq")).group_by(RouteChange.task)
     sub = newest.subquery()
     query = select(RouteChange).join(sub, (RouteChange.task == sub.c.task) & (RouteChange.seq == sub.c.seq))
-    with Session(store.engine) as session:
+    with Session(store.db) as session:
         return {c.task: to_route(c) for c in session.scalars(query) if c.stage != "off"}
 
 
@@ -232,7 +215,7 @@ def route_history(store: Store, task: str | None = None) -> list[RouteChange]:
     query = select(RouteChange).order_by(RouteChange.task, RouteChange.seq)
     if task is not None:
         query = query.where(RouteChange.task == task)
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         return list(session.scalars(query))
 
 
@@ -285,7 +268,7 @@ def _append(
 ) -> RouteChange:
     for _ in range(_RETRIES):
         try:
-            with Session(store.engine, expire_on_commit=False) as session, session.begin():
+            with Session(store.db, expire_on_commit=False) as session, session.begin():
                 current = _latest(session, task)
                 seq = current.seq + 1 if current else 1
                 change = RouteChange(

@@ -9,18 +9,17 @@ never glued onto it. Replay sets aside (never silently drops) complete lines it 
 
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
+from loraforge.store.file_lock import file_lock
 from loraforge.store.store import Store
 
 log = logging.getLogger("loraforge.store")
@@ -44,12 +43,12 @@ class Spool:
         self.rejected_path = self.path.with_name(self.path.name + ".rejected")
         self.corrupt_path = self.path.with_name(self.path.name + ".corrupt")  # unparseable lines, verbatim
         self.skipped = 0  # unparseable lines set aside by replays of this instance
-        with self._locked(self._lock_path):
+        with file_lock(self._lock_path):
             _cut_torn_tail(self.path)
 
     def append(self, records: list[dict[str, Any]]) -> None:
         """Durably append records (write + fsync of file and, when created, of its directory)."""
-        with self._locked(self._lock_path):
+        with file_lock(self._lock_path):
             _cut_torn_tail(self.path)  # left by another process sharing the spool that crashed mid-append
             _append_fsync(self.path, records)
 
@@ -64,9 +63,9 @@ class Spool:
     def replay(self, store: Store) -> int:
         """Move every spooled record into the store (idempotently); returns how many were new to it."""
         added = 0
-        with self._locked(self._replay_lock_path):
+        with file_lock(self._replay_lock_path):
             if not self._replaying.exists():
-                with self._locked(self._lock_path):
+                with file_lock(self._lock_path):
                     if not self.path.exists():
                         return 0
                     _cut_torn_tail(self.path)
@@ -135,16 +134,6 @@ class Spool:
                     yield record
                 else:
                     bad.append(line)
-
-    @staticmethod
-    @contextmanager
-    def _locked(lock_path: Path) -> Iterator[None]:
-        with open(lock_path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _append_fsync(path: Path, records: list[dict[str, Any]]) -> None:

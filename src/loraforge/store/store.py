@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 
 from loraforge.errors import LoraforgeError
 from loraforge.store.database import make_engine, redact, resolve_store_url
-from loraforge.store.models import Call, Feedback
-from loraforge.store.schema import upgrade
+from loraforge.store.migrate import upgrade
+from loraforge.store.tables import Call, Feedback
 
 
 class StoreUnavailableError(LoraforgeError):
@@ -23,7 +23,11 @@ class CallNotFoundError(LoraforgeError):
 
 
 class Store:
-    """A handle on one store database; thread-safe (each operation takes its own connection)."""
+    """A handle on one store database: calls, feedback, and (through the modules beside it) routes,
+    comparisons and flywheel records; datasets are built by `loraforge.curation`. Thread-safe: each
+    operation takes its own connection from `db`, the SQLAlchemy engine (not the serving `Engine`).
+
+    Opening one migrates the database to the newest revision (`migrate.py`) unless `migrate=False`."""
 
     def __init__(
         self,
@@ -35,7 +39,7 @@ class Store:
         migrate: bool = True,
     ) -> None:
         self.url = resolve_store_url(url)
-        self.engine: Engine = make_engine(
+        self.db: Engine = make_engine(
             self.url,
             busy_timeout_s=busy_timeout_s,
             sqlite_sync=sqlite_sync,
@@ -50,24 +54,24 @@ class Store:
 
     @property
     def dialect(self) -> str:
-        return self.engine.dialect.name
+        return self.db.dialect.name
 
     def migrate(self) -> None:
         """Upgrade the schema to head; raises StoreUnavailableError when the database cannot be reached."""
         try:
-            upgrade(self.engine)
+            upgrade(self.db)
         except SQLAlchemyError as exc:
             raise StoreUnavailableError(f"cannot open store {redact(self.url)}: {_short(exc)}") from exc
         self.migrated = True
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.db.dispose()
 
     def insert_calls(self, records: Sequence[dict[str, Any]]) -> None:
         """Insert call records (dicts of Call columns) in one transaction: all are committed or none."""
         if not records:
             return
-        with self.engine.begin() as conn:
+        with self.db.begin() as conn:
             conn.execute(insert(Call), [_call_row(r, self.dialect) for r in records])
 
     def insert_missing_calls(self, records: Sequence[dict[str, Any]]) -> int:
@@ -75,7 +79,7 @@ class Store:
         if not records:
             return 0
         ids = [r["id"] for r in records]
-        with self.engine.begin() as conn:
+        with self.db.begin() as conn:
             existing = set(conn.scalars(select(Call.id).where(Call.id.in_(ids))))
             new = {r["id"]: r for r in records if r["id"] not in existing}  # a spool may repeat an id
             if new:
@@ -83,7 +87,7 @@ class Store:
         return len(new)
 
     def get_call(self, call_id: str) -> Call | None:
-        with Session(self.engine, expire_on_commit=False) as session:
+        with Session(self.db, expire_on_commit=False) as session:
             return session.get(Call, call_id)
 
     def calls(self, task: str | None = None) -> list[Call]:
@@ -91,11 +95,11 @@ class Store:
         query = select(Call).order_by(Call.time, Call.id)
         if task is not None:
             query = query.where(Call.task == task)
-        with Session(self.engine, expire_on_commit=False) as session:
+        with Session(self.db, expire_on_commit=False) as session:
             return list(session.scalars(query))
 
     def count_calls(self) -> int:
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             return int(conn.scalar(select(func.count()).select_from(Call)) or 0)
 
     def add_feedback(
@@ -110,7 +114,7 @@ class Store:
             raise CallNotFoundError(f"no call with id {call_id!r}")
         if self.dialect == "postgresql":
             corrected_output, comment = _strip_nul(corrected_output), _strip_nul(comment)
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+        with Session(self.db, expire_on_commit=False) as session, session.begin():
             if session.get(Call, call_id) is None:
                 raise CallNotFoundError(f"no call with id {call_id!r}")
             fb = Feedback(call_id=call_id, score=score, corrected_output=corrected_output, comment=comment)
@@ -118,7 +122,7 @@ class Store:
         return fb
 
     def feedback_for(self, call_id: str) -> list[Feedback]:
-        with Session(self.engine, expire_on_commit=False) as session:
+        with Session(self.db, expire_on_commit=False) as session:
             query = select(Feedback).where(Feedback.call_id == call_id).order_by(Feedback.time, Feedback.id)
             return list(session.scalars(query))
 

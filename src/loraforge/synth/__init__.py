@@ -1,14 +1,15 @@
 """Training data from a teacher model: generate new examples, or relabel existing inputs, over an OpenAI API.
 
-`generate` asks the teacher for diverse examples conditioned on a task description and rotating seed examples;
-`relabel` asks it for the output of inputs you already have (plain JSONL or chat JSONL such as gateway logs).
+`synthesize` (`synth generate`) asks the teacher for diverse examples conditioned on a task description and
+rotating seed examples; `relabel` asks it for the output of inputs you already have (plain JSONL or chat JSONL
+such as gateway logs).
 Both validate (labels, JSON Schema, empty/truncated/echoed rows), deduplicate (exact and near, including
 against seeds and a test set), retry with backoff, resume from the output file, and record provenance.
 """
 
-from loraforge.synth.generate import GenerateConfig, generate
 from loraforge.synth.relabel import RelabelConfig, relabel
 from loraforge.synth.report import Summary
+from loraforge.synth.synthesize import GenerateConfig, synthesize
 from loraforge.synth.teacher import TeacherClient, TeacherError, TeacherSettings
 from loraforge.synth.validation import OutputSpec
 
@@ -20,6 +21,6 @@ __all__ = [
     "TeacherClient",
     "TeacherError",
     "TeacherSettings",
-    "generate",
+    "synthesize",
     "relabel",
 ]

@@ -8,7 +8,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from loraforge.errors import ConfigError
+
 STATE_FILE = "trainer_state.json"
+# How optimizer.pt keys its state: "ids" (torch's Optimizer.state_dict, one process or DDP) or "names"
+# (torch.distributed.checkpoint's full state dict, keyed by parameter name: FSDP, see train/fsdp.py).
+OPTIMIZER_LAYOUT = "ids"
 
 
 @dataclass
@@ -21,6 +26,15 @@ class TrainerState:
     tokens_seen: int = 0
     best_eval_loss: float | None = None
     evals_without_improvement: int = 0
+
+
+@dataclass(frozen=True)
+class FullStates:
+    """What a checkpoint holds when the model is sharded: gathered by the trainer before rank 0 writes."""
+
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict
+    layout: str
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -46,20 +60,25 @@ def save_checkpoint(
     state: TrainerState,
     best: dict[str, torch.Tensor] | None,
     extra: dict[str, object] | None = None,
+    full: FullStates | None = None,
 ) -> None:
     """Everything `--resume` needs, including the best adapter so far (early stopping hands that one back).
-    `extra`: more files (name -> tensors, plain values), torch.save'd inside the same atomic rename."""
+    `extra`: more files (name -> tensors, plain values), torch.save'd inside the same atomic rename.
+    `full`: the gathered weights and optimizer state of a sharded model, instead of `model`'s and
+    `optimizer`'s own."""
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(_contiguous(trainable_state(model)), tmp / "trainable.safetensors")
+    trainable = full.trainable if full is not None else trainable_state(model)
+    save_file(_contiguous(trainable), tmp / "trainable.safetensors")
     if best is not None:
         save_file(_contiguous(best), tmp / "best.safetensors")
     # Optimizer, scheduler and torch RNG (dropout) states hold only tensors and plain values,
     # so they reload with weights_only=True (no arbitrary pickle).
     torch.save(
         {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": full.optimizer if full is not None else optimizer.state_dict(),
+            "optimizer_layout": full.layout if full is not None else OPTIMIZER_LAYOUT,
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -100,15 +119,30 @@ def load_best(directory: Path) -> dict[str, torch.Tensor] | None:
     return load_file(path) if path.exists() else None
 
 
+def read_optimizer_file(directory: Path, layout: str) -> dict:
+    """optimizer.pt, checked to be keyed as this trainer keys it (a run resumes with its own strategy)."""
+    saved = torch.load(directory / "optimizer.pt", weights_only=True)
+    found = saved.get("optimizer_layout", OPTIMIZER_LAYOUT)
+    if found != layout:
+        strategy = "fsdp" if found == "names" else "ddp or one process"
+        raise ConfigError(f"--resume: {directory} was written by trainer.strategy {strategy}; resume with it")
+    return saved
+
+
 def load_checkpoint(directory: Path, model, optimizer, scheduler) -> TrainerState:
     load_trainable_state(model, load_file(directory / "trainable.safetensors"))
-    saved = torch.load(directory / "optimizer.pt", weights_only=True)
+    saved = read_optimizer_file(directory, OPTIMIZER_LAYOUT)
     optimizer.load_state_dict(saved["optimizer"])
+    restore_schedule_and_rng(saved, scheduler)
+    return read_state(directory)
+
+
+def restore_schedule_and_rng(saved: dict, scheduler) -> None:
+    """The scheduler and the RNG states of an optimizer.pt (read_optimizer_file)."""
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["torch_rng"])
     if saved["cuda_rng"]:
         torch.cuda.set_rng_state_all(saved["cuda_rng"])
-    return read_state(directory)
 
 
 def prune_checkpoints(checkpoints: Path, keep: int = 2) -> None:

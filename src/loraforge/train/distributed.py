@@ -1,4 +1,4 @@
-"""Data-parallel LoRA training under torchrun: DDP over gloo (CPU) or NCCL (CUDA).
+"""Data-parallel LoRA training under torchrun: DDP over gloo (CPU) or NCCL (CUDA); FSDP in train/fsdp.py.
 
 Every micro-batch of the single-process run is split across the ranks, so the global batch (and the data
 order, the schedule and the number of steps) is the same as with one process. Each rank's loss is weighted by
@@ -9,12 +9,18 @@ single-process one: sum over all tokens / all tokens. Only rank 0 writes files.
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from loraforge.errors import ConfigError
-from loraforge.train.checkpoint import TrainerState, latest_checkpoint, prune_checkpoints, save_checkpoint
+from loraforge.train.checkpoint import (
+    FullStates,
+    TrainerState,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from loraforge.train.loss import completion_loss
 from loraforge.train.trainer import LoraTrainer
 
@@ -45,19 +51,21 @@ def from_environment() -> DistContext | None:
     )
 
 
-def check_strategy(strategy: str, device: str) -> None:
-    """FSDP is accepted by the schema but not run yet: sharded LoRA weights would need FSDP's full state dict
-    for checkpoints, early stopping and the saved adapter, and no GPU was at hand to test that path."""
-    if strategy == "fsdp":
-        where = (
-            "on CUDA GPUs (NCCL), not on CPU" if device != "cuda" else "and this version does not run it yet"
+def check_strategy(config) -> None:
+    """What a strategy cannot run with (a FineTuneConfig), as a ConfigError before any process starts."""
+    if config.trainer.strategy != "fsdp":
+        return
+    if config.trainer.quantization == "4bit":
+        raise ConfigError("trainer.strategy 'fsdp' does not shard 4-bit (QLoRA) weights; use 'ddp'")
+    if config.evaluation.backend == "hf":
+        raise ConfigError(
+            "trainer.strategy 'fsdp' keeps the trained model sharded across the processes; "
+            "evaluate it with evaluation.backend 'engine' (the saved adapter)"
         )
-        raise ConfigError(f"trainer.strategy 'fsdp' shards the base model {where}; use 'ddp'")
 
 
-def init_process_group(context: DistContext, device: str, strategy: str) -> str:
+def init_process_group(context: DistContext, device: str) -> str:
     """Join the job's process group; returns this rank's device (`cuda:LOCAL_RANK` on GPUs)."""
-    check_strategy(strategy, device)
     if device == "cuda":
         torch.cuda.set_device(context.local_rank)
         device = f"cuda:{context.local_rank}"
@@ -71,8 +79,8 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-class _CompletionLoss(torch.nn.Module):
-    """completion_loss as a module, so DDP sees the forward pass it hooks its gradient sync into."""
+class CompletionLoss(torch.nn.Module):
+    """completion_loss as a module, so DDP and FSDP see the forward pass they hook into."""
 
     def __init__(self, causal_lm) -> None:
         super().__init__()
@@ -80,14 +88,6 @@ class _CompletionLoss(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, labels):
         return completion_loss(self.causal_lm, input_ids, attention_mask, labels)
-
-
-def wrap_for_strategy(model, strategy: str, device: str) -> torch.nn.Module:
-    """The loss module wrapped for data parallelism (DDP; check_strategy turned FSDP away before)."""
-    check_strategy(strategy, device)
-    module = _CompletionLoss(model.get_base_model())
-    device_ids = [torch.device(device).index] if device.startswith("cuda") else None
-    return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
 
 def shard(indices: list[int], context: DistContext) -> tuple[list[int], bool]:
@@ -100,21 +100,24 @@ def shard(indices: list[int], context: DistContext) -> tuple[list[int], bool]:
 class DistributedLoraTrainer(LoraTrainer):
     """LoraTrainer whose micro-batches are split across the ranks of a torchrun job."""
 
-    def __init__(self, *args, context: DistContext, strategy: str = "ddp", **kwargs) -> None:
+    def __init__(self, *args, context: DistContext, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.context = context
-        self.parallel = wrap_for_strategy(self.model, strategy, self.device)
+        self.parallel = self._parallelize()
 
-    def _start(self, resume: bool):
-        state, best = super()._start(resume)
-        checkpoint = latest_checkpoint(self.checkpoints) if resume else None
+    def _parallelize(self) -> torch.nn.Module:
+        """The loss module that runs the forward passes, wrapped in DDP."""
+        module = CompletionLoss(self.model.get_base_model())
+        device_ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+
+    def _start(self, checkpoint: Path | None) -> tuple[TrainerState, dict[str, torch.Tensor] | None]:
+        """Also restores this rank's own RNG: dropout masks differ per rank (`run.seeded_lora`)."""
+        state, best = super()._start(checkpoint)
         rng_file = checkpoint / RNG_FILE if checkpoint is not None else None
         if rng_file is not None and rng_file.exists():
             states = torch.load(rng_file, weights_only=True)
             torch.set_rng_state(states[self.context.rank % len(states)])
-        elif checkpoint is None:
-            # Different dropout masks per rank, as each rank sees different examples.
-            torch.manual_seed(self.config.seed + self.context.rank)
         return state, best
 
     def _forward_backward(self, causal_lm, stream: Iterator[list[int]]) -> tuple[float, int]:
@@ -159,12 +162,18 @@ class DistributedLoraTrainer(LoraTrainer):
         """Rank 0 writes, with every rank's RNG state (gathered) so a resumed run draws the same dropout."""
         states: list = [None] * self.context.world_size
         dist.all_gather_object(states, torch.get_rng_state())
+        full = self._full_states()  # collective: every rank takes part, rank 0 writes
         if self.context.is_main:
             directory = self.checkpoints / f"step-{state.step}"
             extra = {RNG_FILE: states}
-            save_checkpoint(directory, self.model, self.optimizer, self.scheduler, state, best, extra)
+            save_checkpoint(directory, self.model, self.optimizer, self.scheduler, state, best, extra, full)
             prune_checkpoints(self.checkpoints)
         dist.barrier()  # no rank runs ahead of a checkpoint a crash might need
+
+    def _full_states(self) -> FullStates | None:
+        """The trainable weights and optimizer state when the ranks hold parts of them (FSDP); None when
+        rank 0 holds them whole (DDP)."""
+        return None
 
 
 class NoMetrics:

@@ -91,14 +91,17 @@ def load_base_for_training(model: ResolvedModel, trainer: TrainerConfig, placeme
     return base
 
 
-def add_lora(base, adapter: AdapterConfig):
-    """Wrap `base` with trainable LoRA weights, kept in fp32 (PEFT's default) for stable updates."""
+def add_lora(base, adapter: AdapterConfig, fast_dropout: bool | None = None):
+    """Wrap `base` with trainable LoRA weights, kept in fp32 (PEFT's default) for stable updates.
+    `fast_dropout`: use FastDropout (for CPU training); default: when `base` is on the CPU."""
     from peft import get_peft_model
 
     try:
         model = get_peft_model(base, lora_config(adapter, base))
     except ValueError as exc:
         raise ConfigError(f"adapter.target_modules: {exc}") from None
-    if next(base.parameters()).device.type == "cpu":
+    if fast_dropout is None:
+        fast_dropout = next(base.parameters()).device.type == "cpu"
+    if fast_dropout:
         use_fast_dropout(model)  # CUDA's fused dropout kernel is already cheap
     return model

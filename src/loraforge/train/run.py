@@ -1,6 +1,7 @@
 """One fine-tuning run end to end: data, model, LoRA training, saving, evaluation and the model card."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -11,15 +12,40 @@ from loraforge.data.examples import ExampleBuilder
 from loraforge.data.splits import load_splits
 from loraforge.data.tokenize import tokenize_example
 from loraforge.errors import ConfigError
-from loraforge.evaluate.generation import ADAPTER, GenerationModel
-from loraforge.evaluate.runner import evaluate_records, open_backend, select_rows, write_report
+from loraforge.evaluate.runner import evaluate_config, evaluation_rows, open_backend, write_report
+from loraforge.inference.hf import ADAPTER, GenerationModel
 from loraforge.models import load_tokenizer, resolve_model
 from loraforge.train import distributed
-from loraforge.train.checkpoint import latest_checkpoint, read_state
+from loraforge.train.checkpoint import TrainerState, latest_checkpoint, read_state
+from loraforge.train.distributed import DistContext
 from loraforge.train.metrics_log import MetricsLog, plot_losses
 from loraforge.train.model_card import write_model_card
 from loraforge.train.model_setup import Placement, add_lora, choose_placement, load_base_for_training
+from loraforge.train.summary import RunSummary, TrainingRun
 from loraforge.train.trainer import LoraTrainer
+
+
+def checkpoint_to_resume(output_dir: Path, resume: bool) -> Path | None:
+    """Where a run in `output_dir` starts, decided once: with `resume` its newest checkpoint (there must be
+    one), else from scratch (None)."""
+    if not resume:
+        return None
+    checkpoint = latest_checkpoint(output_dir / "checkpoints")
+    if checkpoint is None:
+        raise ConfigError(f"--resume: no checkpoint found under {output_dir / 'checkpoints'}")
+    return checkpoint
+
+
+def seeded_lora(
+    base: torch.nn.Module, config: FineTuneConfig, context: DistContext | None, fast_dropout: bool
+) -> torch.nn.Module:
+    """`base` with fresh LoRA weights: the one place a run seeds torch's RNG. The LoRA init comes from
+    `trainer.seed`, the same adapter on every rank; then dropout draws from `seed + rank`, each rank its own
+    masks (rank 0 as a single process). A resumed run then restores its checkpoint's RNG instead."""
+    torch.manual_seed(config.trainer.seed)
+    model = add_lora(base, config.adapter, fast_dropout=fast_dropout)
+    torch.manual_seed(config.trainer.seed + (context.rank if context else 0))
+    return model
 
 
 def run_training(
@@ -30,11 +56,10 @@ def run_training(
     evaluate: bool = True,
     baseline: bool = False,
     show_progress: bool = True,
-    on_step=None,
-) -> dict:
-    """Train an adapter as `config` says into `output_dir`.
+    on_step: Callable[[TrainerState], None] | None = None,
+) -> TrainingRun:
+    """Train an adapter as `config` says into `output_dir`, then evaluate it on the config's split.
 
-    Returns {"summary": ..., "eval": eval report or None, "model": the trained PEFT model in memory}.
     Under torchrun (WORLD_SIZE set) the ranks train together and only rank 0 writes files and evaluates.
     """
     context = distributed.from_environment()
@@ -45,16 +70,16 @@ def run_training(
             distributed.shutdown()
 
 
-def _run(config, output_dir, context, resume, evaluate, baseline, show_progress, on_step) -> dict:
+def _run(config, output_dir, context, resume, evaluate, baseline, show_progress, on_step) -> TrainingRun:
     main = context is None or context.is_main
-    checkpoint = latest_checkpoint(output_dir / "checkpoints") if resume else None
-    if resume and checkpoint is None:
-        raise ConfigError(f"--resume: no checkpoint found under {output_dir / 'checkpoints'}")
+    checkpoint = checkpoint_to_resume(output_dir, resume)
     resolved = resolve_model(config.base_model)
     tokenizer = load_tokenizer(resolved)
     placement = choose_placement(config.trainer)
+    fsdp = context is not None and config.trainer.strategy == "fsdp"
     if context is not None:
-        device = distributed.init_process_group(context, placement.device, config.trainer.strategy)
+        distributed.check_strategy(config)
+        device = distributed.init_process_group(context, placement.device)
         placement = Placement(device=device, dtype=placement.dtype)
     splits = load_splits(config.data)
     builder = ExampleBuilder(config.prompt, config.target, tokenizer)
@@ -62,56 +87,53 @@ def _run(config, output_dir, context, resume, evaluate, baseline, show_progress,
     train = [tokenize_example(builder.build(r), tokenizer, max_length) for r in splits.train]
     validation = [tokenize_example(builder.build(r), tokenizer, max_length) for r in splits.validation]
 
-    base = load_base_for_training(resolved, config.trainer, placement)
-    torch.manual_seed(config.trainer.seed)  # the LoRA init is random: same seed, same starting adapter
-    model = add_lora(base, config.adapter)
-    resumed_step = read_state(checkpoint).step if checkpoint else None
+    # FSDP moves the base to the device one shard at a time: loaded whole, it might not fit there.
+    load_at = Placement("cpu", placement.dtype) if fsdp else placement
+    base = load_base_for_training(resolved, config.trainer, load_at)
+    model = seeded_lora(base, config, context, fast_dropout=placement.device == "cpu")
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(dump_config(config))
+        resumed_step = read_state(checkpoint).step if checkpoint else None
         metrics = MetricsLog(output_dir / "metrics.jsonl", truncate_after_step=resumed_step)
     else:
         metrics = distributed.NoMetrics()
     args = (model, train, validation, config.trainer, output_dir, tokenizer.pad_token_id, placement.device)
     if context is None:
         trainer = LoraTrainer(*args)
-    else:
-        trainer = distributed.DistributedLoraTrainer(*args, context=context, strategy=config.trainer.strategy)
-    result = trainer.train(metrics, resume=resume, on_step=on_step, show_progress=show_progress and main)
-    if not main:
-        return {"summary": None, "eval": None, "model": model}
+    elif fsdp:
+        from loraforge.train.fsdp import FsdpLoraTrainer
 
-    model.save_pretrained(output_dir / "adapter", safe_serialization=True)
+        trainer = FsdpLoraTrainer(*args, context=context)
+    else:
+        trainer = distributed.DistributedLoraTrainer(*args, context=context)
+    result = trainer.train(metrics, checkpoint, on_step=on_step, show_progress=show_progress and main)
+    weights = trainer.adapter_weights()  # gathered on every rank under FSDP (collective)
+    if not main:
+        return TrainingRun(summary=None, eval_report=None, model=model)
+
+    model.save_pretrained(output_dir / "adapter", safe_serialization=True, state_dict=weights)
     tokenizer.save_pretrained(output_dir / "adapter")
     plot_losses(metrics.read(), output_dir / "loss.png")
-    summary = {
-        "base_model": config.base_model,
-        "train_examples": len(train),
-        "validation_examples": len(validation),
-        "steps": result.steps,
-        "tokens_seen": result.tokens_seen,
-        "train_seconds": round(result.train_seconds, 2),
-        "tokens_per_second": round(result.tokens_per_second, 1),
-        "final_train_loss": result.final_train_loss,
-        "best_eval_loss": result.best_eval_loss,
-        "stopped_early": result.stopped_early,
-        "device": placement.device,
-        "processes": context.world_size if context else 1,
-        "dtype": str(placement.dtype).removeprefix("torch."),
-    }
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = RunSummary(
+        base_model=config.base_model,
+        train_examples=len(train),
+        validation_examples=len(validation),
+        device=placement.device,
+        processes=context.world_size if context else 1,
+        dtype=str(placement.dtype).removeprefix("torch."),
+        training=result,
+    )
+    (output_dir / "summary.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
 
     report = None
-    test_records = splits.test if config.evaluation.split == "test" else splits.validation
-    if evaluate and test_records:
-        rows = select_rows(test_records, config.evaluation.limit, config.data.seed)
+    rows = evaluation_rows(config, splits)
+    if evaluate and rows:
         if config.evaluation.backend == "hf":  # the trained model as it is in memory
             generator = GenerationModel(model, tokenizer, placement.device)
         else:
             generator = open_backend(config, {ADAPTER: output_dir / "adapter"}, placement.device)
-        report = evaluate_records(
-            generator, builder, rows, config.evaluation, baseline=baseline, show_progress=show_progress
-        )
+        report = evaluate_config(config, generator, rows, baseline=baseline, show_progress=show_progress)
         write_report(report, output_dir / "eval.json")
     (output_dir / "README.md").write_text(write_model_card(config, summary, report))
-    return {"summary": summary, "eval": report, "model": model}
+    return TrainingRun(summary=summary, eval_report=report, model=model)

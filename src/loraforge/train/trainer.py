@@ -13,7 +13,6 @@ from loraforge.data.batching import collate, length_grouped_batches
 from loraforge.data.tokenize import TokenizedExample
 from loraforge.train.checkpoint import (
     TrainerState,
-    latest_checkpoint,
     load_best,
     load_checkpoint,
     load_trainable_state,
@@ -26,8 +25,10 @@ from loraforge.train.metrics_log import MetricsLog
 from loraforge.train.progress import TrainingProgress
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainResult:
+    """What the training loop did: steps, tokens, time, losses (`RunSummary` adds the run's facts)."""
+
     steps: int
     tokens_seen: int  # over the whole run, resumed parts included
     session_tokens: int  # in this process, the ones `train_seconds` timed
@@ -66,10 +67,13 @@ class LoraTrainer:
         self.total_steps = config.max_steps or max(
             1, math.ceil(config.epochs * self.batches_per_epoch / config.gradient_accumulation)
         )
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
         self.checkpoints = output_dir / "checkpoints"
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
 
     def _make_scheduler(self):
         from transformers import get_scheduler
@@ -116,11 +120,13 @@ class LoraTrainer:
     def train(
         self,
         metrics: MetricsLog,
-        resume: bool = False,
+        checkpoint: Path | None = None,
         on_step: Callable[[TrainerState], None] | None = None,
         show_progress: bool = True,
     ) -> TrainResult:
-        state, best = self._start(resume)
+        """Train to `total_steps` (or early stopping), from `checkpoint` when given (`run_training` decides
+        whether a run resumes) with the best adapter loaded into the model at the end."""
+        state, best = self._start(checkpoint)
         tokens_before = state.tokens_seen
         causal_lm = self.model.get_base_model()
         stream = self._micro_batches(state)
@@ -163,7 +169,7 @@ class LoraTrainer:
                         progress.note(f"step {state.step}: validation loss {eval_loss:.4f}")
                         if state.best_eval_loss is None or eval_loss < state.best_eval_loss:
                             state.best_eval_loss, state.evals_without_improvement = eval_loss, 0
-                            best = trainable_state(self.model)
+                            best = self._snapshot()
                         else:
                             state.evals_without_improvement += 1
                         patience = self.config.early_stopping_patience
@@ -179,7 +185,7 @@ class LoraTrainer:
                     )
                     break
         if best is not None:
-            load_trainable_state(self.model, best)  # hand back the best adapter, not the last one
+            self._restore(best)  # hand back the best adapter, not the last one
         return TrainResult(
             steps=state.step,
             tokens_seen=state.tokens_seen,
@@ -190,7 +196,19 @@ class LoraTrainer:
             stopped_early=stopped_early,
         )
 
-    # What a data-parallel trainer (train/distributed.py) does differently.
+    # What a data-parallel trainer (train/distributed.py, train/fsdp.py) does differently.
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        """The trainable weights now (the best adapter so far, for early stopping)."""
+        return trainable_state(self.model)
+
+    def _restore(self, weights: dict[str, torch.Tensor]) -> None:
+        load_trainable_state(self.model, weights)
+
+    def adapter_weights(self) -> dict[str, torch.Tensor] | None:
+        """The weights to save as the adapter when the model's own state is not whole (FSDP); None: the
+        model's own."""
+        return None
+
     def _share(self, indices: list[int]) -> list[int]:
         """This process's part of the validation examples: all of them."""
         return indices
@@ -198,14 +216,15 @@ class LoraTrainer:
     def _sum_over_ranks(self, total: float, count: int) -> tuple[float, int]:
         return total, count
 
-    def _start(self, resume: bool) -> tuple[TrainerState, dict[str, torch.Tensor] | None]:
-        """The state to start from: the last checkpoint's when resuming, else a fresh, seeded one."""
-        checkpoint = latest_checkpoint(self.checkpoints) if resume else None
+    def _start(self, checkpoint: Path | None) -> tuple[TrainerState, dict[str, torch.Tensor] | None]:
+        """The state to start from: `checkpoint`'s (RNG included), else a fresh one."""
         if checkpoint is None:
-            torch.manual_seed(self.config.seed)
             return TrainerState(), None
-        state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
-        return state, load_best(checkpoint)
+        return self._load_checkpoint(checkpoint), load_best(checkpoint)
+
+    def _load_checkpoint(self, checkpoint: Path) -> TrainerState:
+        """Weights, optimizer, scheduler and RNG from `checkpoint`; returns where the loop was."""
+        return load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
 
     def _forward_backward(self, causal_lm, stream: Iterator[list[int]]) -> tuple[float, int]:
         """One optimizer step's micro-batches, gradients accumulated: (mean loss, tokens)."""

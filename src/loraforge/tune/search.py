@@ -104,10 +104,10 @@ def run_search(
                 if trial.should_prune():
                     raise optuna.TrialPruned()
 
-        result = run_training(
+        run = run_training(
             apply_params(config, params), run_dir, evaluate=False, show_progress=show_progress, on_step=report
         )
-        loss = result["summary"]["best_eval_loss"]
+        loss = run.summary.training.best_eval_loss
         if loss is None or math.isnan(loss):
             raise ConfigError(
                 "tune needs a validation split: set data.validation or data.validation_fraction"

@@ -54,7 +54,7 @@ def _engine(tiny_model_dir, hub_folders, fake: FakeHub, **limits) -> Engine:
             model=str(tiny_model_dir), precision="fp32", adapter_dir=hub_folders["local"], limits=lim
         )
     )
-    engine.adapters.hub = HubFetcher(lim, fake.sizes, fake.download)
+    engine.adapters.sources.hub = HubFetcher(lim, fake.sizes, fake.download)
     return engine
 
 

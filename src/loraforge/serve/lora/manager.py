@@ -5,30 +5,24 @@ thread reads it) -> ready (read, waiting for room in the stacks) -> resident (in
 usable by a batch) -> evicted (least recently used, when no request holds it and room is needed), or failed
 (remembered a while). It also holds the requests waiting for an adapter that is not resident yet.
 
-Sources, in order: adapters registered with an explicit path, folders of the registry directory (the folder
-name is the adapter name), then Hugging Face hub ids (`org/name`, only where the operator allowed them).
-Only safetensors are read, never pickles (see adapter_file.py).
+Names: `AdapterSources` (sources.py); failures: `FailedLoads` (failures.py); safetensors only (adapter_file).
 """
 
 import enum
-import re
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from loraforge.errors import ModelNotFoundError
 from loraforge.serve.engine.sequence import Sequence
 from loraforge.serve.limits import MAX_ADAPTER_BYTES, MAX_ADAPTERS, ServeLimits
 from loraforge.serve.lora.adapter_file import AdapterError, LoadedAdapter, read_adapter
-from loraforge.serve.lora.hub import HubBusyError, HubFetcher
+from loraforge.serve.lora.failures import FailedLoads
+from loraforge.serve.lora.hub import HubFetcher
+from loraforge.serve.lora.sources import AdapterRef, AdapterSources, is_hub_id
 from loraforge.serve.lora.weights import LoRAWeights
-
-NAME = re.compile(r"^[A-Za-z0-9][\w.\-]*$")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*$")
 
 __all__ = ["AdapterError", "AdapterManager", "AdapterRef", "AdapterState", "LoadedAdapter", "read_adapter"]
 
@@ -51,14 +45,6 @@ class Resident:
     nbytes: int  # its own size in the engine's dtype (what it occupies is `adapter_bytes_at` the padded rank)
 
 
-@dataclass(frozen=True)
-class AdapterRef:
-    """An adapter name checked against its sources once for a request (`AdapterManager.resolve`)."""
-
-    name: str
-    local: bool  # provided by the operator (explicit path or registry folder), not a hub id
-
-
 class AdapterManager:
     """Tracks known, loading and resident adapters and the requests waiting for them. Loads run on worker
     threads (one for local folders, a few for hub downloads, so a slow download never delays a local load);
@@ -66,8 +52,7 @@ class AdapterManager:
     that no request is using, and hands back the waiting requests whose adapter is now resident or failed.
 
     Everything a client can make it remember is bounded: loads in flight plus loaded-but-not-installed
-    adapters by `max_adapters`, failures by `limits.max_remembered_failures` (each kept
-    `limits.adapter_failure_ttl_s`, so a bad name is not retried on every request)."""
+    adapters by `max_adapters`, failures by `FailedLoads` (`limits.max_remembered_failures`)."""
 
     def __init__(
         self,
@@ -81,62 +66,51 @@ class AdapterManager:
         hub: HubFetcher | None = None,
     ):
         self.weights, self.dims = weights, dims
-        self.registry = Path(registry_dir).resolve() if registry_dir else None
         self.max_adapters, self.max_bytes = min(max_adapters, weights.capacity - 1), max_bytes
         self.on_ready = on_ready or (lambda: None)
         self.limits = limits or ServeLimits()
-        self.hub = hub or HubFetcher(self.limits)
-        self.explicit: dict[str, Path] = {}
+        self.sources = AdapterSources(registry_dir, self.limits, hub or HubFetcher(self.limits))
         self.resident: OrderedDict[str, Resident] = OrderedDict()  # least recently used first
         self.pinned: set[str] = set()
         self.refs: dict[str, int] = {}
         self.loading: dict[str, Future] = {}
         self.ready: dict[str, LoadedAdapter] = {}  # loaded, waiting for room in the stacks
-        self.failed: OrderedDict[str, tuple[Exception, float]] = OrderedDict()  # name -> (error, expiry)
+        self.failed = FailedLoads(self.limits)
         self.pending: list[Sequence] = []  # requests waiting for their adapter to become resident
         self.lock = threading.RLock()
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapter-load")
-        self.hub_pool = ThreadPoolExecutor(
-            max_workers=self.limits.hub_max_downloads, thread_name_prefix="adapter-hub"
-        )
+        self.pool = ThreadPoolExecutor(1, "adapter-load")
+        self.hub_pool = ThreadPoolExecutor(self.limits.hub_max_downloads, "adapter-hub")
 
-    # ---- names and sources -------------------------------------------------------------------------
+    # ---- names and sources (sources.py) ------------------------------------------------------------
     def register(self, name: str, path: Path) -> None:
-        """Make an adapter at an explicit local path available under `name`."""
-        if not NAME.match(name):
-            raise AdapterError(f"invalid adapter name '{name}' (letters, digits, '.', '_', '-')")
-        path = Path(path).expanduser()
-        if not (path / "adapter_config.json").is_file():
-            raise ModelNotFoundError(f"adapter path '{path}' has no adapter_config.json")
-        with self.lock:
-            self.explicit[name] = path
-            self.failed.pop(name, None)
+        """Make an adapter at an explicit local path available under `name` (a past failure is forgotten)."""
+        self.sources.register(name, path)
+        self.forget_failure(name)
+
+    def unregister(self, name: str) -> None:
+        """Forget the explicit path of `name` (its load failed)."""
+        self.sources.unregister(name)
 
     def locate(self, name: str) -> Path | None:
         """The local folder of adapter `name`, or None when it is a hub id; raises if it cannot exist."""
-        if name in self.explicit:
-            return self.explicit[name]
-        if _is_hub_id(name):
-            if not self.limits.allow_hub_adapters:
-                raise ModelNotFoundError(
-                    f"unknown model or adapter '{name}' (adapters from the Hugging Face Hub are off on this "
-                    "server; its operator can allow them with --allow-hub-adapters)"
-                )
-            return None
-        if not NAME.match(name) or name in {".", ".."}:
-            raise ModelNotFoundError(f"invalid adapter name '{name}'")
-        if self.registry is not None:
-            path = (self.registry / name).resolve()
-            # A symlink inside the registry may not point outside it.
-            if not path.is_relative_to(self.registry):
-                raise ModelNotFoundError(f"adapter '{name}' escapes the adapter directory")
-            if (path / "adapter_config.json").is_file():
-                return path
-        raise ModelNotFoundError(f"unknown model or adapter '{name}'")
+        return self.sources.locate(name)
 
     def resolve(self, name: str) -> AdapterRef:
         """Check `name` against the sources once (raises ModelNotFoundError); see `locate`."""
         return AdapterRef(name, self.locate(name) is not None)
+
+    def exists(self, name: str) -> bool:
+        return self.sources.exists(name)
+
+    def is_local(self, name: str) -> bool:
+        """Whether `name` is an adapter the operator provided (explicit or in the registry), not a hub id."""
+        return not is_hub_id(name) and self.exists(name)
+
+    def known(self) -> list[str]:
+        """Every name the sources list, and the resident adapters (hub ids included)."""
+        with self.lock:
+            resident = set(self.resident)
+        return sorted(self.sources.names() | resident)
 
     def state(self, name: str) -> AdapterState:
         """Where `name` is in its life cycle (KNOWN also for an evicted adapter: it loads again when used)."""
@@ -149,52 +123,17 @@ class AdapterManager:
                 return AdapterState.LOADING
             return AdapterState.FAILED if self.failure(name) is not None else AdapterState.KNOWN
 
-    def exists(self, name: str) -> bool:
-        try:
-            self.locate(name)
-            return True
-        except ModelNotFoundError:
-            return False
-
-    def is_local(self, name: str) -> bool:
-        """Whether `name` is an adapter the operator provided (explicit or in the registry), not a hub id."""
-        return not _is_hub_id(name) and self.exists(name)
-
-    def known(self) -> list[str]:
-        with self.lock:
-            names = set(self.explicit) | set(self.resident)
-        if self.registry is not None and self.registry.is_dir():
-            names |= {p.name for p in self.registry.iterdir() if (p / "adapter_config.json").is_file()}
-        return sorted(names)
-
-    def _fetch(self, name: str) -> Path:
-        path = self.locate(name)
-        return path if path is not None else self.hub.fetch(name)
-
     def _load(self, name: str) -> LoadedAdapter:
         w = self.weights
         return read_adapter(
-            name, self._fetch(name), self.dims, w.num_layers, w.dtype, self.limits.max_adapter_rank
+            name, self.sources.fetch(name), self.dims, w.num_layers, w.dtype, self.limits.max_adapter_rank
         )
 
-    # ---- failures ----------------------------------------------------------------------------------
+    # ---- failures (failures.py) ------------------------------------------------------------------
     def failure(self, name: str) -> Exception | None:
         """The error of a recent failed load of `name`, while it is remembered."""
         with self.lock:
-            entry = self.failed.get(name)
-            if entry is None:
-                return None
-            if entry[1] <= time.monotonic():
-                del self.failed[name]
-                return None
-            return entry[0]
-
-    def _remember(self, name: str, exc: Exception) -> None:
-        ttl = 1.0 if isinstance(exc, HubBusyError) else self.limits.adapter_failure_ttl_s
-        self.failed.pop(name, None)
-        self.failed[name] = (exc, time.monotonic() + ttl)
-        while len(self.failed) > self.limits.max_remembered_failures:
-            self.failed.popitem(last=False)
+            return self.failed.error(name)
 
     def forget_failure(self, name: str) -> None:
         with self.lock:
@@ -248,7 +187,7 @@ class AdapterManager:
                 return self.loading.get(name)
             if len(self.loading) + len(self.ready) >= self.max_adapters:
                 return None
-            pool = self.hub_pool if _is_hub_id(name) else self.pool
+            pool = self.hub_pool if is_hub_id(name) else self.pool
             future = pool.submit(self._load, name)
             self.loading[name] = future
             future.add_done_callback(lambda _: self.on_ready())
@@ -298,14 +237,14 @@ class AdapterManager:
                         self.ready[name] = future.result()
                     except Exception as exc:
                         failed[name] = exc
-                        self._remember(name, exc)
+                        self.failed.remember(name, exc)
             for name in list(self.ready):
                 try:
                     index = self._install(self.ready[name])
                 except Exception as exc:  # e.g. out of memory growing the stacks: fail this adapter only
                     del self.ready[name]
                     failed[name] = exc
-                    self._remember(name, exc)
+                    self.failed.remember(name, exc)
                     continue
                 if index is not None:
                     del self.ready[name]
@@ -351,19 +290,10 @@ class AdapterManager:
             self.ready.pop(name, None)
             self.loading.pop(name, None)  # a load in flight would install what may be stale weights
             self.pinned.discard(name)
-            self.explicit.pop(name, None)
+            self.sources.unregister(name)
             self.failed.pop(name, None)
             return True
-
-    def unregister(self, name: str) -> None:
-        """Forget the explicit path of `name` (its load failed)."""
-        with self.lock:
-            self.explicit.pop(name, None)
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.hub_pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _is_hub_id(name: str) -> bool:
-    return bool(HUB_ID.match(name)) and ".." not in name.split("/")

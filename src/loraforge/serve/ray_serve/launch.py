@@ -54,7 +54,9 @@ def deploy(spec: ServerSpec, options: RayServeOptions, host: str, port: int):
     the replicas are up."""
     _, serve = import_ray()
     from loraforge.serve.ray_serve.deployments import build_app
+    from loraforge.serve.ray_serve.registry import drop_registry
 
+    drop_registry()  # adapters registered at run time belong to the deployment that registered them
     serve.start(http_options={"host": host, "port": port})
     return serve.run(build_app(spec, options), name=APP_NAME, route_prefix="/")
 
@@ -71,7 +73,10 @@ def serve_until_interrupted(
     except KeyboardInterrupt:
         pass
     finally:
+        from loraforge.serve.ray_serve.registry import drop_registry
+
         serve.delete(APP_NAME)
+        drop_registry()
         if address is None:  # a cluster started here goes with this command; a shared one stays
             serve.shutdown()
             ray.shutdown()

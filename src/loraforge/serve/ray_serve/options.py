@@ -26,6 +26,9 @@ class RayServeOptions:
     downscale_delay_s: float = DOWNSCALE_DELAY_S
     upscale_delay_s: float = UPSCALE_DELAY_S
     target_ongoing_requests: float = TARGET_ONGOING_REQUESTS
+    # False: no multiplexing, every request goes to any replica (Ray's default routing), as with one
+    # adapter set per replica behind a plain load balancer: the baseline of benchmarks/ray_scaling.py.
+    affinity: bool = True
 
     def deployment_options(self) -> dict:
         """Keyword options of the replica deployment (`Deployment.options`)."""

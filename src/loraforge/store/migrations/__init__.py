@@ -1,1 +1,1 @@
-"""Alembic environment and versions of the store schema (run programmatically by `loraforge.store.schema`)."""
+"""Alembic environment and versions of the store schema (run by `loraforge.store.migrate`)."""

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from loraforge.compare.render import fmt
-from loraforge.store.models import Comparison
+from loraforge.store.tables import Comparison
 from loraforge.ui.settings import PAGE_SIZE
 from loraforge.ui.web import UIError, render, state, url
 
@@ -21,7 +21,7 @@ def _list(store, task: str | None, before: int | None) -> list[Comparison]:
         query = query.where(Comparison.task == task)
     if before:
         query = query.where(Comparison.id < before)
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         return list(session.scalars(query))
 
 
@@ -40,7 +40,7 @@ async def comparison_page(request: Request, comparison_id: int, offset: int = 0)
         raise UIError(400, "offset must not be negative")
 
     def load():
-        with Session(state(request).store.engine, expire_on_commit=False) as session:
+        with Session(state(request).store.db, expire_on_commit=False) as session:
             return session.get(Comparison, comparison_id)
 
     row = await run_in_threadpool(load)

@@ -5,8 +5,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from loraforge.curation.datasets import get_dataset
 from loraforge.errors import LoraforgeError
-from loraforge.store.datasets import get_dataset
 from loraforge.ui.queries.datasets import (
     SPLITS,
     corrected_count,

@@ -8,18 +8,14 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from loraforge.errors import ConfigError, LoraforgeError
+from loraforge.store.route_options import RouteOptions
 from loraforge.store.routes import (
-    DEFAULT_FALLBACK,
-    DEFAULT_TIMEOUT_MS,
     STAGES,
-    OutputSpec,
     current_routes,
     latest_change,
     rollback_route,
     route_history,
     route_off,
-    set_route,
-    validate_route,
 )
 from loraforge.ui.queries.tasks import data_available, list_tasks, overview
 from loraforge.ui.queries.timeline import SOURCES, TimelineContext, describe_route, timeline
@@ -101,10 +97,21 @@ class RouteRequest:
 
     task: str
     action: str
-    stage: str = ""
-    adapter: str = ""
-    percent: float | None = None
+    options: RouteOptions | None = None  # the route to set (action "set")
     reason: str = ""
+
+    # The confirmation page posts these back as the form's fields.
+    @property
+    def stage(self) -> str:
+        return self.options.stage if self.options else ""
+
+    @property
+    def adapter(self) -> str:
+        return (self.options.adapter or "") if self.options else ""
+
+    @property
+    def percent(self) -> float | None:
+        return self.options.percent if self.options else None
 
     def describe(self) -> str:
         if self.action == "off":
@@ -129,12 +136,12 @@ def route_form(
     check_csrf(request, csrf)
     if action not in ROUTE_ACTIONS:
         raise UIError(400, f"action: choose one of {', '.join(ROUTE_ACTIONS)}")
-    pct = None
+    options = None
     if action == "set":
         # The form always sends the field; it only means something for a canary.
         pct = form_number(percent, "percent") if stage == "canary" else None
-        validate_route(stage, adapter.strip(), pct, ("on-error",), 1)
-    return RouteRequest(name, action, stage, adapter.strip(), pct, reason.strip())
+        options = RouteOptions(stage, adapter.strip(), pct)
+    return RouteRequest(name, action, options, reason.strip())
 
 
 @router.post("/task/route/confirm")
@@ -168,18 +175,7 @@ def apply_route(
         else:
             # What the route checks and how it falls back stay as the task's route last said.
             last = next((c for c in reversed(route_history(store, name)) if c.stage != "off"), None)
-            change = set_route(
-                store,
-                name,
-                req.stage,
-                req.adapter,
-                percent=req.percent,
-                fallback=tuple(last.fallback) if last and last.fallback else DEFAULT_FALLBACK,
-                timeout_ms=last.timeout_ms if last and last.timeout_ms else DEFAULT_TIMEOUT_MS,
-                output=OutputSpec.from_json(last.output) if last else None,
-                actor=actor,
-                reason=reason_text,
-            )
+            change = req.options.keeping_checks_of(last).apply(store, name, actor=actor, reason=reason_text)
     except LoraforgeError as exc:
         raise UIError(409, str(exc)) from exc
     return RedirectResponse(url(request, "/task", name=name, done=f"route #{change.seq}"), status_code=303)

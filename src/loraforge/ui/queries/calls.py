@@ -7,11 +7,11 @@ from typing import Any
 from sqlalchemy import Select, String, and_, cast, exists, or_, select
 from sqlalchemy.orm import Session
 
+from loraforge.curation.call_examples import output_text
+from loraforge.curation.datasets import parse_since
 from loraforge.errors import LoraforgeError
-from loraforge.store.datasets import parse_since
-from loraforge.store.examples import output_text
-from loraforge.store.models import Call, Feedback
 from loraforge.store.store import Store
+from loraforge.store.tables import Call, Feedback
 from loraforge.ui.queries.sql import GROUPS, group_filter, served_group
 from loraforge.ui.settings import MAX_SEARCH_CHARS, PAGE_SIZE
 
@@ -114,7 +114,7 @@ def list_calls(
         t, call_id = decode_cursor(before)
         query = query.where(or_(Call.time < t, and_(Call.time == t, Call.id < call_id)))
     query = query.order_by(Call.time.desc(), Call.id.desc()).limit(limit + 1)
-    with Session(store.engine) as session:
+    with Session(store.db) as session:
         rows = [_row(call, grp) for call, grp in session.execute(query)]
     more = len(rows) > limit
     rows = rows[:limit]
@@ -167,7 +167,7 @@ class CallDetail:
 
 
 def call_detail(store: Store, call_id: str) -> CallDetail | None:
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         call = session.get(Call, call_id)
         if call is None:
             return None

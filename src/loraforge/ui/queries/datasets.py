@@ -9,8 +9,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from loraforge.store.models import Dataset, DatasetRow
 from loraforge.store.store import Store
+from loraforge.store.tables import Dataset, DatasetRow
 from loraforge.ui.settings import MAX_DIFF_ROWS, MAX_LABELS_SHOWN
 
 SPLITS = ("train", "test")
@@ -19,7 +19,7 @@ SPLITS = ("train", "test")
 def versions(store: Store) -> dict[str, list[Dataset]]:
     """Every dataset's versions, newest first, by name."""
     out: dict[str, list[Dataset]] = {}
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         for d in session.scalars(select(Dataset).order_by(Dataset.name, Dataset.version.desc())):
             out.setdefault(d.name, []).append(d)
     return out
@@ -97,7 +97,7 @@ def top_labels(counts: dict[str, Counter]) -> tuple[list[tuple[str, dict[str, in
 
 def corrected_count(store: Store, dataset_id: int) -> int:
     query = select(func.count()).where(DatasetRow.dataset_id == dataset_id, DatasetRow.corrected.is_(True))
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         return int(conn.scalar(query) or 0)
 
 
@@ -118,7 +118,7 @@ def diff(store: Store, old: Dataset, new: Dataset) -> Diff:
         query = select(DatasetRow.input_hash, DatasetRow.split, DatasetRow.call_id).where(
             DatasetRow.dataset_id == dataset_id
         )
-        with store.engine.connect() as conn:
+        with store.db.connect() as conn:
             return {h: (split, call) for h, split, call in conn.execute(query)}
 
     a, b = of(old.id), of(new.id)

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
-from loraforge.store.models import Call
 from loraforge.store.store import Store
+from loraforge.store.tables import Call
 from loraforge.ui.queries.cache import CACHE
 from loraforge.ui.queries.sql import day_of, served_group
 from loraforge.ui.settings import ROLLUP_CACHE_S
@@ -30,7 +30,7 @@ def _query(store: Store, task: str, start: datetime, end: datetime | None) -> li
     ).where(Call.task == task, Call.time >= start)
     if end is not None:
         query = query.where(Call.time < end)
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         rows = conn.execute(query.group_by(day, group))
         return [(d, g, int(n), float(usd or 0.0), int(toks or 0)) for d, g, n, usd, toks in rows]
 

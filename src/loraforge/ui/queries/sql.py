@@ -3,7 +3,7 @@
 from sqlalchemy import String, case, cast, func
 from sqlalchemy.sql.elements import ColumnElement
 
-from loraforge.store.models import Call
+from loraforge.store.tables import Call
 
 # Who answered, as the dashboard groups it; shadow answers are counted apart (the client never saw them).
 GROUPS = ("general", "fewshot", "adapter", "fallback", "shadow")

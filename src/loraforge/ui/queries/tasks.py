@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 
 from loraforge.cost.hardware import HardwarePrice, adapter_call_cost
 from loraforge.cost.throughput import Throughput, throughput_from_calls
-from loraforge.store.models import Call, Comparison, Feedback, utcnow
 from loraforge.store.routes import current_routes
 from loraforge.store.store import Store
+from loraforge.store.tables import Call, Comparison, Feedback, utcnow
 from loraforge.ui.queries.cache import CACHE
 from loraforge.ui.queries.rollup import daily, midnight, window_start
 from loraforge.ui.queries.sql import GROUPS
@@ -28,7 +28,7 @@ from loraforge.ui.settings import (
 def list_tasks(store: Store) -> list[str]:
     """Every task name, by a loose index scan (one index seek per task, not a scan of every call)."""
     tasks: list[str] = []
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         last = conn.scalar(select(func.min(Call.task)))
         while last is not None:
             tasks.append(last)
@@ -115,14 +115,14 @@ def _throughput_of(store: Store, task: str, start) -> Throughput | None:
         func.sum(func.coalesce(recent.c.prompt_tokens, 0) + func.coalesce(recent.c.completion_tokens, 0)),
         func.sum(recent.c.latency_ms),
     )
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         toks, latency_ms = conn.execute(query).one()
     return throughput_from_calls(int(toks or 0), (latency_ms or 0) / 1000)
 
 
 def latest_comparison(store: Store, task: str) -> Comparison | None:
     query = select(Comparison).where(Comparison.task == task).order_by(Comparison.time.desc()).limit(1)
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         return session.scalars(query).first()
 
 
@@ -163,7 +163,7 @@ def _data_available(store: Store) -> dict[str, dict[str, int]]:
         .where(per_call.c.task.is_not(None))
         .group_by(per_call.c.task)
     )
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         return {
             task: {
                 "with_feedback": int(n or 0),

@@ -13,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from loraforge.flywheel.records import list_runs as list_flywheel_runs
-from loraforge.store.models import Comparison, Dataset, RouteChange
 from loraforge.store.store import Store
+from loraforge.store.tables import Comparison, Dataset, RouteChange
 from loraforge.ui.queries.runs import list_runs
 
 
@@ -37,7 +37,7 @@ class Event:
 
 def task_datasets(store: Store, task: str) -> list[Dataset]:
     """The dataset versions built from the task's calls (the task is part of each version's filter)."""
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         rows = session.scalars(select(Dataset).order_by(Dataset.created))
         return [d for d in rows if (d.filter or {}).get("task") == task]
 
@@ -63,7 +63,7 @@ def run_events(ctx: TimelineContext) -> Iterable[Event]:
 
 def comparison_events(ctx: TimelineContext) -> Iterable[Event]:
     query = select(Comparison).where(Comparison.task == ctx.task).order_by(Comparison.time)
-    with Session(ctx.store.engine) as session:
+    with Session(ctx.store.db) as session:
         for c in session.scalars(query):
             status = "" if c.gate_passed is None else ("ok" if c.gate_passed else "failed")
             verdict = f" — gate {'passed' if status == 'ok' else 'failed'}" if status else ""
@@ -79,7 +79,7 @@ def comparison_events(ctx: TimelineContext) -> Iterable[Event]:
 
 def route_events(ctx: TimelineContext) -> Iterable[Event]:
     query = select(RouteChange).where(RouteChange.task == ctx.task).order_by(RouteChange.seq)
-    with Session(ctx.store.engine) as session:
+    with Session(ctx.store.db) as session:
         for c in session.scalars(query):
             what = describe_route(c)
             title = f"route #{c.seq}: {'rolled back to ' if c.action == 'rollback' else ''}{what}"

@@ -1,6 +1,6 @@
 import pytest
 
-from loraforge.evaluate.generation import GenerationModel
+from loraforge.inference.hf import GenerationModel
 from loraforge.models import load_causal_lm, load_tokenizer, resolve_model
 from loraforge.serve.engine.constraints import ChoiceConstraint
 

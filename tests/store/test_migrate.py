@@ -8,13 +8,13 @@ from sqlalchemy import inspect, text
 from loraforge.errors import ConfigError
 from loraforge.store import Store, StoreUnavailableError
 from loraforge.store.database import default_store_url, resolve_store_url
-from loraforge.store.schema import current_revision, head_revision
+from loraforge.store.migrate import current_revision, head_revision
 
 
 def test_open_creates_every_table_at_head(store):
-    tables = set(inspect(store.engine).get_table_names())
+    tables = set(inspect(store.db).get_table_names())
     assert {"calls", "feedback", "datasets", "dataset_rows", "alembic_version"} <= tables
-    columns = {c["name"] for c in inspect(store.engine).get_columns("calls")}
+    columns = {c["name"] for c in inspect(store.db).get_columns("calls")}
     assert {
         "task",
         "tags",
@@ -24,7 +24,7 @@ def test_open_creates_every_table_at_head(store):
         "cost_usd",
         "served_model",
     } <= columns
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         assert current_revision(conn) == head_revision() is not None
 
 
@@ -37,7 +37,7 @@ def test_reopening_is_a_no_op(store_url):
 
 def test_sqlite_store_uses_wal_and_full_sync(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
     store.close()
@@ -96,7 +96,7 @@ def test_models_and_migrations_agree(store):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from loraforge.store.models import Base
+    from loraforge.store.tables import Base
 
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []

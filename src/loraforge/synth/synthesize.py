@@ -70,7 +70,7 @@ def build_index(config: GenerateConfig, saved_inputs: list[str]) -> DedupIndex:
     return index
 
 
-async def generate(
+async def synthesize(
     config: GenerateConfig, teacher: TeacherClient, progress: Callable[[int], None] | None = None
 ) -> Summary:
     """Generate until `config.n` rows are in `config.out`; on teacher failure stop early, saying why."""

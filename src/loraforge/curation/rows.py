@@ -14,9 +14,9 @@ from typing import IO, Any
 
 from sqlalchemy import Select, func, select
 
-from loraforge.store.examples import Example, call_to_example
-from loraforge.store.models import Call, Feedback
+from loraforge.curation.call_examples import CallExample, call_to_example
 from loraforge.store.store import Store
+from loraforge.store.tables import Call, Feedback
 
 BATCH_ROWS = 200  # calls fetched per round trip (a server-side cursor on PostgreSQL)
 
@@ -33,7 +33,7 @@ class RowRef:
 
 @dataclass
 class Candidate:
-    example: Example
+    example: CallExample
     corrected: bool
     score: float | None
     time: datetime
@@ -81,7 +81,7 @@ def _candidates(
     """Usable, not low-scored examples (corrections applied), oldest first; counts what was dropped."""
     for count in ("selected", "unusable", "unreviewed", "low_score", "corrected"):
         counts.setdefault(count, 0)
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         result = conn.execution_options(yield_per=BATCH_ROWS).execute(feedback_query(filt.task, since))
         for row in result:
             counts["selected"] += 1
@@ -100,7 +100,9 @@ def _candidates(
                 counts["unreviewed"] += 1
                 continue
             if corrected:
-                example = Example(example.call_id, example.messages, row.corrected_output, example.input_hash)
+                example = CallExample(
+                    example.call_id, example.messages, row.corrected_output, example.input_hash
+                )
                 counts["corrected"] += 1
             yield Candidate(example, corrected, score, row.time)
 
@@ -127,7 +129,7 @@ def count_candidates(store: Store, filt: Any, since: datetime | None = None) -> 
         if filt.use_corrections:
             kept = kept | Feedback.corrected_output.is_not(None)
         query = query.where(kept)
-    with store.engine.connect() as conn:
+    with store.db.connect() as conn:
         return conn.scalar(select(func.count()).select_from(query.subquery())) or 0
 
 

@@ -1,14 +1,19 @@
-"""Batched greedy generation with HF transformers, for evaluation and the `generate` command."""
+"""Batched greedy generation with HF transformers, for `loraforge generate` and the hf evaluation backend."""
 
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from loraforge.errors import ConfigError, ModelNotFoundError
-from loraforge.evaluate.constrained import prefix_allowed_tokens
+from loraforge.inference.hf_constraints import prefix_allowed_tokens
 from loraforge.models import load_causal_lm, load_tokenizer, pick_dtype, resolve_model
 from loraforge.serve.engine.constraints import ChoiceConstraint
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 ADAPTER = "adapter"  # the name of the one adapter a GenerationModel wraps
 
@@ -23,7 +28,7 @@ class GenerationModel:
         # generate() passes the LM head only the last position, a strided [batch, 1, hidden] view. On CPU,
         # F.linear on such a view with a frozen weight (any PEFT model) broadcasts the weight to
         # [batch, hidden, vocab] and copies it: 3.6 GB and ~7 s for 64 rows of SmolLM2. Contiguous, it is
-        # one matmul (`tests/evaluate/test_generation.py`).
+        # one matmul (`tests/inference/test_hf.py`).
         head = model.get_output_embeddings()
         if head is not None and not getattr(head, "_loraforge_contiguous_input", False):
             head.register_forward_pre_hook(_contiguous_input)
@@ -114,11 +119,11 @@ class GenerationModel:
         return outputs
 
 
-def _contiguous_input(module, args):
+def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
     return (args[0].contiguous(), *args[1:])
 
 
-def attach_adapter(model, adapter_dir: Path):
+def attach_adapter(model: "PreTrainedModel", adapter_dir: Path) -> "PeftModel":
     """Wrap `model` with a saved PEFT adapter (safetensors only)."""
     from peft import PeftModel
 

@@ -5,9 +5,8 @@ from datetime import timedelta
 
 import pytest
 
-from loraforge.errors import DataError, LoraforgeError
-from loraforge.store import Store
-from loraforge.store.datasets import (
+from loraforge.curation.call_examples import input_hash
+from loraforge.curation.datasets import (
     DatasetFilter,
     build_dataset,
     dataset_rows,
@@ -15,8 +14,9 @@ from loraforge.store.datasets import (
     get_dataset,
     list_datasets,
 )
-from loraforge.store.examples import input_hash
-from loraforge.store.models import utcnow
+from loraforge.errors import DataError, LoraforgeError
+from loraforge.store import Store
+from loraforge.store.tables import utcnow
 from tests.store.calls import chat_call, completion_call
 
 
@@ -154,7 +154,7 @@ def test_user_mistakes_are_loraforge_errors(store, traffic, tmp_path):
 
 
 def test_since_honours_utc_offsets():
-    from loraforge.store.datasets import parse_since
+    from loraforge.curation.datasets import parse_since
 
     assert parse_since("2026-01-31T12:00+02:00") == parse_since("2026-01-31T10:00")
     assert parse_since("2026-01-31") == parse_since("2026-01-31T00:00:00Z")
@@ -164,9 +164,9 @@ def test_a_build_streams_calls_instead_of_loading_them_all(store, tmp_path, monk
     """Peak memory of a build stays far below the size of the calls' bodies (read in batches)."""
     import tracemalloc
 
-    from loraforge.store import dataset_rows
+    from loraforge.curation import rows
 
-    monkeypatch.setattr(dataset_rows, "BATCH_ROWS", 20)
+    monkeypatch.setattr(rows, "BATCH_ROWS", 20)
 
     big = "word " * 20_000  # 100 KB per output
     store.insert_calls([chat_call("bulk", f"q{i}", f"{i} {big}", seq=i) for i in range(300)])  # 30 MB
@@ -183,9 +183,9 @@ def test_a_build_streams_calls_instead_of_loading_them_all(store, tmp_path, monk
 def test_since_takes_a_span_back_from_now():
     from datetime import timedelta
 
+    from loraforge.curation.datasets import parse_since
     from loraforge.errors import LoraforgeError
-    from loraforge.store.datasets import parse_since
-    from loraforge.store.models import utcnow
+    from loraforge.store.tables import utcnow
 
     assert abs(utcnow() - timedelta(days=7) - parse_since("7d")) < timedelta(seconds=5)
     assert abs(utcnow() - timedelta(minutes=30) - parse_since("30m")) < timedelta(seconds=5)
@@ -194,7 +194,7 @@ def test_since_takes_a_span_back_from_now():
 
 
 def test_reviewed_only_keeps_what_a_person_corrected_or_scored_well(tmp_path):
-    from loraforge.store.dataset_rows import count_candidates
+    from loraforge.curation.rows import count_candidates
 
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     calls = [chat_call("t", f"question {i}", f"answer {i}", seq=i) for i in range(6)]

@@ -10,9 +10,9 @@ import pytest
 
 from loraforge.errors import DataError
 from loraforge.synth.dedup import jaccard, normalize, shingles
-from loraforge.synth.generate import GenerateConfig, generate
 from loraforge.synth.prompts import GENERATE_VERSION, Seed
 from loraforge.synth.records import load_seeds
+from loraforge.synth.synthesize import GenerateConfig, synthesize
 from loraforge.synth.validation import OutputSpec
 from tests.synth.scripted import MODEL, Answer, Fail, Sleeps, make_client
 
@@ -61,7 +61,7 @@ def pair_of(row: dict) -> tuple[str, str]:
 def run(config: GenerateConfig, client, progress=None):
     async def go():
         async with client:
-            return await generate(config, client, progress)
+            return await synthesize(config, client, progress)
 
     return asyncio.run(go())
 

@@ -5,26 +5,26 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from loraforge.store.models import Call
+from loraforge.store.tables import Call
 
 PROMPT_ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
-class Example:
+class CallExample:
     call_id: str
     messages: list[dict[str, str]]  # the prompt: system/user/(earlier assistant) turns
     output: str
     input_hash: str
 
 
-def call_to_example(call: Call) -> Example | None:
+def call_to_example(call: Call) -> CallExample | None:
     """The example of a successful call, or None when it cannot be one (tool calls, images, batches)."""
     messages = _prompt_messages(call.endpoint, call.request_body or {})
     output = output_text(call.endpoint, call.response_body or {})
     if messages is None or output is None:
         return None
-    return Example(call.id, messages, output, input_hash(messages))
+    return CallExample(call.id, messages, output, input_hash(messages))
 
 
 def input_hash(messages: list[dict[str, str]]) -> str:

@@ -13,13 +13,13 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from loraforge.curation.rows import BATCH_ROWS, RowRef, file_digest_into, write_rows
 from loraforge.errors import DataError, LoraforgeError
 from loraforge.paths import loraforge_home
 from loraforge.spans import span_seconds
 from loraforge.store.database import redact
-from loraforge.store.dataset_rows import BATCH_ROWS, RowRef, file_digest_into, write_rows
-from loraforge.store.models import Dataset, DatasetRow, utcnow
 from loraforge.store.store import Store
+from loraforge.store.tables import Dataset, DatasetRow, utcnow
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 FILES = ("train.jsonl", "test.jsonl", "manifest.json")
@@ -75,7 +75,7 @@ def datasets_root() -> Path:
 def build_dataset(store: Store, name: str, filt: DatasetFilter, root: Path | None = None) -> BuildResult:
     """Build dataset NAME from the store; reuses the newest version when its content would be identical.
 
-    Rows are streamed from the store into the files (see `loraforge.store.dataset_rows`), so a build's
+    Rows are streamed from the store into the files (see `loraforge.curation.rows`), so a build's
     memory does not grow with the number of calls' bodies.
     """
     if not NAME_RE.match(name):
@@ -106,7 +106,7 @@ def _build_in(store: Store, name: str, filt: DatasetFilter, root: Path, staging:
     n_test = sum(r.split == "test" for r in refs)
     counts.update(rows=len(refs), train=len(refs) - n_test, test=n_test)
 
-    with Session(store.engine) as session:
+    with Session(store.db) as session:
         latest = session.scalars(
             select(Dataset).where(Dataset.name == name).order_by(Dataset.version.desc()).limit(1)
         ).first()
@@ -152,7 +152,7 @@ def _insert_dataset(
     path: Path,
 ) -> None:
     """The dataset and its rows' provenance, in one transaction."""
-    with Session(store.engine) as session, session.begin():
+    with Session(store.db) as session, session.begin():
         n_test = sum(r.split == "test" for r in refs)
         dataset = Dataset(
             name=name,
@@ -183,13 +183,13 @@ def _insert_dataset(
 
 
 def list_datasets(store: Store) -> list[Dataset]:
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         return list(session.scalars(select(Dataset).order_by(Dataset.name, Dataset.version)))
 
 
 def get_dataset(store: Store, name: str, version: int | None = None) -> Dataset:
     """A dataset version (the newest when `version` is None); raises LoraforgeError when absent."""
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         query = select(Dataset).where(Dataset.name == name)
         if version is None:
             query = query.where(
@@ -206,7 +206,7 @@ def get_dataset(store: Store, name: str, version: int | None = None) -> Dataset:
 
 
 def dataset_rows(store: Store, dataset_id: int) -> list[DatasetRow]:
-    with Session(store.engine, expire_on_commit=False) as session:
+    with Session(store.db, expire_on_commit=False) as session:
         query = select(DatasetRow).where(DatasetRow.dataset_id == dataset_id).order_by(DatasetRow.id)
         return list(session.scalars(query))
 

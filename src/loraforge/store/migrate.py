@@ -1,6 +1,5 @@
 """Bring a store's schema to the newest Alembic revision, safely when several processes open it at once."""
 
-import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +9,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
+
+from loraforge.store.file_lock import file_lock
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Arbitrary constant key for pg_advisory_lock, so concurrent gateways/CLIs migrate one at a time.
@@ -59,10 +60,5 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
                 conn.commit()
         return
-    lock_path = Path(f"{engine.url.database}.migrate.lock")
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(Path(f"{engine.url.database}.migrate.lock")):
+        yield

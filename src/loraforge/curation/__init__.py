@@ -1,0 +1,1 @@
+"""Dataset curation: versioned fine-tuning datasets built from the store's logged calls and their feedback."""
