@@ -3,44 +3,15 @@ greedy), and the adapter alone becomes a GGUF LoRA. llama.cpp's converters and `
 llama-cpp-python source distribution and are built once, then cached (the first run builds for minutes)."""
 
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 
 from loraforge.errors import ConfigError
 from loraforge.export.gguf import export_gguf
-from loraforge.models.tiny import build_tiny_llama
-from tests.serve.conftest import make_adapter
 
 pytestmark = pytest.mark.slow  # builds llama.cpp on a machine's first run; reads SmolLM2's tokenizer
 PROMPT = "The bank transfer"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def shared_llama_cpp(monkeypatch_module):
-    """llama.cpp is cached where a user's would be, not in the tests' throwaway LORAFORGE_HOME."""
-    monkeypatch_module.setenv(
-        "LORAFORGE_LLAMA_CPP_DIR", str(Path.home() / ".cache" / "loraforge" / "llama.cpp")
-    )
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A tiny random Llama with SmolLM2's real tokenizer (llama.cpp's converter knows real tokenizers only),
-    and a run directory holding an adapter for it."""
-    from loraforge.models import load_tokenizer, resolve_model
-
-    root = tmp_path_factory.mktemp("gguf")
-    base = build_tiny_llama(root / "base", tokenizer=load_tokenizer(resolve_model("smollm2-135m")))
-    make_adapter(base, root / "run" / "adapter", r=8, seed=7)
-    return root / "run", base
 
 
 def _reference(run, base, max_new: int) -> str:

@@ -1,5 +1,6 @@
-"""A trained adapter as GGUF for llama.cpp: the merged model (f32, bf16, f16, q8_0 or q4_k_m), or the adapter
-alone as a GGUF LoRA (`llama-cli --lora`), written by llama.cpp's own converters (llamacpp.py)."""
+"""GGUF for llama.cpp: a trained adapter merged into its base (f32, bf16, f16, q8_0 or q4_k_m), the adapter
+alone as a GGUF LoRA (`llama-cli --lora`), or the base model alone; written by llama.cpp's own converters
+(llamacpp.py)."""
 
 import tempfile
 from pathlib import Path
@@ -40,10 +41,30 @@ def export_gguf(
         return out
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         merged = export_merged(path, Path(tmp) / "merged", base_model=spec)
-        if quant in QUANTIZE_TYPES:
-            full = Path(tmp) / "f32.gguf"
-            run_script("convert_hf_to_gguf.py", merged, "--outfile", full, "--outtype", "f32")
-            run_tool("llama-quantize", full, out, QUANTIZE_TYPES[quant])
-        else:
-            run_script("convert_hf_to_gguf.py", merged, "--outfile", out, "--outtype", quant)
+        convert_model(merged, out, quant)
     return out
+
+
+def export_base_gguf(model: str, out: Path, *, quant: str = "f32", force: bool = False) -> Path:
+    """The base model alone (an alias or HF directory, no adapter) as GGUF: what llama.cpp serves
+    adapters on (benchmarks/vs_llamacpp.py)."""
+    from loraforge.models import resolve_model
+
+    if quant not in (*CONVERTER_TYPES, *QUANTIZE_TYPES):
+        raise ConfigError(f"--quant must be one of {', '.join((*CONVERTER_TYPES, *QUANTIZE_TYPES))}")
+    if out.exists() and not force:
+        raise ConfigError(f"--out {out} exists (pass --force to overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    convert_model(resolve_model(model).path, out, quant)
+    return out
+
+
+def convert_model(hf_dir: Path, out: Path, quant: str) -> None:
+    """An HF model directory (weights and tokenizer) as a GGUF of type `quant`; k-quants go through f32."""
+    if quant not in QUANTIZE_TYPES:
+        run_script("convert_hf_to_gguf.py", hf_dir, "--outfile", out, "--outtype", quant)
+        return
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        full = Path(tmp) / "f32.gguf"
+        run_script("convert_hf_to_gguf.py", hf_dir, "--outfile", full, "--outtype", "f32")
+        run_tool("llama-quantize", full, out, QUANTIZE_TYPES[quant])

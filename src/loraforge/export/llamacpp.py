@@ -2,7 +2,8 @@
 (it vendors llama.cpp under `vendor/llama.cpp`): fetched once, built once with cmake, cached under
 `$LORAFORGE_HOME/llama.cpp/VERSION/` (or `$LORAFORGE_LLAMA_CPP_DIR/VERSION/`). The converters are
 llama.cpp's own, so a GGUF we write is what llama.cpp itself would write; the tools (`llama-quantize` for
-k-quants, `llama-simple` to check that a file loads and generates) are built only when asked for.
+k-quants, `llama-simple` to check that a file loads and generates, `llama-server` and `llama-bench` for
+benchmarks/vs_llamacpp.py) are built only when asked for, and kept.
 """
 
 import os
@@ -55,19 +56,26 @@ def source_dir() -> Path:
 
 
 def tool(name: str) -> Path:
-    """A llama.cpp program (`llama-quantize`, `llama-simple`, `llama-cli`, ...), built with cmake once."""
+    """A llama.cpp program (`llama-quantize`, `llama-simple`, `llama-server`, ...), built with cmake once."""
+    return tools(name)[0]
+
+
+def tools(*names: str) -> list[Path]:
+    """Several llama.cpp programs; the missing ones are built together in one cmake run (they share most
+    of their objects), the ones already built are reused."""
     tree = source_dir()
-    binary = tree / "build" / "bin" / name
-    if binary.is_file():
-        return binary
+    binaries = [tree / "build" / "bin" / name for name in names]
+    missing = [b.name for b in binaries if not b.is_file()]
+    if not missing:
+        return binaries
     if shutil.which("cmake") is None:
-        raise LlamaCppError(f"building {name} needs cmake (apt-get install cmake)")
+        raise LlamaCppError(f"building {', '.join(missing)} needs cmake (apt-get install cmake)")
     configure = ["cmake", "-S", str(tree), "-B", str(tree / "build"), "-DCMAKE_BUILD_TYPE=Release"]
     configure += ["-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF"]
-    build = ["cmake", "--build", str(tree / "build"), "-j", str(os.cpu_count() or 2), "--target", name]
+    build = ["cmake", "--build", str(tree / "build"), "-j", str(os.cpu_count() or 2), "--target", *missing]
     for step in (configure, build):
-        _run(step, f"building llama.cpp's {name}", timeout=BUILD_TIMEOUT_S)
-    return binary
+        _run(step, f"building llama.cpp's {', '.join(missing)}", timeout=BUILD_TIMEOUT_S)
+    return binaries
 
 
 def run_tool(name: str, *args: str | Path) -> None:

@@ -85,6 +85,21 @@ def test_cached_copy_is_refreshed_when_a_slot_changes():
     _check(w, adapters, [1, 2, 3])
 
 
+def test_a_projection_no_adapter_of_the_batch_targets_is_skipped(monkeypatch):
+    w, adapters = _weights(0)
+    assert w.targeted(LoRABatch.build([0, 3, 3])) == {"qkv", "gate_up"}  # v_proj, up_proj
+    assert w.targeted(LoRABatch.build([1, 3])) == {"qkv", "o", "gate_up", "down"}
+    _check(w, adapters, [0, 3, 3])  # o and down untouched, the others equal to the reference
+    _check(w, adapters, [0, 1, 3])  # a mixed batch still adds adapter 1's o_proj and down_proj
+    called = []
+    monkeypatch.setattr(w, "_gathered", lambda batch: called.append(batch) or None)
+    out = torch.zeros(2, DIMS["hidden_size"], dtype=torch.float64)
+    w.add(
+        0, "down", torch.ones(2, DIMS["intermediate_size"], dtype=torch.float64), out, LoRABatch.build([3, 3])
+    )
+    assert not called and not out.any()  # skipped before any work
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cpu_kernels_equal_the_batched_matmuls(kernels, dtype):
     with_kernels = LoRAWeights(DIMS, num_layers=2, capacity=5, dtype=dtype, device="cpu", cache_bytes=0)

@@ -53,6 +53,10 @@ class LoRAWeights:
         self.A: dict[str, torch.Tensor] = {}
         self.B: dict[str, list[torch.Tensor]] = {}
         self.ops = ops or ops_for(device, dtype)
+        # The projections each installed adapter targets: a batch skips a projection none of its adapters
+        # targets (PEFT's default q_proj/v_proj adapters need the QKV projection only).
+        self.targets: dict[int, frozenset[str]] = {}
+        self._targeted: tuple[tuple, frozenset[str]] | None = None  # (batch key, version) -> projections
 
     def ensure_rank(self, rank: int, live: list[int]) -> None:
         """Grow the common rank R when an adapter needs it (reallocate the stacks, keep the `live` ones)."""
@@ -85,6 +89,7 @@ class LoRAWeights:
         as read from its file."""
         R = self.rank
         self.version += 1
+        self.targets[index] = frozenset(MODULE_TO_PROJECTION[module][0] for _, module in modules)
         covered = len(modules) == self.num_layers * len(MODULE_TO_PROJECTION)
         if not (covered and all(a.shape[0] == R for a, _, _ in modules.values())):
             for p, proj in PROJECTIONS.items():  # rank padding and untargeted modules must be zero
@@ -146,8 +151,18 @@ class LoRAWeights:
             out.append(blocked.transpose(-3, -2).reshape(*lead, r, nb * w)[..., : self.dims[d]].contiguous())
         return out
 
+    def targeted(self, batch: LoRABatch) -> frozenset[str]:
+        """The projections at least one adapter of the batch targets (computed once per step)."""
+        key = (batch.key, self.version)
+        if self._targeted is None or self._targeted[0] != key:
+            every = frozenset(PROJECTIONS)
+            self._targeted = (key, frozenset().union(*(self.targets.get(i, every) for i in batch.key)))
+        return self._targeted[1]
+
     def add(self, layer: int, proj: str, x: torch.Tensor, out: torch.Tensor, batch: LoRABatch) -> None:
         """`out[t] += (x[t] @ A_i) @ B_i` for every row t that has an adapter (i: its adapter index)."""
+        if proj not in self.targeted(batch):
+            return  # zeros for every adapter of the batch
         R, n, m = self.rank, batch.num_active, batch.rows_per_adapter
         if self.ops.lora_in_place and batch.row_start is not None:  # sorted by adapter: read in place
             bs = [b[layer] for b in self.B[proj]]
