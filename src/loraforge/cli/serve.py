@@ -7,7 +7,7 @@ import typer
 from loraforge.cli.main import app
 from loraforge.errors import ConfigError
 from loraforge.models.aliases import DEFAULT_MODEL
-from loraforge.serve.limits import MAX_ADAPTER_BYTES, MAX_ADAPTERS, ServeLimits
+from loraforge.serve.limits import DEFAULT_WEIGHTS, MAX_ADAPTER_BYTES, MAX_ADAPTERS, ServeLimits
 from loraforge.serve.ray_serve.options import RayServeOptions
 
 _LIM = ServeLimits()  # the defaults of every limit flag
@@ -26,6 +26,11 @@ def serve(
         None, "--api-key", envvar="LORAFORGE_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1."
     ),
     precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16"),
+    weights: str = typer.Option(
+        DEFAULT_WEIGHTS,
+        "--weights",
+        help="Base weights in memory: auto | fp32 | bf16 | int8 | int4 (int8/int4: CPU; see README).",
+    ),
     adapters: list[str] = typer.Option(
         [], "--adapter", help="Extra adapter by path: --adapter NAME=DIR (repeatable)."
     ),
@@ -104,11 +109,17 @@ def serve(
     ),
 ) -> None:
     """Serve the base model and its LoRA adapters with an OpenAI-compatible API."""
+    from loraforge.models import pick_dtype
     from loraforge.serve.engine import EngineConfig
+    from loraforge.serve.model.quant import resolve_weights
     from loraforge.serve.spec import ServerSpec
 
     if precision not in {"auto", "fp32", "bf16"}:
         raise ConfigError(f"--precision must be auto, fp32 or bf16, not '{precision}'")
+    try:  # a format this machine cannot run fails here, in one line, before the model loads
+        resolve_weights(weights, pick_dtype(precision), precision == "auto", "cpu")
+    except ConfigError as exc:
+        raise ConfigError(f"--weights: {exc}") from None
     if adapter_dir is not None and not adapter_dir.is_dir():
         raise ConfigError(f"--adapter-dir {adapter_dir} is not a directory")
     extra = {}
@@ -133,6 +144,7 @@ def serve(
     config = EngineConfig(
         model=model,
         precision=precision,
+        weights=weights,
         adapter_dir=adapter_dir,
         max_adapters=max_adapters,
         max_adapter_bytes=max_adapter_mb << 20,
@@ -158,5 +170,6 @@ def serve(
     import uvicorn
 
     engine, app = spec.build()
-    typer.echo(f"serving {engine.model_name} ({engine.dtype}) on http://{host}:{port}/v1", err=True)
+    fmt = engine.model.weight_format
+    typer.echo(f"serving {engine.model_name} ({engine.dtype}, weights {fmt}) on {host}:{port}/v1", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
