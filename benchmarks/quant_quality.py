@@ -22,7 +22,6 @@ from loraforge.hardware import describe
 
 FORMATS = ("fp32", "bf16", "int8", "int4")
 WINDOW = 512
-GSM8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 
 
 def held_text(path: Path, tokenizer, tokens: int) -> list[int]:
@@ -82,6 +81,9 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=Path("runs/demo-banking77"), help="a trained Banking77 run")
     ap.add_argument("--rows", type=int, default=300, help="Banking77 test rows (seeded sample)")
     ap.add_argument("--ppl-tokens", type=int, default=8192)
+    ap.add_argument(
+        "--text", type=Path, default=Path("../shared/data/gsm8k/test.jsonl"), help="held JSONL text"
+    )
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if not (args.run / "config.yaml").is_file() or not (args.run / "adapter").is_dir():
@@ -95,12 +97,12 @@ def main() -> None:
     for fmt in FORMATS:
         start = time.perf_counter()
         engine = Engine(EngineConfig(precision="fp32", weights=fmt, num_threads=args.threads))
-        ppl = perplexity(engine, held_text(GSM8K, engine.tokenizer, args.ppl_tokens))
+        ppl = perplexity(engine, held_text(args.text, engine.tokenizer, args.ppl_tokens))
         accuracy, rows = banking77(engine, args.run, args.rows)
         results.append((fmt, engine.model.weight_format, ppl, accuracy, time.perf_counter() - start))
         del engine
     print(
-        f"\nperplexity: {args.ppl_tokens} tokens of gsm8k/{GSM8K.name} (windows of {WINDOW}); Banking77: "
+        f"\nperplexity: {args.ppl_tokens} tokens of {args.text} (windows of {WINDOW}); Banking77: "
         f"{rows} test rows, adapter {args.run / 'adapter'}; fp32 activations"
     )
     print("| weights | held as | perplexity | vs fp32 | Banking77 accuracy | vs fp32 | seconds |")

@@ -94,6 +94,7 @@ typedef float f32x16 __attribute__((vector_size(64)));
 typedef uint16_t u16x16 __attribute__((vector_size(32)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
 typedef int8_t i8x16 __attribute__((vector_size(16)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
 typedef uint8_t u8x16 __attribute__((vector_size(16)));
 
 inline f32x16 load16(const float* p) {
@@ -109,10 +110,12 @@ inline f32x16 load16(const c10::BFloat16* p) {  // 16 bf16 widened to fp32 (a sh
   std::memcpy(&v, &bits, sizeof(v));
   return v;
 }
-inline f32x16 load16(const int8_t* p) {  // 16 int8 widened to fp32 (vpmovsxbd + vcvtdq2ps on x86)
+// 16 int8 widened to fp32 through int32 (vpmovsxbd + vcvtdq2ps on x86): GCC 12 scalarizes a direct
+// char -> float vector conversion.
+inline f32x16 load16(const int8_t* p) {
   i8x16 q;
   std::memcpy(&q, p, sizeof(q));
-  return __builtin_convertvector(q, f32x16);
+  return __builtin_convertvector(__builtin_convertvector(q, i32x16), f32x16);
 }
 inline void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof(v)); }
 inline float sum16(f32x16 v) {  // the lanes' sum, pairwise

@@ -34,8 +34,8 @@ inline float bf16_bits(uint16_t bits) { return to_float(c10::BFloat16(bits, c10:
 inline void unpack32(const uint8_t* p, f32x16& lo, f32x16& hi) {
   u8x16 b;
   std::memcpy(&b, p, sizeof(b));
-  lo = __builtin_convertvector(b & 15, f32x16);
-  hi = __builtin_convertvector(b >> 4, f32x16);
+  lo = __builtin_convertvector(__builtin_convertvector(b & 15, loraforge::i32x16), f32x16);  // via int32: see
+  hi = __builtin_convertvector(__builtin_convertvector(b >> 4, loraforge::i32x16), f32x16);  // common.h
 }
 
 // sums[r] = x[r, :] . w[j, :] (before the int8 scale) for ROWS rows of x, for bf16 or int8 weights.
