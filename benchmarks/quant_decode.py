@@ -8,7 +8,8 @@
 3. the linear layers of one decode step at 1-64 rows, bf16 activations: the plain bf16 path, our kernel
    (quant_linear) and dequantize + F.linear for int8/int4 (where the kernel stops: ops.QUANT_KERNEL_ROWS),
    and torch's own weight-only int8/int4 CPU ops (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`:
-   what torchao's Int8WeightOnlyConfig / Int4WeightOnlyConfig with the CPU layout call)
+   what torchao's Int8WeightOnlyConfig / Int4WeightOnlyConfig with the CPU layout call), and torchao 0.18's
+   Int8WeightOnlyConfig itself where torchao is installed (it is not a dependency)
 
   .venv/bin/python benchmarks/quant_decode.py            # ~10 minutes on 2 busy cores
   .venv/bin/python benchmarks/quant_decode.py --quick    # fewer tokens and repeats

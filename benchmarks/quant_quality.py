@@ -20,7 +20,7 @@ import torch
 
 from loraforge.hardware import describe
 
-FORMATS = ("fp32", "bf16", "int8", "int4")
+FORMATS = ("fp32", "int8", "int4", "bf16")
 WINDOW = 512
 
 
@@ -100,6 +100,7 @@ def main() -> None:
         ppl = perplexity(engine, held_text(args.text, engine.tokenizer, args.ppl_tokens))
         accuracy, rows = banking77(engine, args.run, args.rows)
         results.append((fmt, engine.model.weight_format, ppl, accuracy, time.perf_counter() - start))
+        print(f"{fmt}: perplexity {ppl:.3f}, Banking77 accuracy {accuracy:.3f}", flush=True)
         del engine
     print(
         f"\nperplexity: {args.ppl_tokens} tokens of {args.text} (windows of {WINDOW}); Banking77: "
