@@ -19,7 +19,7 @@ from loraforge.serve.model.quant import QuantWeight, dequantize
 SMALL_BATCH_ROWS = 2
 # Up to this many rows `quant_linear` reads bf16/int8/int4 weights in place; more rows are compute-bound and
 # run on the weight widened to the activations' dtype (benchmarks/quant_decode.py, the kernel-rows table).
-QUANT_KERNEL_ROWS = 16
+QUANT_KERNEL_ROWS = 4
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -154,6 +154,8 @@ class KernelOps(TorchOps):
         return self.kernels.small_linear(x, weight)
 
     def quant_linear(self, x, qw):
+        if qw.fmt == "int8":  # torch's int8 weight-only kernel beats ours (quant_decode.py, section 3)
+            return torch._weight_int8pack_mm(x.contiguous(), qw.data, qw.scales.to(x.dtype))
         return self.kernels.quant_linear(x, qw.data, qw.scales, qw.group)  # widened in registers
 
     def dequantize(self, qw, dtype):
