@@ -32,3 +32,32 @@ def kernels():
     if missing is not None:
         pytest.skip(f"{missing}: the engine runs its plain-PyTorch code only")
     return cpu_kernels()
+
+
+AVX2_MARCH = "haswell"  # AVX2 + FMA + F16C, no AVX-512: what an AVX2-only CPU's native build compiles
+
+
+@pytest.fixture(scope="session")
+def avx2_kernels(kernels):
+    """The CPU kernels built for AVX2 (no AVX-512), whatever this CPU has: the path of AVX2-only machines
+    (e.g. AMD Zen 3), tested here. Skips only where the compiler cannot target x86-64 AVX2."""
+    import platform
+
+    from loraforge.serve.kernels import loader
+
+    if platform.machine() not in ("x86_64", "AMD64") or not loader._compiler_accepts(f"-march={AVX2_MARCH}"):
+        pytest.skip(f"the compiler cannot build for -march={AVX2_MARCH} on {platform.machine()}")
+    return loader.build("loraforge_cpu_kernels", loader.SOURCES, [f"-march={AVX2_MARCH}"])
+
+
+@pytest.fixture
+def force_avx2_kernels(avx2_kernels, monkeypatch):
+    """Make the engine built inside the test use the AVX2 build (as LORAFORGE_KERNEL_MARCH=haswell does)."""
+    from loraforge.serve.kernels import loader
+
+    monkeypatch.setenv("LORAFORGE_KERNEL_MARCH", AVX2_MARCH)
+    loader.cpu_kernels.cache_clear()
+    assert loader.cpu_kernels().__name__ == avx2_kernels.__name__
+    yield avx2_kernels
+    monkeypatch.delenv("LORAFORGE_KERNEL_MARCH")
+    loader.cpu_kernels.cache_clear()

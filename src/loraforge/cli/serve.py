@@ -25,6 +25,11 @@ def serve(
         None, "--api-key", envvar=API_KEY_ENV, help="Require 'Authorization: Bearer KEY' on /v1."
     ),
     precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16"),
+    weights: str = typer.Option(
+        _SET.weights,
+        "--weights",
+        help="Base weights in memory: auto | fp32 | bf16 | int8 | int4 (int8/int4: CPU; see README).",
+    ),
     adapters: list[str] = typer.Option(
         [], "--adapter", help="Extra adapter by path: --adapter NAME=DIR (repeatable)."
     ),
@@ -120,6 +125,7 @@ def serve(
     settings = ServerSettings.from_flags(
         model=model,
         precision=precision,
+        weights=weights,
         adapter_dir=adapter_dir,
         adapters=extra,
         adapter_root=adapter_root,
@@ -156,5 +162,6 @@ def serve(
     import uvicorn
 
     engine, app = spec.build()
-    typer.echo(f"serving {engine.model_name} ({engine.dtype}) on http://{host}:{port}/v1", err=True)
+    fmt = engine.engine.model.weight_format  # AsyncEngine -> Engine
+    typer.echo(f"serving {engine.model_name} ({engine.dtype}, weights {fmt}) on {host}:{port}/v1", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")

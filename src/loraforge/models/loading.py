@@ -1,5 +1,7 @@
 """Load a resolved model and tokenizer with the dtype that is fastest on this hardware."""
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -40,3 +42,12 @@ def load_causal_lm(
 
     lm = AutoModelForCausalLM.from_pretrained(model.path, dtype=dtype)
     return lm.to(device).eval()
+
+
+def generation_eos_ids(path: Path) -> set[int]:
+    """The end-of-sequence ids a checkpoint's generation_config.json adds to its config's (none if absent)."""
+    f = path / "generation_config.json"
+    if not f.is_file():
+        return set()
+    eos = json.loads(f.read_text()).get("eos_token_id")
+    return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])

@@ -100,7 +100,7 @@ def write_random_adapter(
     """A PEFT-format LoRA adapter on all linear layers, written directly (faster than via a PeftModel)."""
     from safetensors.torch import save_file
 
-    from loraforge.serve.model.llama import ModelConfig
+    from loraforge.serve.model.config import ModelConfig
 
     dims = ModelConfig.from_hf(model_dir).dims
     cfg = json.loads((model_dir / "config.json").read_text())

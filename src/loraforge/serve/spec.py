@@ -11,9 +11,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loraforge.errors import ConfigError
+from loraforge.models import pick_dtype
 from loraforge.models.aliases import DEFAULT_MODEL
 from loraforge.serve.engine import EngineConfig
 from loraforge.serve.limits import ServeLimits
+from loraforge.serve.model.quant import resolve_weights
 
 _ENGINE = EngineConfig()  # the engine's defaults
 _LIMITS = ServeLimits()  # the request limits' defaults
@@ -60,6 +62,7 @@ class ServerSettings(BaseModel):
 
     model: str = DEFAULT_MODEL
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    weights: Literal["auto", "fp32", "bf16", "int8", "int4"] = _ENGINE.weights  # serve/model/quant.py
     adapter_dir: Path | None = None
     adapters: dict[str, Path] = Field(default_factory=dict, description="NAME: DIR (--adapter NAME=DIR)")
     adapter_root: Path | None = None
@@ -99,6 +102,10 @@ class ServerSettings(BaseModel):
         for key, folder in (("adapter_dir", self.adapter_dir), ("adapter_root", self.adapter_root)):
             if folder is not None and not folder.is_dir():
                 raise ConfigError(f"{self.option_name(key)} {folder} is not a directory")
+        try:  # a format this machine cannot run fails here, in one line, before the model loads
+            resolve_weights(self.weights, pick_dtype(self.precision), self.precision == "auto", "cpu")
+        except ConfigError as exc:
+            raise ConfigError(f"{self.option_name('weights')}: {exc}") from None
         limits = ServeLimits(
             max_body_bytes=self.max_body_bytes,
             max_prompt_tokens=self.max_prompt_tokens,
@@ -113,6 +120,7 @@ class ServerSettings(BaseModel):
         config = EngineConfig(
             model=self.model,
             precision=self.precision,
+            weights=self.weights,
             adapter_dir=self.adapter_dir,
             max_adapters=self.max_adapters,
             max_adapter_bytes=self.max_adapter_mb << 20,

@@ -37,6 +37,8 @@ def test_shutdown_finishes_in_flight_streams(tiny_model_dir):
         (["--adapter-dir", "{tmp}/nope"], "--adapter-dir"),
         (["--adapter", "no-equals-sign"], "--adapter"),
         (["--adapter-root", "{tmp}/nope"], "--adapter-root"),
+        (["--weights", "int3"], "--weights"),
+        (["--weights", "fp32", "--precision", "bf16"], "--weights"),
     ],
 )
 def test_serve_cli_rejects_user_mistakes_in_one_line(monkeypatch, capsys, tmp_path, args, needle):

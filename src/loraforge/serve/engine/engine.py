@@ -1,6 +1,5 @@
 """The engine loop: admit requests, schedule a step, run the model, append tokens, finish sequences."""
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,6 +8,7 @@ import torch
 
 from loraforge.errors import LoraforgeError
 from loraforge.models import load_tokenizer, pick_dtype, resolve_model
+from loraforge.models.loading import generation_eos_ids
 from loraforge.serve.engine.block_manager import BlockManager
 from loraforge.serve.engine.config import EngineConfig
 from loraforge.serve.engine.detokenizer import Detokenizer, take_new_text
@@ -19,6 +19,7 @@ from loraforge.serve.lora.manager import AdapterManager, AdapterRef
 from loraforge.serve.lora.weights import LoRAWeights
 from loraforge.serve.model.kv_cache import KVCache
 from loraforge.serve.model.llama import Llama
+from loraforge.serve.model.quant import adapter_dtype, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +56,16 @@ class Engine:
         resolved = resolve_model(config.model)
         self.model_name = resolved.name
         self.tokenizer = load_tokenizer(resolved)
-        self.dtype = pick_dtype(config.precision, config.device)
-        self.model = Llama.load(resolved.path, self.dtype, config.device)
+        self.dtype = pick_dtype(config.precision, config.device)  # the activations'; the weights' next
+        weights = resolve_weights(config.weights, self.dtype, config.precision == "auto", config.device)
+        self.model = Llama.load(resolved.path, self.dtype, config.device, weights)
         cfg = self.model.cfg
         self.max_model_len = min(config.max_model_len or 8192, cfg.max_position_embeddings)
         self.vocab_size = cfg.vocab_size
         lim = config.limits
         self.max_prompt_tokens = min(lim.max_prompt_tokens or self.max_model_len, self.max_model_len - 1)
         self.max_tokens_limit = min(lim.max_tokens or self.max_model_len, self.max_model_len)
-        self.eos_ids = set(cfg.eos_token_ids) | _generation_eos(resolved.path)
+        self.eos_ids = set(cfg.eos_token_ids) | generation_eos_ids(resolved.path)
         if self.tokenizer.eos_token_id is not None:
             self.eos_ids.add(self.tokenizer.eos_token_id)
 
@@ -89,7 +91,7 @@ class Engine:
             dims,
             cfg.num_layers,
             config.max_adapters + 1,
-            self.dtype,
+            adapter_dtype(weights, self.dtype, self.model.ops.lora_in_place),
             config.device,
             config.lora_cache_bytes(),
             self.model.ops,
@@ -294,11 +296,3 @@ class Engine:
                 if out.finished and on_finish is not None:
                     on_finish(out.seq)
         return seqs
-
-
-def _generation_eos(path) -> set[int]:
-    f = path / "generation_config.json"
-    if not f.is_file():
-        return set()
-    eos = json.loads(f.read_text()).get("eos_token_id")
-    return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])

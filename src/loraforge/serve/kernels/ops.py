@@ -1,7 +1,7 @@
 """The operations the model runs per token, behind one interface chosen once per device and dtype.
 
-`ops_for(device, dtype)` gives `KernelOps` (the C++ CPU kernels of csrc/, see loader.py) for CPU tensors in
-bf16 or fp32 where the kernels are built, else `TorchOps` (plain PyTorch: CUDA, fp16, no toolchain,
+`ops_for(device, dtype)` gives `KernelOps` (the C++ CPU kernels of csrc/, see loader.py) for CPU activations
+in bf16 or fp32 where the kernels are built, else `TorchOps` (plain PyTorch: CUDA, fp16, no toolchain,
 `LORAFORGE_NO_KERNELS=1`). The model, the KV-cache write, the sampler and the LoRA weights each hold the ops
 object they were built with and call it; nothing else asks which path it is on. Both give the same results
 (the kernels round where the PyTorch code rounds; tests/serve/kernels check each op against it).
@@ -13,9 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from loraforge.serve.kernels.loader import cpu_kernels
+from loraforge.serve.model.quant import QuantWeight, dequantize
 
 # Up to this many rows the matrix-vector kernel beats packed oneDNN (benchmarks/cpu_kernels.py, case 3).
 SMALL_BATCH_ROWS = 2
+# Up to this many rows `quant_linear` reads bf16/int8/int4 weights in place; more rows are compute-bound and
+# run on the weight widened to the activations' dtype (benchmarks/quant_decode.py, the kernel-rows table).
+QUANT_KERNEL_ROWS = 4
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -59,6 +63,8 @@ class TorchOps:
     # Whether `lora_add` reads each adapter's weights in place for batches sorted by adapter; without it the
     # LoRA runs as batched matmuls over gathered weights (lora/weights.py).
     lora_in_place = False
+    # Batches of up to this many rows read reduced-format weights (model/quant.py) in place (none here).
+    quant_kernel_rows = 0
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return rms_norm(x, weight, eps)
@@ -85,6 +91,13 @@ class TorchOps:
 
     def small_linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight)
+
+    def quant_linear(self, x: torch.Tensor, qw: QuantWeight) -> torch.Tensor:
+        """`x @ W^T` for a weight in a reduced format: here the reference, dequantize then matmul."""
+        return F.linear(x, self.dequantize(qw, x.dtype))
+
+    def dequantize(self, qw: QuantWeight, dtype: torch.dtype) -> torch.Tensor:
+        return dequantize(qw).to(dtype)
 
     def kv_write(self, kv, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store K/V of new tokens (`[tokens, kv_heads, head_dim]`) at flat cache positions `slots`."""
@@ -120,6 +133,7 @@ class KernelOps(TorchOps):
     name = "cpu-kernels"
     small_linear_rows = SMALL_BATCH_ROWS
     lora_in_place = True
+    quant_kernel_rows = QUANT_KERNEL_ROWS
 
     def __init__(self, kernels) -> None:
         self.kernels = kernels
@@ -138,6 +152,14 @@ class KernelOps(TorchOps):
 
     def small_linear(self, x, weight):
         return self.kernels.small_linear(x, weight)
+
+    def quant_linear(self, x, qw):
+        if qw.fmt == "int8":  # torch's int8 weight-only kernel beats ours (quant_decode.py, section 3)
+            return torch._weight_int8pack_mm(x.contiguous(), qw.data, qw.scales.to(x.dtype))
+        return self.kernels.quant_linear(x, qw.data, qw.scales, qw.group)  # widened in registers
+
+    def dequantize(self, qw, dtype):
+        return self.kernels.dequantize(qw.data, qw.scales, qw.group, qw.in_features, dtype == torch.bfloat16)
 
     def kv_write(self, kv, layer, slots, k, v):
         self.kernels.kv_write(kv.k[layer], kv.v[layer], slots, k, v)  # one pass instead of ~6 ops a layer

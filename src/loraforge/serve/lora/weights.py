@@ -175,6 +175,7 @@ class LoRAWeights:
         else:
             a = self.A[proj][layer][batch.indices]
             bs = self._dense_bs(proj, lambda b: b[layer][batch.indices])
+        a, bs = a.to(x.dtype), [b.to(x.dtype) for b in bs]  # bf16 adapters under fp32 activations
         if batch.gather_index is None:  # equal groups: views of the batch
             xs = x[batch.start :].view(n, m, x.shape[1])
         else:

@@ -13,6 +13,8 @@ Where oneDNN cannot pack the dtype on this CPU (bf16 without AVX-512, see `onedn
 rows run `F.linear`. Holding both forms doubles the weights' memory. Where that is too much
 (`keep_plain=False`, see `Llama`), the plain weight is dropped once packed, and every batch size
 runs the packed form.
+
+`QuantLinear` is the same layer over a weight held in a reduced format (`--weights`, model/quant.py).
 """
 
 import os
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from loraforge.serve.kernels.ops import TORCH_OPS, TorchOps
+from loraforge.serve.model.quant import QuantWeight, format_for, quantize
 
 ROW_BUCKET, LARGE_ROWS, ROW_BUCKET_LARGE = 16, 256, 64  # packed-path batch shapes, see padded_rows
 PLAIN_COPY_MAX_SHARE = 0.25  # of the machine's memory, for the linear weights when held in both forms
@@ -123,6 +126,47 @@ class Linear(torch.nn.Module):
                 return packed_linear(x, self.packed, self.bias)
             return packed_linear(F.pad(x, (0, 0, 0, padded - rows)), self.packed, self.bias)[:rows]
         return F.linear(x, self.weight, self.bias)
+
+
+class QuantLinear(torch.nn.Module):
+    """A base linear layer whose weight is held in a reduced format (model/quant.py: bf16 under fp32
+    activations, int8, int4), run by `ops.quant_linear` up to `ops.quant_kernel_rows` rows (the weight read
+    in its small form, widened in registers) and, for more rows, as `F.linear` on the weight widened to the
+    activations' dtype: there the matmul's arithmetic, not the read, is the time, and it is shared by the
+    rows. The held tensors are not parameters: a quantized layer is built for its device and dtype and cannot
+    be moved or cast."""
+
+    def __init__(self, qweight: QuantWeight, bias: torch.Tensor | None = None, ops: TorchOps = TORCH_OPS):
+        super().__init__()
+        self.qweight = qweight
+        self.shape = torch.Size((qweight.out_features, qweight.in_features))
+        self.ops = ops
+        self.bias = frozen(bias)
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor, bias: torch.Tensor | None, fmt: str, ops: TorchOps):
+        """The layer over `weight` `[out, in]` held in `fmt` (int8 where int4's group does not divide in)."""
+        return cls(quantize(weight, format_for(fmt, weight.shape[1])), bias, ops)
+
+    @property
+    def fmt(self) -> str:
+        return self.qweight.fmt
+
+    @property
+    def nbytes(self) -> int:
+        return self.qweight.nbytes
+
+    def _apply(self, fn, recurse=True):
+        raise RuntimeError(
+            f"this layer holds its weight in {self.fmt}; it cannot be moved or cast (load the model again)"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= self.ops.quant_kernel_rows:
+            out = self.ops.quant_linear(x, self.qweight)
+        else:
+            out = F.linear(x, self.ops.dequantize(self.qweight, x.dtype))
+        return out if self.bias is None else out + self.bias
 
 
 def frozen(tensor: torch.Tensor | None) -> torch.nn.Parameter | None:

@@ -7,9 +7,6 @@ safetensors. Matches transformers' LlamaForCausalLM numerics (RMSNorm in fp32, R
 rotate-half layout) so greedy outputs agree token for token in fp32.
 """
 
-import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,85 +16,10 @@ from loraforge.errors import ModelNotFoundError
 from loraforge.serve.kernels.ops import TorchOps, ops_for
 from loraforge.serve.lora.weights import LoRAStep
 from loraforge.serve.model.attention import AttentionMetadata, attention
+from loraforge.serve.model.config import ModelConfig, rope_inv_freq
 from loraforge.serve.model.kv_cache import KVCache
-from loraforge.serve.model.linear import Linear, frozen, keep_plain_copy
-from loraforge.serve.model.projections import PROJECTIONS, model_dims
-
-SUPPORTED = {"llama", "mistral", "qwen2"}
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    rope_theta: float
-    rope_scaling: dict | None
-    max_position_embeddings: int
-    tie_word_embeddings: bool
-    qkv_bias: bool
-    eos_token_ids: tuple[int, ...]
-
-    @classmethod
-    def from_hf(cls, path: Path) -> "ModelConfig":
-        cfg = json.loads((path / "config.json").read_text())
-        if cfg.get("model_type") not in SUPPORTED:
-            raise ModelNotFoundError(
-                f"model type '{cfg.get('model_type')}' is not supported by the engine ({sorted(SUPPORTED)})"
-            )
-        # transformers 5 writes `rope_parameters`; older configs have `rope_theta` + `rope_scaling`.
-        rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
-        theta = rope.pop("rope_theta", cfg.get("rope_theta", 10000.0))
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        eos = cfg.get("eos_token_id")
-        heads = cfg["num_attention_heads"]
-        return cls(
-            vocab_size=cfg["vocab_size"],
-            hidden_size=cfg["hidden_size"],
-            intermediate_size=cfg["intermediate_size"],
-            num_layers=cfg["num_hidden_layers"],
-            num_heads=heads,
-            num_kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            rope_theta=float(theta),
-            rope_scaling=None if rope_type == "default" else rope,
-            max_position_embeddings=cfg.get("max_position_embeddings", 2048),
-            tie_word_embeddings=cfg.get("tie_word_embeddings", False),
-            qkv_bias=cfg.get("attention_bias", cfg.get("model_type") == "qwen2"),
-            eos_token_ids=tuple(eos if isinstance(eos, list) else [eos] if eos is not None else []),
-        )
-
-    @property
-    def dims(self) -> dict[str, int]:
-        """The sizes the projection table names (model/projections.py)."""
-        return model_dims(self)
-
-
-def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
-    """Inverse frequencies, with linear or Llama-3 scaling applied."""
-    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
-    s = cfg.rope_scaling
-    if s is None:
-        return inv
-    kind = s.get("rope_type", s.get("type"))
-    if kind == "linear":
-        return inv / s["factor"]
-    if kind == "llama3":
-        factor, low, high = s["factor"], s.get("low_freq_factor", 1.0), s.get("high_freq_factor", 4.0)
-        old = s["original_max_position_embeddings"]
-        wavelen = 2 * math.pi / inv
-        scaled = torch.where(wavelen > old / low, inv / factor, inv)
-        smooth = (old / wavelen - low) / (high - low)
-        mid = (1 - smooth) * scaled / factor + smooth * scaled
-        is_mid = (wavelen >= old / high) & (wavelen <= old / low)
-        return torch.where(is_mid, mid, scaled)
-    raise ModelNotFoundError(f"RoPE scaling '{kind}' is not supported (supported: linear, llama3)")
+from loraforge.serve.model.linear import Linear, QuantLinear, frozen, keep_plain_copy
+from loraforge.serve.model.projections import PROJECTIONS
 
 
 class Attention(torch.nn.Module):
@@ -178,24 +100,46 @@ class Block(torch.nn.Module):
 class Llama(torch.nn.Module):
     """The model: embedding, decoder blocks, final norm and LM head. `forward` runs a flat batch of tokens
     from many sequences and returns the last hidden state of each sequence; `logits` applies the LM head.
-    Weights are frozen parameters (`.parameters()`, `state_dict()`, `.to()` see them)."""
+    Weights are frozen parameters (`.parameters()`, `state_dict()`, `.to()` see them), except those held in a
+    reduced `weight_format` (model/quant.py: "bf16" under fp32 activations, "int8", "int4"; the embedding
+    table is then bf16), which cannot be moved or cast. `dtype`: the activations' (default: the embedding's).
+    """
 
-    def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor]):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        weights: dict[str, torch.Tensor],
+        weight_format: str = "plain",
+        dtype: torch.dtype | None = None,
+    ):
         super().__init__()
-        self.cfg = cfg
-        self.embed = frozen(weights.pop("embed"))
+        self.cfg, self.weight_format = cfg, weight_format
+        self.dtype = dtype or weights["embed"].dtype
+        embed = weights.pop("embed")
+        self.embed = frozen(embed if weight_format == "plain" else embed.to(torch.bfloat16))
         self.final_norm = frozen(weights.pop("norm"))
-        self.ops = ops = ops_for(self.embed.device, self.embed.dtype)  # kernels or plain PyTorch, once
-        # On CPU each linear weight is held plain (for the 1-2 row kernel) and packed (for oneDNN): twice
-        # the memory. Where the linear weights take over a quarter of RAM only the packed form is kept.
-        matrices = [w for name, w in weights.items() if name.split(".")[-1] in PROJECTIONS]
-        matrices += [weights["lm_head"]] if "lm_head" in weights else []
-        keep = keep_plain_copy(sum(w.numel() * w.element_size() for w in matrices))
-        tied = "lm_head" not in weights  # the plain LM head is then the embedding table, needed anyway
-        self.lm_head = Linear(weights.pop("lm_head", self.embed), ops=ops, keep_plain=keep or tied)
+        self.ops = ops = ops_for(self.embed.device, self.dtype)  # kernels or plain PyTorch, once
+        if weight_format == "plain":
+            # On CPU each linear weight is held plain (for the 1-2 row kernel) and packed (for oneDNN): twice
+            # the memory. Where the linear weights take over a quarter of RAM only the packed form is kept.
+            matrices = [w for name, w in weights.items() if name.split(".")[-1] in PROJECTIONS]
+            matrices += [weights["lm_head"]] if "lm_head" in weights else []
+            keep = keep_plain_copy(sum(w.numel() * w.element_size() for w in matrices))
+            tied = "lm_head" not in weights  # the plain LM head is then the embedding table, needed anyway
+            self.lm_head = Linear(weights.pop("lm_head", self.embed), ops=ops, keep_plain=keep or tied)
+            self._build_layers(weights, lambda w, bias=None: Linear(w, bias, ops, keep))
+            return
+        head_format = "bf16" if weight_format == "bf16" else "int8"  # int4's head stays int8 (quant.py)
+        head = weights.pop("lm_head", self.embed.data if weight_format == "bf16" else embed)  # bf16: shared
+        self.lm_head = QuantLinear.quantize(head, None, head_format, ops)
+        self._build_layers(weights, lambda w, bias=None: QuantLinear.quantize(w, bias, weight_format, ops))
 
-        def linear(name: str, bias: str | None = None) -> Linear:
-            return Linear(weights.pop(name), weights.pop(bias, None) if bias else None, ops, keep)
+    def _build_layers(self, weights: dict[str, torch.Tensor], make) -> None:
+        """The decoder blocks, each linear layer made by `make(weight, bias)`."""
+        cfg, ops = self.cfg, self.ops
+
+        def linear(name: str, bias: str | None = None):
+            return make(weights.pop(name), weights.pop(bias, None) if bias else None)
 
         self.layers = torch.nn.ModuleList(
             Block(
@@ -213,38 +157,42 @@ class Llama(torch.nn.Module):
     def _apply(self, fn, recurse=True):
         """`.to()` and friends: move the weights, then choose the ops for their new device and dtype."""
         super()._apply(fn, recurse)
-        self.ops = ops_for(self.embed.device, self.embed.dtype)
+        self.dtype = self.embed.dtype
+        self.ops = ops_for(self.embed.device, self.dtype)
         for module in self.modules():
             if module is not self and hasattr(module, "ops"):
                 module.ops = self.ops
         return self
 
     @classmethod
-    def load(cls, path: Path, dtype: torch.dtype, device: str = "cpu") -> "Llama":
-        """Read an HF checkpoint, fusing each projection's parts as model/projections.py describes."""
+    def load(cls, path: Path, dtype: torch.dtype, device: str = "cpu", weight_format: str = "plain"):
+        """Read an HF checkpoint, fusing each projection's parts as model/projections.py describes. Weights
+        to be held in a reduced format are read in fp32 and rounded once, from the checkpoint's values."""
         cfg = ModelConfig.from_hf(path)
         raw = _read_safetensors(path)
         w: dict[str, torch.Tensor] = {}
+        matrix_dtype = dtype if weight_format == "plain" else torch.float32
 
-        def take(name: str) -> torch.Tensor:
-            return raw.pop(name).to(device=device, dtype=dtype).contiguous()
+        def take(name: str, as_dtype: torch.dtype = dtype) -> torch.Tensor:
+            return raw.pop(name).to(device=device, dtype=as_dtype).contiguous()
 
-        def fused(names: list[str]) -> torch.Tensor:
-            return take(names[0]) if len(names) == 1 else torch.cat([take(n) for n in names])
+        def fused(names: list[str], as_dtype: torch.dtype = dtype) -> torch.Tensor:
+            parts = [take(n, as_dtype) for n in names]
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-        w["embed"] = take("model.embed_tokens.weight")
+        w["embed"] = take("model.embed_tokens.weight", matrix_dtype)
         w["norm"] = take("model.norm.weight")
         if not cfg.tie_word_embeddings:
-            w["lm_head"] = take("lm_head.weight")
+            w["lm_head"] = take("lm_head.weight", matrix_dtype)
         for i in range(cfg.num_layers):
             for proj in PROJECTIONS.values():
-                w[f"{i}.{proj.name}"] = fused([proj.hf_weight(i, part) for part in proj.parts])
+                w[f"{i}.{proj.name}"] = fused([proj.hf_weight(i, p) for p in proj.parts], matrix_dtype)
             if cfg.qkv_bias:
                 qkv = PROJECTIONS["qkv"]
                 w[f"{i}.qkv_bias"] = fused([qkv.hf_weight(i, part, "bias") for part in qkv.parts])
             w[f"{i}.ln1"] = take(f"model.layers.{i}.input_layernorm.weight")
             w[f"{i}.ln2"] = take(f"model.layers.{i}.post_attention_layernorm.weight")
-        return cls(cfg, w)
+        return cls(cfg, w, weight_format, dtype)
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[:, None] * self.inv_freq[None, :]
@@ -262,7 +210,7 @@ class Llama(torch.nn.Module):
     ) -> torch.Tensor:
         """Hidden states of the last token of each sequence: `[sequences, hidden]`."""
         eps = self.cfg.rms_norm_eps
-        h = self.embed[input_ids]  # a copy: the residual stream, updated in place by the blocks
+        h = self.embed[input_ids].to(self.dtype)  # a copy: the residual stream, updated in place
         cos, sin = self.rope(positions, h.dtype)
         x = self.ops.rms_norm(h, self.layers[0].ln1, eps)
         next_lns = [layer.ln1 for layer in self.layers[1:]] + [None]

@@ -10,6 +10,8 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Te
 torch::Tensor small_linear(torch::Tensor x, torch::Tensor w);
 void kv_write(torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor slots, torch::Tensor k, torch::Tensor v);
 torch::Tensor argmax_rows(torch::Tensor logits);
+torch::Tensor quant_linear(torch::Tensor x, torch::Tensor w, torch::Tensor scales, int64_t group);
+torch::Tensor dequantize(torch::Tensor w, torch::Tensor scales, int64_t group, int64_t in_features, bool bf16);
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps);
 torch::Tensor add_rms_norm(torch::Tensor x, torch::Tensor delta, torch::Tensor weight, double eps);
 torch::Tensor silu_mul(torch::Tensor gate_up);
@@ -19,6 +21,8 @@ std::tuple<torch::Tensor, torch::Tensor> rope_qk(torch::Tensor qkv, torch::Tenso
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lora_add", &lora_add, "out += (x @ A[slot]^T) @ B_j[slot] per row group, for each sub-projection j");
   m.def("small_linear", &small_linear, "x @ w^T for 1-4 rows of x, reading w once (decode of a few sequences)");
+  m.def("quant_linear", &quant_linear, "x @ W^T for W in bf16, int8 (per-row scales) or int4 (per-group)");
+  m.def("dequantize", &dequantize, "W of quant_linear in fp32 or bf16 (for compute-bound batches)");
   m.def("rms_norm", &rms_norm, "RMSNorm in one pass, rounding like transformers' Llama");
   m.def("add_rms_norm", &add_rms_norm, "x += delta in place, then RMSNorm of x (the fused residual add)");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of a fused [gate | up], rounding like transformers' Llama");

@@ -1,7 +1,7 @@
 // Shared by the CPU kernels: bf16/fp32 loads as fp32; a dispatch to code compiled for 1-4 rows; a few rows of
 // activations dotted with every row of a weight matrix (LoRA's shrink, and the base model's linear layers at
 // decode batch sizes); a vectorizable exp; the fp32 lane count the kernels vectorize over; a 16-lane fp32
-// vector type with bf16/fp32 loads (register blocking the compiler does not find by itself).
+// vector type with bf16/fp32/int8 loads (register blocking the compiler does not find by itself).
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -17,6 +17,7 @@ constexpr int64_t kLanes = 16;  // one AVX-512 register of fp32: partial sums ke
 constexpr int64_t kDot = 32;  // the d_in block: kDot fp32 partial sums per row, summed at the end
 
 inline float to_float(float v) { return v; }
+inline float to_float(int8_t v) { return static_cast<float>(v); }
 inline float to_float(c10::BFloat16 v) {
   // bf16 is the top half of an fp32: a shift, which vectorizes (c10's conversion does not).
   uint32_t bits = static_cast<uint32_t>(v.x) << 16;
@@ -92,6 +93,9 @@ inline void exp_in_place(float* x, int64_t n) {
 typedef float f32x16 __attribute__((vector_size(64)));
 typedef uint16_t u16x16 __attribute__((vector_size(32)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
+typedef int8_t i8x16 __attribute__((vector_size(16)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+typedef uint8_t u8x16 __attribute__((vector_size(16)));
 
 inline f32x16 load16(const float* p) {
   f32x16 v;
@@ -106,6 +110,19 @@ inline f32x16 load16(const c10::BFloat16* p) {  // 16 bf16 widened to fp32 (a sh
   std::memcpy(&v, &bits, sizeof(v));
   return v;
 }
+// 16 int8 widened to fp32 through int32 (vpmovsxbd + vcvtdq2ps on x86): GCC 12 scalarizes a direct
+// char -> float vector conversion.
+inline f32x16 load16(const int8_t* p) {
+  i8x16 q;
+  std::memcpy(&q, p, sizeof(q));
+  return __builtin_convertvector(__builtin_convertvector(q, i32x16), f32x16);
+}
 inline void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof(v)); }
+inline float sum16(f32x16 v) {  // the lanes' sum, pairwise
+  float s8[8];
+  for (int i = 0; i < 8; ++i) s8[i] = v[i] + v[i + 8];
+  for (int i = 0; i < 4; ++i) s8[i] += s8[i + 4];
+  return (s8[0] + s8[2]) + (s8[1] + s8[3]);
+}
 
 }  // namespace loraforge

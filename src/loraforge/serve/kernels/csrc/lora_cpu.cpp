@@ -28,11 +28,11 @@ using loraforge::with_count;
 constexpr int64_t kRows = 4;     // rows of a group processed together
 constexpr int64_t kWidth = 64;   // expand: output block, the block width of B's layout
 
-template <typename T>
+template <typename X, typename T>
 void shrink_impl(const torch::Tensor& x, const torch::Tensor& a, const torch::Tensor& slots,
                  const torch::Tensor& row_start, torch::Tensor& h) {
   const int64_t K = a.size(1), d_in = a.size(2), groups = slots.size(0);
-  const T* xp = x.data_ptr<T>();
+  const X* xp = x.data_ptr<X>();
   const T* ap = a.data_ptr<T>();
   float* hp = h.data_ptr<float>();
   const int64_t* sp = slots.data_ptr<int64_t>();
@@ -54,8 +54,8 @@ void shrink_impl(const torch::Tensor& x, const torch::Tensor& a, const torch::Te
 }
 
 // out[r, off:off+N] += h[r, :R] @ B for ROWS rows of one group, one 64-column block of B at a time.
-template <int ROWS, typename T>
-void expand_rows(const float* hr, int64_t h_stride, const T* w, int64_t R, int64_t N, T* o, int64_t o_stride) {
+template <int ROWS, typename T, typename O>
+void expand_rows(const float* hr, int64_t h_stride, const T* w, int64_t R, int64_t N, O* o, int64_t o_stride) {
   for (int64_t n0 = 0; n0 < N; n0 += kWidth) {
     const int64_t width = std::min(kWidth, N - n0);
     const T* block = w + (n0 / kWidth) * R * kWidth;  // [R, 64], contiguous
@@ -70,19 +70,19 @@ void expand_rows(const float* hr, int64_t h_stride, const T* w, int64_t R, int64
       }
     }
     for (int r = 0; r < ROWS; ++r) {
-      T* out = o + r * o_stride + n0;
-      for (int64_t t = 0; t < width; ++t) out[t] = static_cast<T>(to_float(out[t]) + acc[r][t]);
+      O* out = o + r * o_stride + n0;
+      for (int64_t t = 0; t < width; ++t) out[t] = static_cast<O>(to_float(out[t]) + acc[r][t]);
     }
   }
 }
 
-template <typename T>
+template <typename O, typename T>
 void expand_impl(const torch::Tensor& h, int64_t col, const torch::Tensor& b, int64_t N,
                  const torch::Tensor& slots, const torch::Tensor& row_start, torch::Tensor& out, int64_t offset) {
   const int64_t R = b.size(2), groups = slots.size(0), K = h.size(1);
   const float* hp = h.data_ptr<float>();
   const T* bp = b.data_ptr<T>();
-  T* op = out.data_ptr<T>();
+  O* op = out.data_ptr<O>();
   const int64_t* sp = slots.data_ptr<int64_t>();
   const int64_t* rs = row_start.data_ptr<int64_t>();
   const int64_t o_stride = out.stride(0), b_slot = b.stride(0), first = rs[0];
@@ -92,17 +92,30 @@ void expand_impl(const torch::Tensor& h, int64_t col, const torch::Tensor& b, in
       for (int64_t r0 = rs[g]; r0 < rs[g + 1]; r0 += kRows) {
         const int64_t rows = std::min(kRows, rs[g + 1] - r0);
         const float* hr = hp + (r0 - first) * K + col;
-        T* o = op + r0 * o_stride + offset;
+        O* o = op + r0 * o_stride + offset;
         with_count(rows, [&](auto n) { expand_rows<decltype(n)::value>(hr, K, w, R, N, o, o_stride); });
       }
     }
   });
 }
 
+// f(X*, W*) with null pointers of the activations' and the weights' types (bf16 or fp32 each: adapters may be
+// held in bf16 under fp32 activations, on CPUs without bf16 arithmetic).
+template <typename F>
+void with_types(const torch::Tensor& x, const torch::Tensor& w, F&& f) {
+  const bool xb = x.scalar_type() == torch::kBFloat16, wb = w.scalar_type() == torch::kBFloat16;
+  using B = c10::BFloat16;
+  if (xb && wb) f(static_cast<B*>(nullptr), static_cast<B*>(nullptr));
+  else if (xb) f(static_cast<B*>(nullptr), static_cast<float*>(nullptr));
+  else if (wb) f(static_cast<float*>(nullptr), static_cast<B*>(nullptr));
+  else f(static_cast<float*>(nullptr), static_cast<float*>(nullptr));
+}
+
 void check(const torch::Tensor& x, const torch::Tensor& w, int64_t w_dim, const torch::Tensor& slots,
            const torch::Tensor& row_start) {
   TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "lora_cpu: CPU tensors only");
-  TORCH_CHECK(x.scalar_type() == w.scalar_type(), "lora_cpu: activations and weights differ in dtype");
+  for (const auto& t : {x, w})
+    TORCH_CHECK(t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16, "lora_cpu: bf16 or fp32 only");
   TORCH_CHECK(w.dim() == w_dim && w.is_contiguous(), "lora_cpu: weights must be contiguous, ", w_dim, "-d");
   TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "lora_cpu: activations must be [rows, d] with unit stride");
   TORCH_CHECK(slots.scalar_type() == torch::kLong && row_start.scalar_type() == torch::kLong,
@@ -115,9 +128,9 @@ torch::Tensor shrink(torch::Tensor x, torch::Tensor a, torch::Tensor slots, torc
   TORCH_CHECK(x.size(1) == a.size(2), "lora_cpu: x and A disagree on d_in");
   const auto rs = row_start.accessor<int64_t, 1>();
   auto h = torch::empty({rs[slots.size(0)] - rs[0], a.size(1)}, x.options().dtype(torch::kFloat));
-  if (x.scalar_type() == torch::kBFloat16) shrink_impl<c10::BFloat16>(x, a, slots, row_start, h);
-  else if (x.scalar_type() == torch::kFloat) shrink_impl<float>(x, a, slots, row_start, h);
-  else TORCH_CHECK(false, "lora_cpu: bf16 or fp32 only");
+  with_types(x, a, [&](auto* xt, auto* at) {
+    shrink_impl<std::remove_pointer_t<decltype(xt)>, std::remove_pointer_t<decltype(at)>>(x, a, slots, row_start, h);
+  });
   return h;
 }
 
@@ -127,9 +140,10 @@ void expand_add(torch::Tensor h, int64_t col, torch::Tensor b, int64_t N, torch:
   TORCH_CHECK(h.scalar_type() == torch::kFloat && h.is_contiguous(), "lora_cpu: h must be contiguous fp32");
   TORCH_CHECK(b.size(3) == kWidth && b.size(1) * kWidth >= N, "lora_cpu: B must be [slots, N / 64, R, 64]");
   TORCH_CHECK(offset + N <= out.size(1) && col + b.size(2) <= h.size(1), "lora_cpu: out of range");
-  if (out.scalar_type() == torch::kBFloat16) expand_impl<c10::BFloat16>(h, col, b, N, slots, row_start, out, offset);
-  else if (out.scalar_type() == torch::kFloat) expand_impl<float>(h, col, b, N, slots, row_start, out, offset);
-  else TORCH_CHECK(false, "lora_cpu: bf16 or fp32 only");
+  with_types(out, b, [&](auto* ot, auto* bt) {
+    using O = std::remove_pointer_t<decltype(ot)>;
+    expand_impl<O, std::remove_pointer_t<decltype(bt)>>(h, col, b, N, slots, row_start, out, offset);
+  });
 }
 
 }  // namespace
