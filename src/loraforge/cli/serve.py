@@ -38,6 +38,11 @@ def serve(
     max_num_seqs: int = typer.Option(128, "--max-num-seqs", min=1, help="Sequences in the running batch."),
     max_waiting: int = typer.Option(256, "--max-waiting", min=1, help="Queued requests before 429."),
     kv_cache_mb: int = typer.Option(512, "--kv-cache-mb", min=1, help="Memory for the KV cache."),
+    prefix_cache: bool = typer.Option(
+        True,
+        "--prefix-cache/--no-prefix-cache",
+        help="Prefill a prompt start shared with earlier requests once.",
+    ),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
     admin_api_key: str | None = typer.Option(
         None,
@@ -138,6 +143,7 @@ def serve(
         max_adapter_bytes=max_adapter_mb << 20,
         max_num_seqs=max_num_seqs,
         kv_cache_bytes=kv_cache_mb << 20,
+        prefix_cache=prefix_cache,
         num_threads=threads,
         limits=limits,
     )

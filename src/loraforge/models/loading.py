@@ -1,5 +1,8 @@
 """Load a resolved model and tokenizer with the dtype that is fastest on this hardware."""
 
+import json
+from pathlib import Path
+
 import torch
 
 from loraforge.hardware import has_fast_bf16
@@ -31,3 +34,12 @@ def load_causal_lm(model: ResolvedModel, dtype: torch.dtype = torch.float32, dev
 
     lm = AutoModelForCausalLM.from_pretrained(model.path, dtype=dtype)
     return lm.to(device).eval()
+
+
+def generation_eos_ids(path: Path) -> set[int]:
+    """The end-of-sequence ids a model's `generation_config.json` adds to its config's (none without one)."""
+    f = Path(path) / "generation_config.json"
+    if not f.is_file():
+        return set()
+    eos = json.loads(f.read_text()).get("eos_token_id")
+    return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])

@@ -1,6 +1,5 @@
 """The engine loop: admit requests, schedule a step, run the model, append tokens, finish sequences."""
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,6 +8,7 @@ import torch
 
 from loraforge.errors import LoraforgeError
 from loraforge.models import load_tokenizer, pick_dtype, resolve_model
+from loraforge.models.loading import generation_eos_ids
 from loraforge.serve.engine.block_manager import BlockManager
 from loraforge.serve.engine.config import EngineConfig
 from loraforge.serve.engine.detokenizer import Detokenizer, take_new_text
@@ -63,7 +63,7 @@ class Engine:
         lim = config.limits
         self.max_prompt_tokens = min(lim.max_prompt_tokens or self.max_model_len, self.max_model_len - 1)
         self.max_tokens_limit = min(lim.max_tokens or self.max_model_len, self.max_model_len)
-        self.eos_ids = set(cfg.eos_token_ids) | _generation_eos(resolved.path)
+        self.eos_ids = set(cfg.eos_token_ids) | generation_eos_ids(resolved.path)
         if self.tokenizer.eos_token_id is not None:
             self.eos_ids.add(self.tokenizer.eos_token_id)
 
@@ -82,8 +82,6 @@ class Engine:
             self.dtype,
             config.device,
         )
-        self.blocks = BlockManager(num_blocks, config.block_size)
-        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         dims = cfg.dims
         self.lora = LoRAWeights(
             dims,
@@ -103,6 +101,9 @@ class Engine:
             on_ready,
             config.limits,
         )
+        key = lambda seq: self.lora.cache_key(seq.adapter_index)  # noqa: E731
+        self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_cache, key)
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = ModelRunner(self.model, self.kv, self.lora, config.device)
         self.detok = Detokenizer(self.tokenizer)
 
@@ -294,11 +295,3 @@ class Engine:
                 if out.finished and on_finish is not None:
                     on_finish(out.seq)
         return seqs
-
-
-def _generation_eos(path) -> set[int]:
-    f = path / "generation_config.json"
-    if not f.is_file():
-        return set()
-    eos = json.loads(f.read_text()).get("eos_token_id")
-    return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
