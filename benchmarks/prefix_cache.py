@@ -20,8 +20,8 @@ from loraforge.serve.engine import Engine, EngineConfig, SamplingParams
 
 POLICY = (
     "You are the support assistant of a retail bank. Answer in two short sentences, politely, without "
-    "promising refunds or giving legal advice. If the customer reports fraud, tell them to freeze the card in "
-    "the app first. Never ask for a full card number, a PIN or a password. Mention fees only when asked. "
+    "promising refunds or giving legal advice. If the customer reports fraud, tell them to freeze the card "
+    "in the app first. Never ask for a full card number, a PIN or a password. Mention fees only when asked. "
 )
 EXAMPLES = [
     ("My card has not arrived yet.", "Cards arrive within 5 working days; you can track it in the app."),
@@ -105,8 +105,8 @@ def main() -> None:
         del engine
     lengths = [len(p) for p in prompts]
     print(
-        f"\n{args.requests} requests, prompts {min(lengths)}-{max(lengths)} tokens sharing the first {common}, "
-        f"{args.max_tokens} new tokens each, {engine_dtype(args.precision)}\n"
+        f"\n{args.requests} requests, prompts {min(lengths)}-{max(lengths)} tokens sharing the first "
+        f"{common}, {args.max_tokens} new tokens each, {engine_dtype(args.precision)}\n"
     )
     print("| mode | mean TTFT s | median TTFT s | max TTFT s | total s | prompt tokens from cache |")
     print("|---|---|---|---|---|---|")
