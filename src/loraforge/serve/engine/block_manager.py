@@ -12,6 +12,7 @@ allocations only when no never-cached block is free: the cache costs no memory a
 """
 
 import hashlib
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ class BlockManager:
             tokens = seq.token_ids
             parent = hashes[-1] if hashes else hashlib.blake2b(self.adapter_key(seq), digest_size=16).digest()
             for i in range(len(hashes), count):
-                block = b"".join(t.to_bytes(4, "little") for t in tokens[i * bs : (i + 1) * bs])
+                block = array("l", tokens[i * bs : (i + 1) * bs]).tobytes()
                 parent = hashlib.blake2b(parent + block, digest_size=16).digest()
                 hashes.append(parent)
         return hashes[:count]
