@@ -48,6 +48,11 @@ def serve(
     kv_cache_mb: int = typer.Option(
         _SET.kv_cache_mb, "--kv-cache-mb", min=1, help="Memory for the KV cache."
     ),
+    prefix_cache: bool = typer.Option(
+        _SET.prefix_cache,
+        "--prefix-cache/--no-prefix-cache",
+        help="Prefill a prompt start shared with earlier requests once.",
+    ),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
     admin_api_key: str | None = typer.Option(
         None,
@@ -134,6 +139,7 @@ def serve(
         max_num_seqs=max_num_seqs,
         max_waiting=max_waiting,
         kv_cache_mb=kv_cache_mb,
+        prefix_cache=prefix_cache,
         threads=threads,
         allow_hub_adapters=allow_hub_adapters,
         hub_max_mb=hub_max_mb,

@@ -45,8 +45,8 @@ def load_causal_lm(
 
 
 def generation_eos_ids(path: Path) -> set[int]:
-    """The end-of-sequence ids a checkpoint's generation_config.json adds to its config's (none if absent)."""
-    f = path / "generation_config.json"
+    """The end-of-sequence ids a model's `generation_config.json` adds to its config's (none without one)."""
+    f = Path(path) / "generation_config.json"
     if not f.is_file():
         return set()
     eos = json.loads(f.read_text()).get("eos_token_id")

@@ -71,6 +71,7 @@ class ServerSettings(BaseModel):
     max_num_seqs: int = Field(_ENGINE.max_num_seqs, ge=1)
     max_waiting: int = Field(MAX_WAITING, ge=1)
     kv_cache_mb: int = Field(_ENGINE.kv_cache_bytes >> 20, ge=1)
+    prefix_cache: bool = _ENGINE.prefix_cache
     threads: int | None = Field(None, ge=1)
     allow_hub_adapters: bool = _LIMITS.allow_hub_adapters
     hub_max_mb: int = Field(_LIMITS.hub_max_bytes >> 20, ge=1)
@@ -126,6 +127,7 @@ class ServerSettings(BaseModel):
             max_adapter_bytes=self.max_adapter_mb << 20,
             max_num_seqs=self.max_num_seqs,
             kv_cache_bytes=self.kv_cache_mb << 20,
+            prefix_cache=self.prefix_cache,
             num_threads=self.threads,
             limits=limits,
         )

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import httpx
 
 from loraforge.serve.api.metrics import OTHER_MODELS, Metrics
+from loraforge.serve.engine.block_manager import BlockManager
 
 
 def engine_stub():
@@ -14,6 +15,7 @@ def engine_stub():
         num_running=lambda: 0,
         num_resident_adapters=lambda: 0,
         num_preemptions=lambda: 0,
+        engine=SimpleNamespace(blocks=BlockManager(8, 4)),
     )
 
 
@@ -40,3 +42,14 @@ def test_unknown_models_make_no_series(live):
         body = {"model": f"nope-{i}", "prompt": "x", "max_tokens": 1}
         httpx.post(live.url + "/v1/completions", json=body, headers={"Authorization": "Bearer test-key"})
     assert "nope-" not in httpx.get(live.url + "/metrics").text
+
+
+def test_prefix_cache_hits_are_exported_in_tokens_and_blocks():
+    engine = engine_stub()
+    st = engine.engine.blocks.stats
+    st.queried_tokens, st.hit_tokens, st.queried_blocks, st.hit_blocks = 200, 150, 12, 9
+    text = Metrics(engine).render().decode()
+    assert 'loraforge_prefix_cache_queries_total{unit="tokens"} 200.0' in text
+    assert 'loraforge_prefix_cache_hits_total{unit="blocks"} 9.0' in text
+    assert 'loraforge_prefix_cache_hit_rate{unit="tokens"} 0.75' in text
+    assert "loraforge_prefix_cache_blocks 0.0" in text

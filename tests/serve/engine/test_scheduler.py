@@ -5,8 +5,8 @@ from loraforge.serve.engine.scheduler import Scheduler
 from loraforge.serve.engine.sequence import SamplingParams, Sequence, SequenceStatus
 
 
-def _seq(n):
-    return Sequence(list(range(1, n + 1)), SamplingParams())
+def _seq(n, first=1):
+    return Sequence(list(range(first, first + n)), SamplingParams())
 
 
 def test_blocks_follow_sequence_length():
@@ -46,7 +46,7 @@ def test_a_prompt_over_budget_runs_alone():
 
 def test_decode_preempts_the_newest_when_blocks_run_out():
     sched = Scheduler(BlockManager(4, 4), max_num_seqs=8, max_num_batched_tokens=100)
-    a, b = _seq(8), _seq(8)
+    a, b = _seq(8), _seq(8, first=100)  # distinct prompts: nothing to share
     sched.add(a)
     sched.add(b)
     assert len(sched.schedule()[0]) == 2  # both prefilled: all 4 blocks used

@@ -1,6 +1,8 @@
 """Prometheus metrics of the server, in a registry of its own (one per app, so tests can run several)."""
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from loraforge.openai_compat import CappedLabels, render_metrics
 
@@ -56,6 +58,7 @@ class Metrics:
         self.resident.set_function(engine.num_resident_adapters)
         self.preemptions = Gauge("loraforge_preemptions", "Sequences preempted so far", registry=r)
         self.preemptions.set_function(engine.num_preemptions)
+        r.register(PrefixCacheCollector(engine.engine.blocks))
         # Throughput actually achieved, for pricing an adapter's calls by the hardware (`report cost`):
         # tokens (prompt + generated) per second of wall time with at least one request in flight.
         self.busy = Counter(
@@ -110,3 +113,36 @@ class Metrics:
     def render(self) -> bytes:
         """The series in Prometheus' text format (openai_compat.METRICS_CONTENT_TYPE)."""
         return render_metrics(self.registry)
+
+
+class PrefixCacheCollector(Collector):
+    """The prefix cache's counters (serve/engine/block_manager.py), read when scraped: lookups and hits in
+    tokens and in blocks, the hit rate since start, blocks held and evicted."""
+
+    def __init__(self, blocks):
+        self.blocks = blocks  # the engine's BlockManager
+
+    def collect(self):
+        st, units = self.blocks.stats, ("tokens", "blocks")
+        pairs = {"tokens": (st.hit_tokens, st.queried_tokens), "blocks": (st.hit_blocks, st.queried_blocks)}
+        queries = CounterMetricFamily(
+            "loraforge_prefix_cache_queries",
+            "Prompt tokens/blocks looked up in the prefix cache",
+            labels=["unit"],
+        )
+        hits = CounterMetricFamily(
+            "loraforge_prefix_cache_hits", "Prompt tokens/blocks found in the prefix cache", labels=["unit"]
+        )
+        rate = GaugeMetricFamily(
+            "loraforge_prefix_cache_hit_rate", "Hits / queries since the server started", labels=["unit"]
+        )
+        for unit in units:
+            hit, queried = pairs[unit]
+            queries.add_metric([unit], queried)
+            hits.add_metric([unit], hit)
+            rate.add_metric([unit], hit / queried if queried else 0.0)
+        held = GaugeMetricFamily("loraforge_prefix_cache_blocks", "KV blocks holding cached prefixes")
+        held.add_metric([], self.blocks.num_cached_blocks)
+        evicted = CounterMetricFamily("loraforge_prefix_cache_evicted_blocks", "Cached blocks evicted")
+        evicted.add_metric([], st.evicted_blocks)
+        yield from (queries, hits, rate, held, evicted)

@@ -19,7 +19,8 @@ class EngineConfig:
     kv_cache_bytes: int = 512 << 20  # memory for the KV cache, split into blocks
     num_kv_blocks: int | None = None  # overrides kv_cache_bytes (tests use a tiny cache to force preemption)
     max_num_seqs: int = 128  # sequences in the running batch
-    max_num_batched_tokens: int = 2048  # prefill token budget per step
+    max_num_batched_tokens: int = 2048  # prefill token budget per step (uncached tokens)
+    prefix_cache: bool = True  # share the K/V of common prompt starts (block_manager.py)
     max_model_len: int | None = None  # context limit; default min(model's, 8192)
     adapter_dir: Path | None = None  # registry: one PEFT folder per adapter, folder name = adapter name
     max_adapters: int = MAX_ADAPTERS  # resident adapters (LRU beyond this)

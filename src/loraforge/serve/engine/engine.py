@@ -84,8 +84,6 @@ class Engine:
             self.dtype,
             config.device,
         )
-        self.blocks = BlockManager(num_blocks, config.block_size)
-        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         dims = cfg.dims
         self.lora = LoRAWeights(
             dims,
@@ -105,6 +103,9 @@ class Engine:
             on_ready,
             config.limits,
         )
+        key = lambda seq: self.lora.cache_key(seq.adapter_index)  # noqa: E731
+        self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_cache, key)
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = ModelRunner(self.model, self.kv, self.lora, config.device)
         self.detok = Detokenizer(self.tokenizer)
 

@@ -27,15 +27,16 @@ class ModelRunner:
     def prepare_prefill(
         self, seqs: list[Sequence]
     ) -> tuple[list[int], list[int], list[int], AttentionMetadata]:
+        """The uncached tokens of each sequence (from `num_cached` on: a prefix-cache hit skips its start)."""
         ids, positions, slots, row_adapters, last, lengths = [], [], [], [], [], []
         for seq in seqs:
-            n = len(seq)
-            ids += seq.token_ids
-            positions += range(n)
-            slots += [self._slot(seq, p) for p in range(n)]
-            row_adapters += [seq.adapter_index] * n
+            start, n = seq.num_cached, len(seq)
+            ids += seq.token_ids[start:]
+            positions += range(start, n)
+            slots += [self._slot(seq, p) for p in range(start, n)]
+            row_adapters += [seq.adapter_index] * (n - start)
             last.append(len(ids) - 1)
-            lengths.append(n)
+            lengths.append(n - start)
         dev = self.device
         meta = AttentionMetadata(
             is_prefill=True,
@@ -49,7 +50,22 @@ class ModelRunner:
             )
             unpad = [b * max_len + j for b, n in enumerate(lengths) for j in range(n)]
             meta.pad_index, meta.unpad_index = pad.to(dev), torch.tensor(unpad, device=dev)
+        if any(seq.num_cached for seq in seqs):
+            self._cached_context(seqs, lengths, meta)
         return ids, positions, row_adapters, meta
+
+    def _cached_context(self, seqs: list[Sequence], lengths: list[int], meta: AttentionMetadata) -> None:
+        """A prefill over cached prefixes attends to the cache (prefix + its own new K/V, written first):
+        block tables, and a mask where query j of a sequence with `c` cached tokens sees keys 0..c+j (padded
+        query rows repeat the last real one)."""
+        max_blocks = max(len(s.blocks) for s in seqs)
+        meta.block_tables = torch.tensor(
+            [s.blocks + [0] * (max_blocks - len(s.blocks)) for s in seqs], device=self.device
+        )
+        cached = torch.tensor([s.num_cached for s in seqs])
+        q = torch.minimum(torch.arange(max(lengths))[None, :], torch.tensor(lengths)[:, None] - 1)
+        keys = torch.arange(max_blocks * self.block_size)
+        meta.mask = (keys[None, None, :] <= (cached[:, None] + q)[:, :, None]).unsqueeze(1).to(self.device)
 
     def prepare_decode(
         self, seqs: list[Sequence]

@@ -1,8 +1,11 @@
 """Continuous batching: each step prefills newly admitted sequences or decodes one token for all running.
 
-Prefills are packed up to a token budget. When the KV cache runs out during decode, the most recently
-admitted sequence is preempted: its blocks are freed and it goes back to the front of the queue, to be
-recomputed (prompt + tokens so far) when memory frees up. Nothing is ever dropped.
+Prefills are packed up to a token budget of uncached tokens: a prompt whose start is in the prefix cache
+(block_manager.py) costs only the rest. A sequence that would compute blocks another sequence of the same
+batch computes waits one step and takes them from the cache instead. When the KV cache runs out during
+decode, the most recently admitted sequence is preempted: its blocks are freed and it goes back to the front
+of the queue, to be recomputed (prompt + tokens so far, from what is still cached) when memory frees up.
+Nothing is ever dropped.
 """
 
 from collections import deque
@@ -32,20 +35,28 @@ class Scheduler:
 
     def schedule(self) -> tuple[list[Sequence], bool]:
         """Pick the sequences of the next step; returns (sequences, is_prefill)."""
+        for seq in self.running:  # what the last step computed becomes shareable
+            self.blocks.commit(seq)
         batch: list[Sequence] = []
         num_tokens = 0
+        computing: set[bytes] = set()  # hashes of the full blocks this batch computes
         while self.waiting and len(self.running) + len(batch) < self.max_num_seqs:
             seq = self.waiting[0]
+            hits = self.blocks.lookup(seq)
+            new_tokens = len(seq) - len(hits) * self.blocks.block_size
             # One prompt longer than the budget still runs, alone, so that no request can starve.
-            if batch and num_tokens + len(seq) > self.max_num_batched_tokens:
+            if batch and num_tokens + new_tokens > self.max_num_batched_tokens:
                 break
-            if not self.blocks.can_allocate(seq):
+            if batch and self.blocks.first_uncached_hash(seq, hits) in computing:
                 break
-            self.blocks.allocate(seq)
+            if not self.blocks.can_allocate(seq, hits):
+                break
+            self.blocks.allocate(seq, hits)
+            computing.update(self.blocks.uncached_hashes(seq, hits))
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             batch.append(seq)
-            num_tokens += len(seq)
+            num_tokens += new_tokens
         if batch:
             self.running.extend(batch)
             return batch, True

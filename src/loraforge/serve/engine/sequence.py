@@ -63,7 +63,9 @@ class Sequence:
         self.status = SequenceStatus.WAITING
         self.finish_reason: FinishReason | None = None
         self.blocks: list[int] = []
-        self.num_cached = 0  # tokens whose K/V are in the cache
+        self.num_cached = 0  # tokens whose K/V are in the cache (at admission: from the prefix cache)
+        self.num_registered = 0  # leading full blocks registered in the prefix cache (block_manager.py)
+        self.block_hashes: list[bytes] = []  # chain hashes of its full blocks, computed as needed
         self.output_text = ""  # detokenized completion, cut at a stop string
         self.text_sent = 0  # characters of output_text handed out (detokenizer.take_new_text)
         self.detok_offsets = (0, 0)  # see Detokenizer

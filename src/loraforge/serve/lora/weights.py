@@ -47,6 +47,9 @@ class LoRAWeights:
         self.dtype, self.device = dtype, device
         self.cache_bytes = cache_bytes  # most memory for the copy of a batch's adapters (see _gathered)
         self.version = 0  # bumped whenever the stacks' contents change
+        # Per adapter index, the version its adapter was installed at: names one load of an adapter (the
+        # prefix cache keys K/V by it, so a reload under the same index never reuses the old K/V).
+        self.installed = [0] * capacity
         self._cache: dict | None = None
         self._cache_key: tuple | None = None
         self.rank = 0
@@ -82,6 +85,11 @@ class LoRAWeights:
                     self.B[p][j][:, index].zero_()
                     self.B[p][j][:, index, :, :old_r] = old_b[p][j][:, index]
 
+    def cache_key(self, index: int) -> bytes:
+        """What makes K/V computed with the adapter at `index` differ (the prefix cache's key): its index
+        and when it was installed there; b"" for the base model."""
+        return f"{index}:{self.installed[index]}".encode() if index else b""
+
     def install(
         self, index: int, modules: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, float]]
     ) -> None:
@@ -90,6 +98,7 @@ class LoRAWeights:
         R = self.rank
         self.version += 1
         self.targets[index] = frozenset(MODULE_TO_PROJECTION[module][0] for _, module in modules)
+        self.installed[index] = self.version
         covered = len(modules) == self.num_layers * len(MODULE_TO_PROJECTION)
         if not (covered and all(a.shape[0] == R for a, _, _ in modules.values())):
             for p, proj in PROJECTIONS.items():  # rank padding and untargeted modules must be zero

@@ -20,10 +20,11 @@ class AttentionMetadata:
     # prefill: sequences padded to the longest one, to run one causal SDPA call
     pad_index: torch.Tensor | None = None  # [sequences, max_len] flat token index (padding repeats a token)
     unpad_index: torch.Tensor | None = None  # [tokens] index into the padded [sequences * max_len]
-    # decode: one new token per sequence
+    # decode, and prefills over a cached prefix (block_manager.py): where each sequence's K/V are
     block_tables: torch.Tensor | None = None  # [sequences, max_blocks]
     context_lens: torch.Tensor | None = None  # [sequences] tokens in the cache, the new one included
     # plain-PyTorch decode (TorchOps) gathers whole blocks and masks what lies past each sequence's end
+    # (also a prefill over a cached prefix: [sequences, 1, max_new_tokens, max_blocks * block_size])
     mask: torch.Tensor | None = None  # [sequences, 1, 1, max_blocks * block_size], True = attend
     context_len: int = 0  # single-sequence decode: exact length, so no mask is needed
 
@@ -40,13 +41,21 @@ def attention(
     """q `[tokens, heads, dim]`, k/v `[tokens, kv_heads, dim]` of the new tokens -> `[tokens, heads, dim]`."""
     ops.kv_write(kv, layer, meta.slot_mapping, k, v)
     if meta.is_prefill:
-        # No prefix caching: a prefill always starts at position 0, so its own K/V are the whole context.
-        if meta.pad_index is None:  # a single sequence: no padding needed
-            qb, kb, vb = (t.unsqueeze(0).transpose(1, 2) for t in (q, k, v))
+        qb = q.unsqueeze(0) if meta.pad_index is None else q[meta.pad_index]  # [seqs, new tokens, heads, dim]
+        if meta.block_tables is not None:
+            # Some prompts start in the prefix cache: attend to the cache (cached prefix + the new K/V just
+            # written), with the causal mask shifted by each sequence's cached length.
+            kb, vb = kv.gather(layer, meta.block_tables)
+            out = F.scaled_dot_product_attention(
+                qb.transpose(1, 2), kb.transpose(1, 2), vb.transpose(1, 2), meta.mask, enable_gqa=True
+            )
         else:
-            qb, kb, vb = (t[meta.pad_index].transpose(1, 2) for t in (q, k, v))
-        # Right padding is harmless under a causal mask: real tokens never attend to later (padded) ones.
-        out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=True)
+            # No cached prefix: a prompt's own K/V are its whole context.
+            kb, vb = (t.unsqueeze(0) if meta.pad_index is None else t[meta.pad_index] for t in (k, v))
+            # Right padding is harmless under a causal mask: real tokens never attend to later (padded) ones.
+            out = F.scaled_dot_product_attention(
+                qb.transpose(1, 2), kb.transpose(1, 2), vb.transpose(1, 2), is_causal=True, enable_gqa=True
+            )
         out = out.transpose(1, 2).reshape(-1, q.shape[1], q.shape[2])
         return out if meta.pad_index is None else out[meta.unpad_index]
     return ops.decode_attention(q, kv, layer, meta)
