@@ -8,6 +8,7 @@ from loraforge.serve.lora.weights import NO_LORA, LoRAStep, LoRAWeights
 from loraforge.serve.model.attention import AttentionMetadata
 from loraforge.serve.model.kv_cache import KVCache
 from loraforge.serve.model.llama import Llama
+from loraforge.serve.model.logprobs import prompt_entries
 from loraforge.serve.model.sampler import sample
 
 
@@ -82,6 +83,10 @@ class ModelRunner:
         ids, positions, row_adapters, meta = (self.prepare_prefill if is_prefill else self.prepare_decode)(
             batch
         )
+        scored = is_prefill and any(s.params.prompt_logprobs and s.prompt_logprobs is None for s in batch)
+        if scored:  # the hidden states of every prompt position of those sequences, not just the last
+            last = self._with_prompt_rows(batch, meta.last_token_index.tolist())
+            meta.last_token_index = torch.tensor(last, device=self.device)
         lora = NO_LORA
         if any(row_adapters):
             lora = LoRAStep(self.lora, LoRABatch.build(row_adapters, self.device))
@@ -95,8 +100,36 @@ class ModelRunner:
         logits = self.model.logits(hidden).cpu()  # model dtype: the sampler converts only what it samples
         for seq in batch:
             seq.num_cached = len(seq)
+        if scored:
+            logits = self._take_prompt_logprobs(batch, logits)
         tokens = sample(logits, batch, self.ops)
         out = [0] * len(seqs)
         for pos, i in enumerate(order):
             out[i] = tokens[pos]
         return out
+
+    @staticmethod
+    def _with_prompt_rows(batch: list[Sequence], last: list[int]) -> list[int]:
+        """The rows to compute logits for: each sequence's last token, preceded by the prompt positions
+        0..len(prompt)-2 of a sequence that wants its prompt logprobs (`echo` with `logprobs`)."""
+        rows = []
+        for seq, end in zip(batch, last, strict=True):
+            if seq.params.prompt_logprobs and seq.prompt_logprobs is None:
+                start = end - len(seq) + 1
+                rows += range(start, start + len(seq.prompt_ids) - 1)
+            rows.append(end)
+        return rows
+
+    @staticmethod
+    def _take_prompt_logprobs(batch: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
+        """Store the prompt logprobs found in the rows `_with_prompt_rows` added; the last-token rows."""
+        keep, row = [], 0
+        for seq in batch:
+            if seq.params.prompt_logprobs and seq.prompt_logprobs is None:
+                n = len(seq.prompt_ids) - 1
+                k = seq.params.logprobs or 0
+                seq.prompt_logprobs = prompt_entries(logits[row : row + n], seq.prompt_ids, k)
+                row += n
+            keep.append(row)
+            row += 1
+        return logits[keep]

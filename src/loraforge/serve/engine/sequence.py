@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from loraforge.serve.engine.constraints import ChoiceConstraint
+from loraforge.serve.model.logprobs import TokenLogprob
 
 
 @dataclass
@@ -21,10 +22,21 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     constraint: ChoiceConstraint | None = None  # decode only one of a set of strings (constraints.py)
+    # ---- OpenAI's penalties, bias and log-probabilities (model/penalties.py, model/logprobs.py) ------
+    presence_penalty: float = 0.0  # subtracted once from the logit of every token already generated
+    frequency_penalty: float = 0.0  # subtracted per time a token was already generated
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
+    logprobs: int | None = None  # None: none; k: the chosen token's log-probability and the k most likely
+    prompt_logprobs: bool = False  # also each prompt token's (echo); needs `logprobs`
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    @property
+    def processed(self) -> bool:
+        """Whether the logits need the processors of model/penalties.py (False keeps the plain fast path)."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
 
 class SequenceStatus(enum.Enum):
@@ -72,6 +84,10 @@ class Sequence:
         self.generator: torch.Generator | None = None
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed)
+        # An entry per output token (`logprobs`), and per prompt token after the first (`prompt_logprobs`).
+        self.logprobs: list[TokenLogprob] = []
+        self.prompt_logprobs: list[TokenLogprob] | None = None
+        self.logprobs_sent = 0  # entries of `logprobs` handed out (AsyncEngine's events)
 
     @property
     def token_ids(self) -> list[int]:

@@ -4,6 +4,7 @@ import torch
 
 from loraforge.serve.engine.sequence import Sequence
 from loraforge.serve.kernels.ops import TORCH_OPS, TorchOps
+from loraforge.serve.model import logprobs, penalties
 
 MIN_TEMPERATURE = 1e-5  # smaller ones (valid in the API: 1e-300) act as this; in fp32 they round to 0
 
@@ -13,16 +14,21 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], ops: TorchOps = TORCH_OPS
 
     Greedy rows take the argmax of the logits as they are (exact: fp32 holds every bf16 value); only the
     rows that sample are converted to fp32. Rows under a constraint first lose every token it does not allow
-    (in place: the logits are this step's own)."""
+    (in place: the logits are this step's own). Rows with `logit_bias` or penalties then get them
+    (penalties.py, the batch in fp32); rows that asked for logprobs get them recorded (logprobs.py)."""
     for i, seq in enumerate(seqs):
         if seq.params.constraint is not None:
             allowed = torch.tensor(seq.params.constraint.allowed(seq.output_ids))
             kept = logits[i, allowed]
             logits[i] = float("-inf")
             logits[i, allowed] = kept
+    processed = [i for i, s in enumerate(seqs) if s.params.processed]
+    if processed:
+        logits = penalties.apply(logits, seqs, processed)
     out = ops.argmax_rows(logits)
     sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
     if not sampled:
+        logprobs.record(seqs, out, logits, {})
         return out
     rows = logits[sampled].float()
     params = [seqs[i].params for i in sampled]
@@ -48,7 +54,9 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], ops: TorchOps = TORCH_OPS
         drop[:, 0] = False  # even a top_p that rounds to 0 in fp32 (1e-300)
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(1, order, sorted_p)
+        rows = rows.masked_fill(torch.zeros_like(drop).scatter_(1, order, drop), float("-inf"))
     for row, i in enumerate(sampled):
         # Each request draws from its own generator, so a seed reproduces the output whatever the batch.
         out[i] = int(torch.multinomial(probs[row], 1, generator=seqs[i].generator).item())
+    logprobs.record(seqs, out, logits, {i: rows[row] for row, i in enumerate(sampled)})
     return out
