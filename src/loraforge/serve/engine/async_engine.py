@@ -27,6 +27,7 @@ from loraforge.serve.engine.events import (  # noqa: F401 - the errors are re-ex
 from loraforge.serve.engine.sequence import SamplingParams, Sequence
 from loraforge.serve.limits import ServeLimits
 from loraforge.serve.lora.manager import AdapterRef
+from loraforge.serve.lora.merge import AdapterMerger
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class AsyncEngine(AdapterCommands):
 
     def __init__(self, config: EngineConfig, max_waiting: int = 256):
         self.engine = Engine(config, on_ready=self._wake)
+        self.merger = AdapterMerger(self.engine.adapters, self.engine.model_name)  # `merge` requests
         self.max_waiting = max_waiting
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._wakeup = threading.Event()
