@@ -6,7 +6,14 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from loraforge.serve.api.responses import *  # noqa: F403 - the routes use `protocol.X` for both
-from loraforge.serve.limits import MAX_CHOICES, MAX_LOGPROBS, MAX_MERGED_ADAPTERS, SEED_MAX, SEED_MIN
+from loraforge.serve.limits import (
+    MAX_CHOICES,
+    MAX_LOGPROBS,
+    MAX_MERGE_WEIGHT,
+    MAX_MERGED_ADAPTERS,
+    SEED_MAX,
+    SEED_MIN,
+)
 from loraforge.serve.model.penalties import MAX_BIAS, MAX_PENALTY
 
 
@@ -61,7 +68,8 @@ class MergeRequest(_Strict):
     """Extension, LoRAX's per-request merge: serve `sum(weight * adapter)` of loaded adapters, e.g.
     `{"adapters": {"a": 0.5, "b": 0.5}, "method": "ties", "density": 0.2}` (serve/lora/merge.py)."""
 
-    adapters: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(
+    # name -> weight; bounded so that a merge cannot overflow the model's activations
+    adapters: dict[str, Annotated[float, Field(ge=-MAX_MERGE_WEIGHT, le=MAX_MERGE_WEIGHT)]] = Field(
         min_length=1, max_length=MAX_MERGED_ADAPTERS
     )
     method: Literal["linear", "ties"] = "linear"

@@ -35,7 +35,7 @@ class SamplingParams:
 
     @property
     def processed(self) -> bool:
-        """Whether the logits need the processors of model/penalties.py (False keeps the plain fast path)."""
+        """Whether the logits need the processors of model/penalties.py."""
         return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
 
@@ -88,6 +88,9 @@ class Sequence:
         self.logprobs: list[TokenLogprob] = []
         self.prompt_logprobs: list[TokenLogprob] | None = None
         self.logprobs_sent = 0  # entries of `logprobs` handed out (AsyncEngine's events)
+        self.sampling_extras = (
+            params.processed or params.logprobs is not None
+        )  # off: the sampler's plain path
 
     @property
     def token_ids(self) -> list[int]:

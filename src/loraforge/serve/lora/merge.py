@@ -76,6 +76,8 @@ def merge_modules(sources: list[tuple[Modules, float]], spec: MergeSpec, max_ran
             u, s, vh = torch.linalg.svd(delta, full_matrices=False)
             rank = min(rank, s.shape[0])
             a, b = vh[:rank].contiguous(), (u[:, :rank] * s[:rank]).contiguous()
+        if not (a.isfinite().all() and b.isfinite().all()):
+            raise MergeError(f"the merge overflows in {key[1]} of layer {key[0]} (weights too large?)")
         out[key] = (a, b, 1.0)
     return out
 

@@ -45,6 +45,7 @@ def entries(logp: torch.Tensor, chosen: list[int], ks: list[int]) -> list[TokenL
 
 def record(
     seqs: list[Sequence],
+    rows: list[int],
     chosen: list[int],
     logits: torch.Tensor,
     filtered: dict[int, torch.Tensor],
@@ -52,10 +53,8 @@ def record(
     """Store the logprobs of this step's token on every sequence that asked for them. `logits` are the
     processed logits of the batch; `filtered[i]`, for sampled rows, the row the sampler drew from
     (temperature applied, -inf where top-k/top-p removed a token). The entry goes at the sequence's
-    current output position, so a step that is run again (a failed batch) overwrites it."""
-    rows = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
-    if not rows:
-        return
+    current output position, so a step that is run again (a failed batch) overwrites it. `rows`: the
+    sequences that asked."""
     stacked = torch.stack([filtered[i] if i in filtered else logits[i].float() for i in rows])
     logp = stacked.log_softmax(dim=-1)
     found = entries(logp, [chosen[i] for i in rows], [seqs[i].params.logprobs for i in rows])

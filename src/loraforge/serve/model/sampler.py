@@ -22,13 +22,14 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], ops: TorchOps = TORCH_OPS
             kept = logits[i, allowed]
             logits[i] = float("-inf")
             logits[i, allowed] = kept
-    processed = [i for i, s in enumerate(seqs) if s.params.processed]
+    processed, scored = _extras(seqs)
     if processed:
         logits = penalties.apply(logits, seqs, processed)
     out = ops.argmax_rows(logits)
     sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
     if not sampled:
-        logprobs.record(seqs, out, logits, {})
+        if scored:
+            logprobs.record(seqs, scored, out, logits, {})
         return out
     rows = logits[sampled].float()
     params = [seqs[i].params for i in sampled]
@@ -58,5 +59,17 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], ops: TorchOps = TORCH_OPS
     for row, i in enumerate(sampled):
         # Each request draws from its own generator, so a seed reproduces the output whatever the batch.
         out[i] = int(torch.multinomial(probs[row], 1, generator=seqs[i].generator).item())
-    logprobs.record(seqs, out, logits, {i: rows[row] for row, i in enumerate(sampled)})
+    if scored:
+        logprobs.record(seqs, scored, out, logits, {i: rows[row] for row, i in enumerate(sampled)})
     return out
+
+
+def _extras(seqs: list[Sequence]) -> tuple[list[int], list[int]]:
+    """The rows with logit processors, and the rows that want logprobs. One flag per row, set when the
+    sequence was made, so a batch with neither costs the plain greedy path one short pass
+    (benchmarks/sampling_overhead.py)."""
+    extra = [i for i, seq in enumerate(seqs) if seq.sampling_extras]
+    if not extra:
+        return extra, extra
+    processed = [i for i in extra if seqs[i].params.processed]
+    return processed, [i for i in extra if seqs[i].params.logprobs is not None]
