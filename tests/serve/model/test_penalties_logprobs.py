@@ -87,8 +87,10 @@ def test_sampled_logprobs_are_of_the_distribution_sampled_from(engine, hf):
         assert torch.tensor([v for _, v in entry.top[:6]]).exp().sum() == pytest.approx(1.0, abs=1e-4)
 
 
-def test_prompt_logprobs_are_the_raw_model_distribution(engine, hf):
-    prompt = _ids(engine)
+@pytest.mark.parametrize("chunk", [256, 3])  # the prompt's logits at once, or 3 positions at a time
+def test_prompt_logprobs_are_the_raw_model_distribution(engine, hf, chunk, monkeypatch):
+    monkeypatch.setattr("loraforge.serve.engine.model_runner.PROMPT_LOGITS_CHUNK", chunk)
+    prompt = _ids(engine, "The quick brown fox jumps over the lazy dog")
     p = SamplingParams(max_tokens=2, temperature=0, logprobs=2, prompt_logprobs=True, ignore_eos=True)
     seq = engine.generate([prompt], p)[0]
     with torch.no_grad():

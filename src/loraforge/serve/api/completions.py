@@ -55,7 +55,7 @@ async def completions(
             return None
         builder = builders.setdefault(choice.index, lp.CompletionLogprobs(text))
         if first and req.echo:
-            return builder.part(choice.prompt_logprobs + entries, ids[0])
+            return builder.part((choice.prompt_logprobs or []) + entries, ids[0])
         return builder.part(entries)
 
     def body(model: str, choices: list[Choice], usage: p.Usage) -> p.Completion:

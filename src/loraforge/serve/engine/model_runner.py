@@ -11,6 +11,8 @@ from loraforge.serve.model.llama import Llama
 from loraforge.serve.model.logprobs import prompt_entries
 from loraforge.serve.model.sampler import sample
 
+PROMPT_LOGITS_CHUNK = 256  # prompt positions whose logits (`echo` + `logprobs`) are computed at once
+
 
 class ModelRunner:
     """Runs one scheduled step on the model: lays the batch out as flat tensors (token ids, positions, the
@@ -97,11 +99,11 @@ class ModelRunner:
             self.kv,
             lora,
         )
+        if scored:
+            hidden = self._take_prompt_logprobs(batch, hidden)
         logits = self.model.logits(hidden).cpu()  # model dtype: the sampler converts only what it samples
         for seq in batch:
             seq.num_cached = len(seq)
-        if scored:
-            logits = self._take_prompt_logprobs(batch, logits)
         tokens = sample(logits, batch, self.ops)
         out = [0] * len(seqs)
         for pos, i in enumerate(order):
@@ -120,16 +122,19 @@ class ModelRunner:
             rows.append(end)
         return rows
 
-    @staticmethod
-    def _take_prompt_logprobs(batch: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
-        """Store the prompt logprobs found in the rows `_with_prompt_rows` added; the last-token rows."""
+    def _take_prompt_logprobs(self, batch: list[Sequence], hidden: torch.Tensor) -> torch.Tensor:
+        """Store the prompt logprobs of the rows `_with_prompt_rows` added, their logits computed a chunk at
+        a time (a long prompt's `[tokens, vocab]` at once could take gigabytes); returns the other rows."""
         keep, row = [], 0
         for seq in batch:
             if seq.params.prompt_logprobs and seq.prompt_logprobs is None:
-                n = len(seq.prompt_ids) - 1
-                k = seq.params.logprobs or 0
-                seq.prompt_logprobs = prompt_entries(logits[row : row + n], seq.prompt_ids, k)
+                n, k, found = len(seq.prompt_ids) - 1, seq.params.logprobs or 0, []
+                for at in range(0, n, PROMPT_LOGITS_CHUNK):
+                    end = min(at + PROMPT_LOGITS_CHUNK, n)
+                    logits = self.model.logits(hidden[row + at : row + end]).cpu()
+                    found += prompt_entries(logits, seq.prompt_ids[at + 1 : end + 1], k)
+                seq.prompt_logprobs = found
                 row += n
             keep.append(row)
             row += 1
-        return logits[keep]
+        return hidden[keep]

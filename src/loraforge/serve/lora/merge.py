@@ -136,7 +136,7 @@ class AdapterMerger:
             name = self.name(spec)
             if name in self.merges:
                 self.merges.move_to_end(name)
-                return AdapterRef(name, True)
+                return AdapterRef(name, False)
             w = self.manager.weights
             sources = []
             for adapter, weight in spec.adapters:
@@ -151,7 +151,7 @@ class AdapterMerger:
             self.manager.register(name, folder)
             self.merges[name] = folder
             self._forget_old()
-            return AdapterRef(name, True)
+            return AdapterRef(name, False)  # a client-chosen name (metrics label it like a hub id)
 
     def _forget_old(self) -> None:
         for name in list(self.merges)[: max(0, len(self.merges) - MAX_MERGES)]:

@@ -64,9 +64,6 @@ def record(
         seq.logprobs.append(entry)
 
 
-def prompt_entries(logits: torch.Tensor, prompt_ids: list[int], k: int) -> list[TokenLogprob]:
-    """Logprobs of prompt tokens 1.. from the logits at positions 0.. (`[len(prompt) - 1, vocab]`), raw."""
-    if not prompt_ids[1:]:
-        return []
-    logp = logits.float().log_softmax(dim=-1)
-    return entries(logp, prompt_ids[1:], [k] * (len(prompt_ids) - 1))
+def prompt_entries(logits: torch.Tensor, targets: list[int], k: int) -> list[TokenLogprob]:
+    """Logprobs of the prompt tokens `targets` from the logits of the positions before each (raw, fp32)."""
+    return entries(logits.float().log_softmax(dim=-1), targets, [k] * len(targets))
