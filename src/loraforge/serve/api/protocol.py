@@ -3,7 +3,15 @@
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from loraforge.serve.api.responses import *  # noqa: F403 - the routes use `protocol.X` for both
 from loraforge.serve.limits import (
@@ -195,11 +203,12 @@ class ChatRequest(_Request):
     reasoning_effort: Unsupported = None
     web_search_options: Unsupported = None
 
-    @model_validator(mode="after")
-    def _top_needs_logprobs(self) -> "ChatRequest":
-        if self.top_logprobs and not self.logprobs:
-            raise ValueError("top_logprobs: needs logprobs to be true")
-        return self
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):
+            raise ValueError("needs logprobs to be true")
+        return value
 
     def num_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
