@@ -103,21 +103,18 @@ def main() -> None:
     print(f"model {engine.model_name} ({engine.dtype}), {args.requests} requests x {args.tokens} tokens")
     _tokens_per_s(engine, prompts[:4], SamplingParams(max_tokens=4, temperature=0))  # warm-up
 
-    rows = []
+    def row(name: str, a: float, b: float, ratio: float, target: float) -> None:  # printed as measured
+        ok = "ok" if ratio >= target else "MISS"
+        print(f"{name:<66} {a:>10.1f} {b:>10.1f} {ratio:>6.2f}x {target:>6.2f}x {ok}", flush=True)
+
+    print(f"\n{'case':<66} {'baseline':>10} {'variant':>10} {'ratio':>7} {'target':>7}", flush=True)
     us_before, us_now = _sampler_micro(engine, args.requests, 200)
-    rows.append(
-        ("sampler, 64 greedy rows, us/call: before vs now", us_before, us_now, us_before / us_now, 0.95)
-    )
+    row("sampler, 64 greedy rows, us/call: before vs now", us_before, us_now, us_before / us_now, 0.95)
     greedy = SamplingParams(max_tokens=args.tokens, temperature=0, ignore_eos=True)
     sampled = SamplingParams(max_tokens=args.tokens, temperature=0.8, top_p=0.95, seed=1, ignore_eos=True)
     for name, base in (("greedy", greedy), ("temperature 0.8", sampled)):
         a, b = _best_pair(engine, prompts, base, _featured(base, engine.vocab_size), args.rounds)
-        rows.append((f"engine tok/s, {name}: defaults vs penalties+bias+logprobs", a, b, b / a, 0.90))
-
-    print(f"\n{'case':<66} {'baseline':>10} {'variant':>10} {'ratio':>7} {'target':>7}")
-    for name, a, b, ratio, target in rows:
-        ok = "ok" if ratio >= target else "MISS"
-        print(f"{name:<66} {a:>10.1f} {b:>10.1f} {ratio:>6.2f}x {target:>6.2f}x {ok}")
+        row(f"engine tok/s, {name}: defaults vs penalties+bias+logprobs", a, b, b / a, 0.90)
 
 
 if __name__ == "__main__":
