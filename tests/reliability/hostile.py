@@ -58,13 +58,15 @@ COMMON_FIELDS = [
     "presence_penalty",
     "frequency_penalty",
     "logprobs",
+    "logit_bias",
+    "merge",
     "user",
 ]
 # OpenAI fields the servers do not implement (a 400 naming them is right; silently ignoring them is not).
-UNIMPLEMENTED = ["tools", "tool_choice", "response_format", "logit_bias", "functions", "top_logprobs"]
+UNIMPLEMENTED = ["tools", "tool_choice", "response_format", "functions"]
 FIELDS = {
     "completions": [*COMMON_FIELDS, "prompt", "echo", "suffix", "best_of", *UNIMPLEMENTED],
-    "chat": [*COMMON_FIELDS, "messages", "max_completion_tokens", *UNIMPLEMENTED],
+    "chat": [*COMMON_FIELDS, "messages", "max_completion_tokens", "top_logprobs", *UNIMPLEMENTED],
 }
 PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 
@@ -88,7 +90,9 @@ KNOWN_BAD = {
     "stream_options": [{"include_usage": "yes"}, []],
     "logprobs": [True, 5],
     "tools": [[{"type": "function", "function": {"name": "f"}}]],
-    "logit_bias": [{"5": 100}, {"999999999": -100}],
+    "logit_bias": [{"5": 100}, {"999999999": -100}, {"-1": 1}, {"5": 1e308}],
+    "top_logprobs": [2**70, -1, 21],
+    "merge": [{"adapters": {"ad00": 1e308, "ad07": -1e308}}, {"adapters": {"../ad00": 1}}, {"adapters": {}}],
 }
 
 

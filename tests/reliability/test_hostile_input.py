@@ -95,11 +95,17 @@ SERVE_CASES = {
         400,
         "response_format",
     ),
-    "logit_bias (not implemented)": (
+    "logit_bias outside the vocabulary": (
         "completions",
-        {"prompt": "hi", "logit_bias": {"5": 100}},
+        {"prompt": "hi", "logit_bias": {"999999999": 100}},
         400,
         "logit_bias",
+    ),
+    "merge of an unknown adapter": (
+        "completions",
+        {"prompt": "hi", "merge": {"adapters": {"no-such-adapter": 1.0}}},
+        404,
+        "merge",
     ),
     "unknown field": ("completions", {"prompt": "hi", "frobnicate": True}, 400, "frobnicate"),
     "image content part": (

@@ -13,6 +13,10 @@ MAX_ADAPTER_BYTES = 8 << 30  # counted at the padded rank
 # what each means): auto keeps the activations' dtype, or bf16 where those are fp32 for lack of bf16 hardware.
 WEIGHT_FORMATS = ("auto", "fp32", "bf16", "int8", "int4")
 DEFAULT_WEIGHTS = "auto"
+MAX_LOGPROBS = 20  # most alternatives per position for `top_logprobs` / `logprobs` (OpenAI's: 20 / 5)
+MAX_MERGED_ADAPTERS = 8  # most adapters one `merge` combines
+MAX_MERGE_WEIGHT = 100.0  # largest |weight| of an adapter in a `merge` (finite, and far from overflowing)
+MAX_CHOICES = 16  # most choices per request (`n`); each is a sequence of its own in the batch
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,20 @@ def test_unknown_model_is_404(client):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("temperature", 5), ("top_p", 0), ("max_tokens", 0), ("n", 2), ("top_k", -1), ("presence_penalty", 1.0)],
+    [
+        ("temperature", 5),
+        ("top_p", 0),
+        ("max_tokens", 0),
+        ("n", 0),
+        ("n", 17),
+        ("top_k", -1),
+        ("presence_penalty", 2.5),
+        ("frequency_penalty", -2.1),
+        ("logit_bias", {"5": 101}),
+        ("logit_bias", {"x": 1}),
+        ("logit_bias", {"99999999": 1}),
+        ("logprobs", 21),
+    ],
 )
 def test_bad_parameter_is_400_naming_the_field(live, field, value):
     r = post(live, "/v1/completions", {"model": live.engine.model_name, "prompt": "x", field: value})

@@ -104,12 +104,6 @@ def test_the_bearer_scheme_is_case_insensitive(live):
     [
         ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
         ("tool_choice", "required"),
-        ("logit_bias", {"50256": -100}),
-        ("logprobs", True),
-        ("top_logprobs", 3),
-        ("n", 2),
-        ("presence_penalty", 0.5),
-        ("frequency_penalty", -1),
         ("functions", [{"name": "f"}]),
         ("audio", {"voice": "alloy"}),
         ("no_such_field", 1),
@@ -122,7 +116,7 @@ def test_unimplemented_chat_fields_are_400_naming_them(live, field, value):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("logprobs", 2), ("best_of", 3), ("suffix", "end"), ("n", 3), ("tools", [{"type": "function"}])],
+    [("best_of", 3), ("suffix", "end"), ("tools", [{"type": "function"}])],
 )
 def test_unimplemented_completion_fields_are_400_naming_them(live, field, value):
     assert_error(completion(live, prompt="x", **{field: value}), 400, field)

@@ -1,20 +1,41 @@
-"""OpenAI request bodies (pydantic) and response shapes."""
+"""OpenAI request bodies (pydantic); the response shapes are in responses.py (re-exported here)."""
 
-import time
 import uuid
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_serializer
+from pydantic import Field, ValidationInfo, field_validator
 
 from loraforge.serve.api.response_format import ResponseFormat
+from loraforge.serve.api.responses import *  # noqa: F403 - the routes use `protocol.X` for both
 from loraforge.serve.api.strict import NoTools, Unsupported
 from loraforge.serve.api.strict import Strict as _Strict
 from loraforge.serve.api.strict import only as _only
-from loraforge.serve.limits import SEED_MAX, SEED_MIN
+from loraforge.serve.limits import (
+    MAX_CHOICES,
+    MAX_LOGPROBS,
+    MAX_MERGE_WEIGHT,
+    MAX_MERGED_ADAPTERS,
+    SEED_MAX,
+    SEED_MIN,
+)
+from loraforge.serve.model.penalties import MAX_BIAS, MAX_PENALTY
 
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+
+
+class MergeRequest(_Strict):
+    """Extension, LoRAX's per-request merge: serve `sum(weight * adapter)` of loaded adapters, e.g.
+    `{"adapters": {"a": 0.5, "b": 0.5}, "method": "ties", "density": 0.2}` (serve/lora/merge.py)."""
+
+    # name -> weight; bounded so that a merge cannot overflow the model's activations
+    adapters: dict[str, Annotated[float, Field(ge=-MAX_MERGE_WEIGHT, le=MAX_MERGE_WEIGHT)]] = Field(
+        min_length=1, max_length=MAX_MERGED_ADAPTERS
+    )
+    method: Literal["linear", "ties"] = "linear"
+    density: float = Field(1.0, gt=0.0, le=1.0)  # TIES: the fraction of each delta's entries kept
+    majority_sign_method: Literal["total", "frequency"] = "total"  # TIES: how the sign is elected
 
 
 class _Request(_Strict):
@@ -23,7 +44,7 @@ class _Request(_Strict):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0)  # extension (vLLM has it too); 0 = off
-    n: Annotated[int | None, _only(None, 1, why="one choice per request")] = None
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
@@ -34,14 +55,33 @@ class _Request(_Strict):
     guided_choice: list[str] | None = None
     guided_json: dict[str, Any] | str | None = None
     guided_regex: str | None = None
-    presence_penalty: Annotated[float | None, _only(None, 0)] = None
-    frequency_penalty: Annotated[float | None, _only(None, 0)] = None
-    logit_bias: Annotated[dict[str, float] | None, _only(None, {})] = None
+    presence_penalty: float | None = Field(None, ge=-MAX_PENALTY, le=MAX_PENALTY)
+    frequency_penalty: float | None = Field(None, ge=-MAX_PENALTY, le=MAX_PENALTY)
+    # token id (a decimal string, as JSON keys are) -> bias; ids are checked against the vocabulary later
+    logit_bias: dict[str, float] | None = None
+    merge: MergeRequest | None = None  # extension: serve a weighted merge of loaded adapters (merge.py)
     # Harmless in OpenAI's semantics: they change nothing about the generated text.
     user: str | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
     service_tier: str | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key in value or {}:
+            if not key.strip().lstrip("-").isdigit():
+                raise ValueError(f"keys must be token ids (integers), not {key!r}")
+            if not -MAX_BIAS <= value[key] <= MAX_BIAS:  # (NaN fails this too)
+                raise ValueError(f"the bias of token {key} must be in [-{MAX_BIAS:g}, {MAX_BIAS:g}]")
+        return value
+
+    def bias(self) -> dict[int, float] | None:
+        return {int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None
+
+    def num_logprobs(self) -> int | None:
+        """Alternatives per position the answer lists; None: no logprobs at all."""
+        raise NotImplementedError
 
     def stop_list(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -52,9 +92,12 @@ class CompletionRequest(_Request):
     prompt: Any
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
     echo: bool = False
-    logprobs: Annotated[int | None, _only(None, 0)] = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     best_of: Annotated[int | None, _only(None, 1)] = None
     suffix: Annotated[str | None, _only(None, "")] = None
+
+    def num_logprobs(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -104,8 +147,8 @@ class ChatMessage(_Strict):
 class ChatRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: Annotated[bool | None, _only(None, False)] = None
-    top_logprobs: Annotated[int | None, _only(None, 0)] = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     tools: NoTools = None
     tool_choice: NoTools = None
     parallel_tool_calls: bool | None = None  # no tools, so nothing to call in parallel
@@ -117,6 +160,16 @@ class ChatRequest(_Request):
     reasoning_effort: Unsupported = None
     web_search_options: Unsupported = None
 
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):
+            raise ValueError("needs logprobs to be true")
+        return value
+
+    def num_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
 
 class AdapterLoadRequest(_Strict):
     name: str
@@ -126,150 +179,3 @@ class AdapterLoadRequest(_Strict):
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
-
-
-# ---- responses ---------------------------------------------------------------------------------------
-
-
-class _Response(BaseModel):
-    """A response body. Fields named in `_absent_when_none` are left out when None (an optional part, such
-    as `usage` on a stream chunk); other None fields are sent as null, as OpenAI does (`finish_reason`)."""
-
-    _absent_when_none: ClassVar[tuple[str, ...]] = ()
-
-    @model_serializer(mode="wrap")
-    def _leave_out_absent(self, handler):
-        data = handler(self)
-        for name in self._absent_when_none:
-            if data.get(name) is None:
-                data.pop(name, None)
-        return data
-
-    def dump(self) -> dict:
-        return self.model_dump()
-
-
-class Usage(_Response):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-    @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int) -> "Usage":
-        return cls(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=prompt_tokens + completion_tokens,
-        )
-
-
-class _Generated(_Response):
-    """What every generation response and stream chunk starts with."""
-
-    id: str
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-
-
-class _Streamed(_Generated):
-    """A response that is also a stream chunk: `usage` only on the chunk (or whole answer) that has it."""
-
-    usage: Usage | None = None
-    _absent_when_none = ("usage",)
-
-
-class _Choice(_Response):
-    index: int = 0
-    finish_reason: str | None
-
-
-class CompletionChoice(_Choice):
-    text: str
-    logprobs: None = None
-
-
-class Completion(_Streamed):
-    """`/v1/completions`, whole or one chunk of a stream (the same shape)."""
-
-    object: Literal["text_completion"] = "text_completion"
-    choices: list[CompletionChoice]
-
-    @classmethod
-    def of(cls, rid: str, model: str, text: str, finish: str | None, usage: Usage | None = None):
-        choice = CompletionChoice(text=text, finish_reason=finish)
-        return cls(id=rid, model=model, choices=[choice], usage=usage)
-
-
-class AssistantMessage(_Response):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class ChatChoice(_Choice):
-    message: AssistantMessage
-
-
-class ChatCompletion(_Generated):
-    object: Literal["chat.completion"] = "chat.completion"
-    choices: list[ChatChoice]
-    usage: Usage
-
-    @classmethod
-    def of(cls, rid: str, model: str, text: str, finish: str | None, usage: Usage) -> "ChatCompletion":
-        choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=finish)
-        return cls(id=rid, model=model, choices=[choice], usage=usage)
-
-
-class ChatDelta(_Response):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    _absent_when_none = ("role", "content")
-
-
-class ChatChunkChoice(_Choice):
-    delta: ChatDelta
-
-
-class ChatCompletionChunk(_Streamed):
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    choices: list[ChatChunkChoice]
-
-    @classmethod
-    def of(cls, rid: str, model: str, delta: ChatDelta, finish: str | None, usage: Usage | None = None):
-        """A chunk with one choice, or (with `usage`) the final usage chunk, which has none."""
-        choices = [] if usage else [ChatChunkChoice(delta=delta, finish_reason=finish)]
-        return cls(id=rid, model=model, choices=choices, usage=usage)
-
-
-class ModelCard(_Response):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "loraforge"
-    parent: str | None = None
-    _absent_when_none = ("parent",)
-
-
-class ModelList(_Response):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class AdapterStatus(_Response):
-    id: str
-    object: Literal["adapter"] = "adapter"
-    resident: bool
-    pinned: bool
-
-
-class AdapterDeleted(_Response):
-    id: str
-    object: Literal["adapter"] = "adapter"
-    deleted: bool = True
-
-
-class Health(_Response):
-    status: Literal["ok", "error"]
-    model: str
-    error: str | None = None
-    _absent_when_none = ("error",)

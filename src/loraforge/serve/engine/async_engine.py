@@ -12,59 +12,27 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from pathlib import Path
 
-from loraforge.errors import LoraforgeError
+from loraforge.serve.engine.async_adapters import AdapterCommands
 from loraforge.serve.engine.config import EngineConfig
 from loraforge.serve.engine.engine import Engine, StepOutput
+from loraforge.serve.engine.events import (  # noqa: F401 - the errors are re-exported to the API
+    AdapterInUseError,
+    EngineDeadError,
+    Event,
+    QueueFullError,
+    ShuttingDownError,
+    _Stream,
+)
 from loraforge.serve.engine.sequence import SamplingParams, Sequence
 from loraforge.serve.limits import ServeLimits
 from loraforge.serve.lora.manager import AdapterRef
+from loraforge.serve.lora.merge import AdapterMerger
 
 log = logging.getLogger(__name__)
 
 
-class QueueFullError(LoraforgeError):
-    """Too many requests are waiting; the client should retry later."""
-
-
-class ShuttingDownError(LoraforgeError):
-    """The server is draining and takes no new requests."""
-
-
-class EngineDeadError(LoraforgeError):
-    """The engine thread has stopped; the server cannot generate any more."""
-
-
-class AdapterInUseError(LoraforgeError):
-    """An adapter cannot be unloaded or replaced while requests use it; retry when they finish."""
-
-    def __init__(self, name: str):
-        super().__init__(f"adapter '{name}' is serving requests; retry when they finish")
-
-
-@dataclass
-class Event:
-    """A snapshot of one request's progress, safe to read on the event loop."""
-
-    text: str  # new text since the previous event
-    prompt_tokens: int
-    completion_tokens: int
-    finished: bool = False
-    finish_reason: str | None = None
-    error: Exception | None = None
-
-
-@dataclass
-class _Stream:
-    """Where the events of one request go: a queue on the event loop that waits for them."""
-
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
-
-
-class AsyncEngine:
+class AsyncEngine(AdapterCommands):
     """The `Engine` on a thread of its own, behind an asyncio interface: the facade the HTTP API uses.
 
     Threads: the event loop calls `generate`, `resolve` (in the thread pool: it reads the file system) and
@@ -73,6 +41,7 @@ class AsyncEngine:
 
     def __init__(self, config: EngineConfig, max_waiting: int = 256):
         self.engine = Engine(config, on_ready=self._wake)
+        self.merger = AdapterMerger(self.engine.adapters, self.engine.model_name)  # `merge` requests
         self.max_waiting = max_waiting
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._wakeup = threading.Event()
@@ -116,14 +85,8 @@ class AsyncEngine:
     def max_tokens_limit(self) -> int:
         return self.engine.max_tokens_limit
 
-    def num_resident_adapters(self) -> int:
-        return len(self.engine.adapters.resident)
-
     def num_preemptions(self) -> int:
         return self.engine.scheduler.num_preemptions
-
-    def is_resident(self, name: str) -> bool:
-        return name in self.engine.adapters.resident
 
     def start(self) -> None:
         self._thread.start()
@@ -212,6 +175,10 @@ class AsyncEngine:
         if stream is None:
             return
         event = Event(out.delta, len(seq.prompt_ids), len(seq.output_ids), out.finished)
+        if event.text or out.finished:  # the logprobs of tokens whose text was held back come with the next
+            if seq.logprobs_sent == 0:
+                event.prompt_logprobs = seq.prompt_logprobs
+            event.logprobs, seq.logprobs_sent = seq.logprobs[seq.logprobs_sent :], len(seq.logprobs)
         if out.finished:
             event.finish_reason = seq.finish_reason.value if seq.finish_reason else None
             event.error = seq.error
@@ -294,55 +261,6 @@ class AsyncEngine:
 
         self._call(call)
         return fut
-
-    # ---- adapters ----------------------------------------------------------------------------------
-    def register_adapter(self, name: str, path: Path) -> None:
-        """Make the adapter at `path` available under `name` (before `start`, or from any thread: the
-        manager locks its registry)."""
-        self.engine.adapters.register(name, path)
-
-    async def known_adapters(self) -> list[str]:
-        return await asyncio.get_running_loop().run_in_executor(None, self.engine.adapters.known)
-
-    async def prepare_adapter(self, name: str, path: Path | None = None) -> None:
-        """Before `load_adapter`: with `path`, (re)register `name` there, dropping weights loaded from an
-        old path first (on the engine thread, between steps; AdapterInUseError while requests use them);
-        without, forget a remembered failure (an explicit load tries again). Raises ModelNotFoundError or
-        another LoraforgeError when `name` cannot be loaded at all."""
-        manager = self.engine.adapters
-        if path is not None:
-            if not await self.run_in_engine(lambda: manager.unload(name)):
-                raise AdapterInUseError(name)
-            manager.register(name, path)
-        else:
-            manager.forget_failure(name)
-        await asyncio.get_running_loop().run_in_executor(None, manager.locate, name)
-
-    async def load_adapter(self, name: str, pinned: bool = False, registered: bool = False) -> bool:
-        """Load `name` (on the loader threads) and install it now, so the next request finds it resident;
-        returns whether it is resident (False: every resident adapter is in use or pinned). Raises the
-        load's error, which stays remembered for the requests waiting for it; `registered`: the path
-        `prepare_adapter` registered is forgotten again on failure."""
-        manager = self.engine.adapters
-        future = manager.start_load(name)
-        if future is not None:
-            try:
-                await asyncio.wrap_future(future)
-            except Exception:
-                if registered:
-                    manager.unregister(name)
-                raise
-        await self.run_in_engine(manager.install_finished)
-        manager.pin(name, pinned)
-        return self.is_resident(name)
-
-    async def unload_adapter(self, name: str) -> bool:
-        """Drop `name` from memory; False when no such adapter is known. AdapterInUseError while in use."""
-        if name not in await self.known_adapters() and not self.is_resident(name):
-            return False
-        if not await self.run_in_engine(lambda: self.engine.adapters.unload(name)):
-            raise AdapterInUseError(name)
-        return True
 
     def _future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
         """A future the engine thread settles; tracked so that a dying engine thread fails it."""

@@ -87,8 +87,9 @@ class BlockManager:
 
     def lookup(self, seq: Sequence) -> list[int]:
         """The cached blocks `seq` can start from: its longest prefix of full blocks in the cache, never the
-        block of its last token (that token must be computed, for its logits)."""
-        if not self.prefix_cache:
+        block of its last token (that token must be computed, for its logits). None for a prompt that wants
+        its prompt logprobs (`echo` with `logprobs`): those need every prompt position's hidden state."""
+        if not self.prefix_cache or (seq.params.prompt_logprobs and seq.prompt_logprobs is None):
             return []
         hits = []
         for h in self._hashes(seq, (len(seq) - 1) // self.block_size):

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-from loraforge.errors import LoraforgeError
 from loraforge.models import load_tokenizer, pick_dtype, resolve_model
 from loraforge.models.loading import generation_eos_ids
 from loraforge.serve.engine.block_manager import BlockManager
@@ -15,6 +14,7 @@ from loraforge.serve.engine.detokenizer import Detokenizer, take_new_text
 from loraforge.serve.engine.model_runner import ModelRunner
 from loraforge.serve.engine.scheduler import Scheduler
 from loraforge.serve.engine.sequence import FinishReason, SamplingParams, Sequence
+from loraforge.serve.engine.validation import RequestError, validate_request  # noqa: F401 - re-exported
 from loraforge.serve.lora.manager import AdapterManager, AdapterRef
 from loraforge.serve.lora.weights import LoRAWeights
 from loraforge.serve.model.kv_cache import KVCache
@@ -22,14 +22,6 @@ from loraforge.serve.model.llama import Llama
 from loraforge.serve.model.quant import adapter_dtype, resolve_weights
 
 log = logging.getLogger(__name__)
-
-
-class RequestError(LoraforgeError):
-    """A request the engine cannot serve as given (too long, bad parameters); `param` names the field."""
-
-    def __init__(self, param: str, message: str, code: str | None = None):
-        super().__init__(f"{param}: {message}")
-        self.param, self.code = param, code
 
 
 @dataclass
@@ -124,35 +116,7 @@ class Engine:
     # ---- requests ----------------------------------------------------------------------------------
     def validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Raise RequestError for a request that can never run (or would fail inside a step)."""
-        lim = self.config.limits
-        if not prompt_ids:
-            raise RequestError("prompt", "must not be empty")
-        if len(prompt_ids) > self.max_prompt_tokens:
-            raise RequestError(
-                "prompt",
-                f"{len(prompt_ids)} tokens: this server takes prompts of at most {self.max_prompt_tokens} "
-                f"tokens (the model's context is {self.max_model_len})",
-                "context_length_exceeded",
-            )
-        bad = next((t for t in prompt_ids if not 0 <= t < self.vocab_size), None)
-        if bad is not None:
-            # Checked here, not left to the embedding lookup: a negative id would silently wrap around,
-            # and an out-of-range one would fail the whole batch's step.
-            raise RequestError("prompt", f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
-        if params.max_tokens < 1:
-            raise RequestError("max_tokens", "must be at least 1")
-        if params.max_tokens > self.max_tokens_limit:
-            raise RequestError("max_tokens", f"must be at most {self.max_tokens_limit}")
-        if params.top_p <= 0 or params.top_p > 1:
-            raise RequestError("top_p", "must be in (0, 1]")
-        if params.temperature < 0:
-            raise RequestError("temperature", "must be >= 0")
-        if len(params.stop) > lim.max_stop_sequences:
-            raise RequestError("stop", f"at most {lim.max_stop_sequences} stop sequences")
-        if any(len(s) > lim.max_stop_chars for s in params.stop):
-            raise RequestError("stop", f"a stop sequence may have at most {lim.max_stop_chars} characters")
-        if self.blocks.blocks_needed(len(prompt_ids) + 1) > self.blocks.num_blocks:
-            raise RequestError("prompt", "longer than the whole KV cache", "context_length_exceeded")
+        validate_request(self, prompt_ids, params)
 
     def add_request(
         self,

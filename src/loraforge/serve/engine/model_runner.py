@@ -8,7 +8,10 @@ from loraforge.serve.lora.weights import NO_LORA, LoRAStep, LoRAWeights
 from loraforge.serve.model.attention import AttentionMetadata
 from loraforge.serve.model.kv_cache import KVCache
 from loraforge.serve.model.llama import Llama
+from loraforge.serve.model.logprobs import prompt_entries
 from loraforge.serve.model.sampler import sample
+
+PROMPT_LOGITS_CHUNK = 256  # prompt positions whose logits (`echo` + `logprobs`) are computed at once
 
 
 class ModelRunner:
@@ -98,6 +101,10 @@ class ModelRunner:
         ids, positions, row_adapters, meta = (self.prepare_prefill if is_prefill else self.prepare_decode)(
             batch
         )
+        scored = is_prefill and any(s.params.prompt_logprobs and s.prompt_logprobs is None for s in batch)
+        if scored:  # the hidden states of every prompt position of those sequences, not just the last
+            last = self._with_prompt_rows(batch, meta.last_token_index.tolist())
+            meta.last_token_index = torch.tensor(last, device=self.device)
         lora = NO_LORA
         if any(row_adapters):
             lora = LoRAStep(self.lora, LoRABatch.build(row_adapters, self.device))
@@ -108,6 +115,8 @@ class ModelRunner:
             self.kv,
             lora,
         )
+        if scored:
+            hidden = self._take_prompt_logprobs(batch, hidden)
         logits = self.model.logits(hidden).cpu()  # model dtype: the sampler converts only what it samples
         for seq in batch:
             seq.num_cached = len(seq)
@@ -116,3 +125,32 @@ class ModelRunner:
         for pos, i in enumerate(order):
             out[i] = tokens[pos]
         return out
+
+    @staticmethod
+    def _with_prompt_rows(batch: list[Sequence], last: list[int]) -> list[int]:
+        """The rows to compute logits for: each sequence's last token, preceded by the prompt positions
+        0..len(prompt)-2 of a sequence that wants its prompt logprobs (`echo` with `logprobs`)."""
+        rows = []
+        for seq, end in zip(batch, last, strict=True):
+            if seq.params.prompt_logprobs and seq.prompt_logprobs is None:
+                start = end - len(seq) + 1
+                rows += range(start, start + len(seq.prompt_ids) - 1)
+            rows.append(end)
+        return rows
+
+    def _take_prompt_logprobs(self, batch: list[Sequence], hidden: torch.Tensor) -> torch.Tensor:
+        """Store the prompt logprobs of the rows `_with_prompt_rows` added, their logits computed a chunk at
+        a time (a long prompt's `[tokens, vocab]` at once could take gigabytes); returns the other rows."""
+        keep, row = [], 0
+        for seq in batch:
+            if seq.params.prompt_logprobs and seq.prompt_logprobs is None:
+                n, k, found = len(seq.prompt_ids) - 1, seq.params.logprobs or 0, []
+                for at in range(0, n, PROMPT_LOGITS_CHUNK):
+                    end = min(at + PROMPT_LOGITS_CHUNK, n)
+                    logits = self.model.logits(hidden[row + at : row + end]).cpu()
+                    found += prompt_entries(logits, seq.prompt_ids[at + 1 : end + 1], k)
+                seq.prompt_logprobs = found
+                row += n
+            keep.append(row)
+            row += 1
+        return hidden[keep]

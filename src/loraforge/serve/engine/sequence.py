@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from loraforge.serve.engine.constraints import Constraint, ConstraintState
+from loraforge.serve.model.logprobs import TokenLogprob
 
 
 @dataclass
@@ -21,10 +22,21 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     constraint: Constraint | None = None  # what may be generated: labels, a JSON schema (constraints.py)
+    # ---- OpenAI's penalties, bias and log-probabilities (model/penalties.py, model/logprobs.py) ------
+    presence_penalty: float = 0.0  # subtracted once from the logit of every token already generated
+    frequency_penalty: float = 0.0  # subtracted per time a token was already generated
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
+    logprobs: int | None = None  # None: none; k: the chosen token's log-probability and the k most likely
+    prompt_logprobs: bool = False  # also each prompt token's (echo); needs `logprobs`
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    @property
+    def processed(self) -> bool:
+        """Whether the logits need the processors of model/penalties.py."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
 
 class SequenceStatus(enum.Enum):
@@ -78,6 +90,13 @@ class Sequence:
         )
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed)
+        # An entry per output token (`logprobs`), and per prompt token after the first (`prompt_logprobs`).
+        self.logprobs: list[TokenLogprob] = []
+        self.prompt_logprobs: list[TokenLogprob] | None = None
+        self.logprobs_sent = 0  # entries of `logprobs` handed out (AsyncEngine's events)
+        self.sampling_extras = (
+            params.processed or params.logprobs is not None
+        )  # off: the sampler's plain path
 
     @property
     def token_ids(self) -> list[int]:

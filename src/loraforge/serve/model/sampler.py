@@ -4,6 +4,7 @@ import torch
 
 from loraforge.serve.engine.sequence import Sequence
 from loraforge.serve.kernels.ops import TORCH_OPS, TorchOps
+from loraforge.serve.model import logprobs, penalties
 
 MIN_TEMPERATURE = 1e-5  # smaller ones (valid in the API: 1e-300) act as this; in fp32 they round to 0
 
@@ -13,13 +14,19 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], ops: TorchOps = TORCH_OPS
 
     Greedy rows take the argmax of the logits as they are (exact: fp32 holds every bf16 value); only the
     rows that sample are converted to fp32. Rows under a constraint first lose every token it does not allow
-    (in place: the logits are this step's own)."""
+    (in place: the logits are this step's own). Rows with `logit_bias` or penalties then get them
+    (penalties.py, the batch in fp32); rows that asked for logprobs get them recorded (logprobs.py)."""
     for i, seq in enumerate(seqs):
         if seq.constraint_state is not None:  # engine/constraints.py: a label set or a grammar
             seq.constraint_state.mask(logits, i, seq.output_ids)
+    processed, scored = _extras(seqs)
+    if processed:
+        logits = penalties.apply(logits, seqs, processed)
     out = ops.argmax_rows(logits)
     sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
     if not sampled:
+        if scored:
+            logprobs.record(seqs, scored, out, logits, {})
         return out
     rows = logits[sampled].float()
     params = [seqs[i].params for i in sampled]
@@ -45,7 +52,21 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], ops: TorchOps = TORCH_OPS
         drop[:, 0] = False  # even a top_p that rounds to 0 in fp32 (1e-300)
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(1, order, sorted_p)
+        rows = rows.masked_fill(torch.zeros_like(drop).scatter_(1, order, drop), float("-inf"))
     for row, i in enumerate(sampled):
         # Each request draws from its own generator, so a seed reproduces the output whatever the batch.
         out[i] = int(torch.multinomial(probs[row], 1, generator=seqs[i].generator).item())
+    if scored:
+        logprobs.record(seqs, scored, out, logits, {i: rows[row] for row, i in enumerate(sampled)})
     return out
+
+
+def _extras(seqs: list[Sequence]) -> tuple[list[int], list[int]]:
+    """The rows with logit processors, and the rows that want logprobs. One flag per row, set when the
+    sequence was made, so a batch with neither costs the plain greedy path one short pass
+    (benchmarks/sampling_overhead.py)."""
+    extra = [i for i, seq in enumerate(seqs) if seq.sampling_extras]
+    if not extra:
+        return extra, extra
+    processed = [i for i in extra if seqs[i].params.processed]
+    return processed, [i for i in extra if seqs[i].params.logprobs is not None]
