@@ -162,3 +162,21 @@ def test_eviction_under_memory_pressure_keeps_outputs(tiny_model_dir, adapter_di
     assert engine.blocks.stats.evicted_blocks > 0
     assert engine.blocks.num_free == 24  # nothing leaked: every block is free or evictable
     assert sum(engine.blocks.ref) == 0
+
+
+def test_a_prompt_asking_for_its_logprobs_is_computed_whole(tiny_model_dir, adapter_dir, prompts):
+    """`echo` with `logprobs` needs every prompt position's logits: such a prompt never starts from cached
+    blocks, and its prompt logprobs equal those of an engine without the cache."""
+
+    def prompt_logprobs(engine):
+        params = SamplingParams(max_tokens=2, temperature=0, logprobs=2, prompt_logprobs=True)
+        (seq,) = engine.generate([prompts[0]], params, [None])
+        return [(e.token, round(e.logprob, 4)) for e in seq.prompt_logprobs]
+
+    expected = prompt_logprobs(_engine(tiny_model_dir, adapter_dir, False, block_size=4, num_kv_blocks=256))
+    engine = _engine(tiny_model_dir, adapter_dir, True, block_size=4, num_kv_blocks=256)
+    _run(engine, prompts[:1], [None])  # the prompt's blocks are now cached
+    hits = engine.blocks.stats.hit_tokens
+    assert prompt_logprobs(engine) == expected
+    assert engine.blocks.stats.hit_tokens == hits  # nothing was taken from the cache
+    assert len(expected) == len(prompts[0]) - 1
