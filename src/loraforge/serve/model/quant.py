@@ -58,7 +58,10 @@ def resolve_weights(weights: str, dtype: torch.dtype, precision_auto: bool, devi
         raise ConfigError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, not '{weights}'")
     on_cpu = torch.device(device).type == "cpu"
     if weights == "auto":
-        return "bf16" if on_cpu and dtype == torch.float32 and precision_auto else "plain"
+        # The activations' dtype, also on CPUs without bf16 arithmetic: there, bf16 weights widened in the
+        # kernels measured slower than fp32 ones (benchmarks/quant_decode.py, forced AVX2 path), so holding
+        # 16 bits is a choice (`bf16`), not the default.
+        return "plain"
     if weights in ("fp32", "bf16"):
         wanted = torch.float32 if weights == "fp32" else torch.bfloat16
         if wanted == dtype:
