@@ -124,13 +124,12 @@ def _next_logits(engine: Engine, ids: list[int]) -> torch.Tensor:
 
 def test_the_weight_format_follows_the_setting_and_the_cpu():
     f32, bf16 = torch.float32, torch.bfloat16
-    assert resolve_weights("auto", f32, True, "cpu") == "plain"  # no bf16 hardware: fp32 (quant_decode.py)
-    assert resolve_weights("bf16", f32, True, "cpu") == "bf16"  # 16 bits in memory, widened in the kernels
-    assert resolve_weights("auto", f32, False, "cpu") == "plain"  # --precision fp32 asked for: exact fp32
-    assert resolve_weights("auto", bf16, True, "cpu") == "plain"
-    assert resolve_weights("bf16", bf16, True, "cpu") == "plain"
-    assert resolve_weights("int4", bf16, True, "cpu") == "int4"
-    assert resolve_weights("auto", f32, True, "cuda") == "plain"
-    for bad in [("fp32", bf16, False, "cpu"), ("int8", bf16, True, "cuda"), ("q4_k", f32, True, "cpu")]:
+    assert resolve_weights("auto", f32, "cpu") == "plain"  # no bf16 hardware: fp32 (quant_decode.py)
+    assert resolve_weights("bf16", f32, "cpu") == "bf16"  # 16 bits in memory, widened in the kernels
+    assert resolve_weights("auto", bf16, "cpu") == "plain"
+    assert resolve_weights("bf16", bf16, "cpu") == "plain"
+    assert resolve_weights("int4", bf16, "cpu") == "int4"
+    assert resolve_weights("auto", f32, "cuda") == "plain"
+    for bad in [("fp32", bf16, "cpu"), ("int8", bf16, "cuda"), ("q4_k", f32, "cpu")]:
         with pytest.raises(ConfigError):
             resolve_weights(*bad)

@@ -49,7 +49,7 @@ class Engine:
         self.model_name = resolved.name
         self.tokenizer = load_tokenizer(resolved)
         self.dtype = pick_dtype(config.precision, config.device)  # the activations'; the weights' next
-        weights = resolve_weights(config.weights, self.dtype, config.precision == "auto", config.device)
+        weights = resolve_weights(config.weights, self.dtype, config.device)
         self.model = Llama.load(resolved.path, self.dtype, config.device, weights)
         cfg = self.model.cfg
         self.max_model_len = min(config.max_model_len or 8192, cfg.max_position_embeddings)

@@ -50,10 +50,9 @@ class QuantWeight:
         return self.data.numel() * self.data.element_size() + self.scales.numel() * self.scales.element_size()
 
 
-def resolve_weights(weights: str, dtype: torch.dtype, precision_auto: bool, device: str) -> str:
+def resolve_weights(weights: str, dtype: torch.dtype, device: str) -> str:
     """The base weights' format for activations of `dtype`: "plain" (the activations' dtype) or one of
-    QUANTIZED. `precision_auto`: the dtype was chosen by `pick_dtype`, not asked for. Raises ConfigError for
-    a combination that cannot run."""
+    QUANTIZED. Raises ConfigError for a combination that cannot run."""
     if weights not in WEIGHT_FORMATS:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, not '{weights}'")
     on_cpu = torch.device(device).type == "cpu"
