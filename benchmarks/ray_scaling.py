@@ -57,12 +57,14 @@ def replica_stats(replicas: int) -> dict[str, int]:
 
     handle = serve.get_deployment_handle("EngineReplica", APP_NAME)
     seen: dict[str, int] = {}
-    for _ in range(100):
-        stats = handle.stats.remote().result()
-        seen[stats["replica"]] = stats["adapter_loads"]
+    deadline = time.monotonic() + 60  # past Ray's 10 s queue-length cache, which can hide an idle replica
+    while time.monotonic() < deadline:
+        for stats in [call.result() for call in [handle.stats.remote() for _ in range(4)]]:
+            seen[stats["replica"]] = stats["adapter_loads"]
         if len(seen) == replicas:
             return seen
-    raise RuntimeError(f"only {len(seen)} of {replicas} replicas answered")
+        time.sleep(0.5)
+    raise RuntimeError(f"only {len(seen)} of {replicas} replicas answered in 60 s")
 
 
 def run_requests(

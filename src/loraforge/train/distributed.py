@@ -74,7 +74,16 @@ def init_process_group(context: DistContext, device: str) -> str:
     return device
 
 
+def leave() -> None:
+    """Leave the process group with every rank, once the last collective is done. The barrier is why: a rank
+    that tore its gloo links down while a peer still read the tail of the last gather would abort
+    ("terminate called without an active exception")."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def shutdown() -> None:
+    """Leave the process group if still in it (after a failure: no barrier, a peer may be gone)."""
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -109,6 +109,8 @@ def _run(config, output_dir, context, resume, evaluate, baseline, show_progress,
         trainer = distributed.DistributedLoraTrainer(*args, context=context)
     result = trainer.train(metrics, checkpoint, on_step=on_step, show_progress=show_progress and main)
     weights = trainer.adapter_weights()  # gathered on every rank under FSDP (collective)
+    if context is not None:
+        distributed.leave()  # the ranks' last collective: rank 0 writes and evaluates alone
     if not main:
         return TrainingRun(summary=None, eval_report=None, model=model)
 

@@ -1,5 +1,10 @@
 """One local Ray cluster for the Ray Serve tests (2 CPUs, loopback), shut down after the last of them."""
 
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
 import pytest
 
 from loraforge.serve.engine import EngineConfig
@@ -9,6 +14,7 @@ from tests.serve.conftest import write_random_adapter
 
 API_KEY = "ray-key"
 NUM_ADAPTERS = 8
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="package")
@@ -48,3 +54,24 @@ def spec(tiny_model_dir, ray_adapters) -> ServerSpec:
 def port(ray_cluster) -> int:
     """The Ray entry point's port (Serve's HTTP proxy binds it once per cluster)."""
     return free_port()
+
+
+def from_every_replica(
+    ask: Callable[[], tuple[str, T]], replicas: int, timeout_s: float = 60
+) -> dict[str, T]:
+    """{replica: answer} from `ask()` (one request through the entry point: (replica that answered, answer)),
+    asked until every replica has answered.
+
+    Ray's router sends a request to the replica with the shorter queue as its cache last saw it, and a cache
+    entry lives 10 s (RAY_SERVE_QUEUE_LENGTH_CACHE_TIMEOUT_S): a replica last seen busy can miss any number of
+    quick sequential requests. Asking four at a time, for longer than that, reaches every replica.
+    """
+    seen: dict[str, T] = {}
+    deadline = time.monotonic() + timeout_s
+    with ThreadPoolExecutor(4) as pool:
+        while time.monotonic() < deadline:
+            seen.update(pool.map(lambda _: ask(), range(4)))
+            if len(seen) == replicas:
+                return seen
+            time.sleep(0.5)
+    raise AssertionError(f"only {len(seen)} of {replicas} replicas answered in {timeout_s:.0f} s")

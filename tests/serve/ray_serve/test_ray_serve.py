@@ -10,7 +10,7 @@ import pytest
 from loraforge.serve.ray_serve.launch import deploy
 from loraforge.serve.ray_serve.options import APP_NAME, REPLICA_HEADER, RayServeOptions
 from tests.serve.api.conftest import start_server
-from tests.serve.ray_serve.conftest import API_KEY, NUM_ADAPTERS
+from tests.serve.ray_serve.conftest import API_KEY, NUM_ADAPTERS, from_every_replica
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["How do I activate my card?", "Why did my transfer fail?", "The quick brown fox"]
@@ -53,19 +53,16 @@ def wait_until(predicate, timeout_s: float, what: str) -> float:
 
 
 def per_replica_requests(url: str, replicas: int) -> dict[str, dict[str, float]]:
-    """Each replica's own /metrics: finished requests per model (read until every replica has answered)."""
-    seen: dict[str, dict[str, float]] = {}
-    for _ in range(200):
+    """Each replica's own /metrics: finished requests per model."""
+
+    def ask() -> tuple[str, dict[str, float]]:
         response = httpx.get(url + "/metrics", timeout=30)
         counts: dict[str, float] = {}
-        for model, value in re.findall(
-            r'loraforge_requests_total\{[^}]*model="([^"]+)"[^}]*\} (\S+)', response.text
-        ):
+        for model, value in REQUESTS_SERIES.findall(response.text):
             counts[model] = counts.get(model, 0.0) + float(value)
-        seen[response.headers[REPLICA_HEADER]] = counts
-        if len(seen) == replicas:
-            return seen
-    raise AssertionError(f"only {len(seen)} of {replicas} replicas answered /metrics")
+        return response.headers[REPLICA_HEADER], counts
+
+    return from_every_replica(ask, replicas)
 
 
 def test_two_replicas_answer_like_the_plain_server_with_adapter_affinity(spec, port, tiny_model_dir):
@@ -83,9 +80,16 @@ def test_two_replicas_answer_like_the_plain_server_with_adapter_affinity(spec, p
     deploy(spec, options, "127.0.0.1", port)
     url = f"http://127.0.0.1:{port}"
     client = openai_client(url)
+    # One request per model first, one at a time. Ray learns which replica holds an adapter when its load has
+    # finished (the replica reports it every 0.1 s); a request arriving while the first load is still under
+    # way goes to the replica holding the fewest adapters instead, and loads it there too.
+    warm_up = [(model, PROMPTS[0]) for model in models]
+    results = [complete(client, *job) for job in warm_up]
+    time.sleep(1)
     jobs = [(models[i % len(models)], PROMPTS[i % len(PROMPTS)]) for i in range(REQUESTS)]
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda job: complete(client, *job), jobs))
+        results += pool.map(lambda job: complete(client, *job), jobs)
+    jobs = warm_up + jobs
     served_by: dict[str, set[str]] = {}
     for (model, prompt), (text, replica) in zip(jobs, results, strict=True):
         assert text == expected[(model, prompt)], (model, prompt)

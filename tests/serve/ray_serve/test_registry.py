@@ -14,7 +14,7 @@ from loraforge.serve.ray_serve.deploy_file import load_deployment
 from loraforge.serve.ray_serve.launch import deploy
 from loraforge.serve.ray_serve.options import REPLICA_HEADER
 from loraforge.serve.ray_serve.registry import SYNC_INTERVAL_S, ReplicaAdapters, drop_registry
-from tests.serve.ray_serve.conftest import API_KEY
+from tests.serve.ray_serve.conftest import API_KEY, from_every_replica
 
 pytestmark = pytest.mark.slow
 ADMIN_KEY = "ray-admin"
@@ -74,16 +74,14 @@ def test_replicas_follow_the_registry(ray_cluster, tmp_path):
 
 
 def models_per_replica(url: str) -> dict[str, set[str]]:
-    """Each replica's /v1/models (asked until both replicas have answered)."""
-    seen: dict[str, set[str]] = {}
-    headers = {"Authorization": f"Bearer {API_KEY}"}
-    for _ in range(200):
-        r = httpx.get(url + "/v1/models", headers=headers, timeout=60)
+    """Each replica's /v1/models."""
+
+    def ask() -> tuple[str, set[str]]:
+        r = httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
         assert r.status_code == 200, r.text
-        seen[r.headers[REPLICA_HEADER]] = {m["id"] for m in r.json()["data"]}
-        if len(seen) == REPLICAS:
-            return seen
-    raise AssertionError(f"only {len(seen)} replicas answered /v1/models")
+        return r.headers[REPLICA_HEADER], {m["id"] for m in r.json()["data"]}
+
+    return from_every_replica(ask, REPLICAS)
 
 
 def greedy(url: str, model: str) -> httpx.Response:

@@ -13,7 +13,9 @@ MAX_ONGOING_REQUESTS_PER_REPLICA = 64
 TARGET_ONGOING_REQUESTS = 8
 UPSCALE_DELAY_S = 2.0
 DOWNSCALE_DELAY_S = 30.0  # an idle replica (down to zero with min 0) goes after this long
-LOOK_BACK_PERIOD_S = 5.0
+# Averaging window of the load the autoscaler reads; longer than the 10 s at which Ray's replicas report it
+# (RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S), so that the window always holds a report.
+LOOK_BACK_PERIOD_S = 12.0
 INGRESS_MAX_ONGOING_REQUESTS = 1024  # the ingress only relays
 
 
