@@ -46,10 +46,9 @@ def best_ms(fns: dict, repeats: int) -> dict[str, float]:
 def lora_case(kernels, repeats: int) -> dict[str, float]:
     weights = LoRAWeights(DIMS, LAYERS, 33, torch.bfloat16, "cpu", cache_bytes=1 << 30)
     weights.ensure_rank(16, [])
-    for p in weights.A:
-        weights.A[p].normal_()
-        for b in weights.B[p]:
-            b.normal_()
+    for m in weights.A:
+        weights.A[m].normal_()
+        weights.B[m].normal_()
     batch = LoRABatch.build([index for index in range(1, 33) for _ in range(2)])
     xs = {p: torch.randn(64, DIMS[proj.in_dim]).bfloat16() for p, proj in PROJECTIONS.items()}
     widths = {p: sum(DIMS[d] for _, d in proj.parts) for p, proj in PROJECTIONS.items()}

@@ -37,8 +37,18 @@ def _weights(cache_bytes: int):
     }
     for index, ad in adapters.items():  # rank grows 2 -> 8 after index 1 is installed: it must survive
         w.ensure_rank(max(a.shape[0] for a, _, _ in ad.values()), sorted(i for i in adapters if i < index))
+        if index == 1:
+            _poison(w)
         w.install(index, ad)
     return w, adapters
+
+
+def _poison(w: LoRAWeights) -> None:
+    """NaN in every slot before installing: a slot of a module an adapter does not target is never written,
+    so reading one (instead of skipping it) turns the output into NaN."""
+    for m in w.A:
+        w.A[m].fill_(float("nan"))
+        w.B[m].fill_(float("nan"))
 
 
 def _check(w, adapters, row_adapters):
@@ -109,6 +119,7 @@ def test_cpu_kernels_equal_the_batched_matmuls(kernels, dtype):
     adapters[3] = _random_adapter(4, 3, ("v_proj", "up_proj"))
     for w in (with_kernels, reference):
         w.ensure_rank(8, [])
+        _poison(w)
         for slot, ad in adapters.items():
             w.install(slot, ad)
     g = torch.Generator().manual_seed(0)
@@ -129,3 +140,24 @@ def test_cpu_kernels_equal_the_batched_matmuls(kernels, dtype):
             torch.testing.assert_close(
                 out.double(), expected, rtol=tol, atol=tol * expected.abs().max().item()
             )
+
+
+def test_an_adapter_occupies_only_the_modules_it_targets():
+    """PEFT's default q_proj/v_proj adapter: its slots of the five other modules are never written (they stay
+    unbacked by RAM), and what it is counted at is its own bytes when its rank is the common rank."""
+    dims = {"hidden_size": 64, "q_size": 64, "kv_size": 128, "intermediate_size": 192}  # whole 64-col blocks
+    w = LoRAWeights(dims, num_layers=2, capacity=3, dtype=torch.float32, device="cpu")
+    w.ensure_rank(8, [])
+    _poison(w)
+    g = torch.Generator().manual_seed(0)
+    adapter = {}
+    for layer in range(2):
+        adapter[(layer, "q_proj")] = (torch.randn(8, 64, generator=g), torch.randn(64, 8, generator=g), 1.0)
+        adapter[(layer, "v_proj")] = (torch.randn(8, 64, generator=g), torch.randn(128, 8, generator=g), 1.0)
+    w.install(1, adapter)
+    for m in w.A:
+        assert w.A[m][1].isnan().all() != (m in ("q_proj", "v_proj")), m
+        assert w.B[m][1].isnan().all() != (m in ("q_proj", "v_proj")), m
+    own = sum(a.numel() + b.numel() for a, b, _ in adapter.values()) * 4
+    assert w.adapter_bytes_at(8, frozenset({"q_proj", "v_proj"})) == own
+    assert w.adapter_bytes_at(8) > 3 * own  # all seven modules: what every adapter cost before

@@ -43,6 +43,7 @@ class Resident:
 
     index: int  # its adapter index: its place in the stacks (LoRAWeights), 1.. (0 = no adapter)
     nbytes: int  # its own size in the engine's dtype (what it occupies is `adapter_bytes_at` the padded rank)
+    modules: frozenset[str]  # the modules it targets (q_proj, ...): the stacks hold only those
 
 
 class AdapterManager:
@@ -252,9 +253,11 @@ class AdapterManager:
 
     def _install(self, adapter: LoadedAdapter) -> int | None:
         # Every adapter is padded to the largest rank ever installed, so that is what each one costs.
-        each = self.weights.adapter_bytes_at(max(self.weights.rank, adapter.rank))
+        rank = max(self.weights.rank, adapter.rank)
+        modules = frozenset(module for _, module in adapter.modules)
+        each = self.weights.adapter_bytes_at(rank, modules)
         while len(self.resident) >= self.max_adapters or (
-            self.resident and (len(self.resident) + 1) * each > self.max_bytes
+            self.resident and self._bytes_at(rank) + each > self.max_bytes
         ):
             if not self._evict_one():
                 return None
@@ -262,7 +265,7 @@ class AdapterManager:
         index = next(i for i in range(1, self.weights.capacity) if i not in used)
         self.weights.ensure_rank(adapter.rank, sorted(used))
         self.weights.install(index, adapter.modules)
-        self.resident[adapter.name] = Resident(index, adapter.nbytes)
+        self.resident[adapter.name] = Resident(index, adapter.nbytes, modules)
         return index
 
     def _evict_one(self) -> bool:
@@ -272,10 +275,13 @@ class AdapterManager:
                 return True
         return False
 
+    def _bytes_at(self, rank: int) -> int:
+        return sum(self.weights.adapter_bytes_at(rank, r.modules) for r in self.resident.values())
+
     @property
     def resident_bytes(self) -> int:
         """Memory of the resident adapters, each counted at the common (padded) rank."""
-        return len(self.resident) * self.weights.adapter_bytes_at(self.weights.rank)
+        return self._bytes_at(self.weights.rank)
 
     def pin(self, name: str, pinned: bool = True) -> None:
         with self.lock:

@@ -1,16 +1,17 @@
 """Batched LoRA for a mixed batch: `out += scale * (x @ A_i) @ B_i`, adapter i chosen per row.
 
-All resident adapters live in stacked tensors, one index per adapter, ranks zero-padded to a common R, with
-the scale folded into B. Each step the rows are grouped by adapter (rows of base-only sequences are left
-out): when the batch is sorted by adapter and the groups are equal, a group is a view of the batch;
-otherwise rows are gathered into a padded `[adapters, rows, d]` block (and, when sorted, gathered back
-out of it: a scatter-add is ~10x slower on CPU). Every LoRA projection is then
-batched matmuls over all the adapters of the batch at once (the SGMV idea of Punica/S-LoRA) — no Python
-loop over adapters, no merged weights. On CPU, sorted batches go to C++ kernels instead
-(csrc/lora_cpu.cpp), which read each adapter's weights in place in the stacks and need no gather: about 3x
-faster than the batched matmuls at 32 adapters x 2 rows (decode), as fast at 32 x 60 rows (prefill) before
-counting the gather. The fused QKV and gate-up projections share one shrink
-(their A matrices concatenated along the rank) and expand each sub-projection into its slice of the output.
+All resident adapters live in stacked tensors, one per PEFT module (q_proj ... down_proj), one index per
+adapter, ranks zero-padded to a common R, with the scale folded into B. An adapter occupies only the modules
+it targets: PEFT's default q_proj/v_proj adapter costs q and v, not the five others. Each step the rows are
+grouped by adapter (rows of base-only sequences are left out): when the batch is sorted by adapter and the
+groups are equal, a group is a view of the batch; otherwise rows are gathered into a padded
+`[adapters, rows, d]` block (and, when sorted, gathered back out of it: a scatter-add is ~10x slower on CPU).
+Every LoRA projection is then batched matmuls over all the adapters of the batch at once (the SGMV idea of
+Punica/S-LoRA) — no Python loop over adapters, no merged weights. On CPU, sorted batches go to C++ kernels
+instead (csrc/lora_cpu.cpp), which read each adapter's weights in place in the stacks, need no gather and
+skip the modules an adapter does not target (benchmarks/cpu_kernels.py measures them against the matmuls).
+The model's fused projections (QKV, gate-up) take one call each; each module expands into its slice of the
+fused output.
 """
 
 from dataclasses import dataclass
@@ -22,16 +23,18 @@ from loraforge.serve.lora.batch import LoRABatch
 from loraforge.serve.model.projections import MODULE_TO_PROJECTION, PROJECTIONS
 
 B_BLOCK = 64  # B is stored in blocks of this many output columns (the expand kernel's register block)
+MODULES = tuple(MODULE_TO_PROJECTION)  # q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj
 
 
 class LoRAWeights:
-    """Stacked A and B of all resident adapters per fused projection: A `[layers, capacity, subs * R, d_in]`
-    (PEFT's lora_A layout) and B `[layers, capacity, d_out / 64, R, 64]` per sub-projection (lora_B
-    transposed and cut into 64-column blocks, once, when installing; d_out is zero-padded to a multiple of
-    64). Both are what
-    the CPU kernels read fastest: A row by row as dot products with x, and B one contiguous block per 64
-    outputs, as R scaled rows summed into the output. An adapter's place in the stacks is its *adapter index*;
-    index 0 means "no adapter"."""
+    """Stacked A and B of all resident adapters per module: A `[capacity, layers, R, d_in]` (PEFT's lora_A
+    layout) and B `[capacity, layers, d_out / 64, R, 64]` (lora_B transposed and cut into 64-column blocks,
+    once, when installing; d_out is zero-padded to a multiple of 64). Both are what the CPU kernels read
+    fastest: A row by row as dot products with x, and B one contiguous block per 64 outputs, as R scaled rows
+    summed into the output. An adapter's place in the stacks is its *adapter index*; index 0 means "no
+    adapter". Index-major: one adapter's weights of a module are one contiguous run over all layers, and the
+    stacks are `torch.empty`, so a module an adapter does not target is never written and stays unbacked
+    by RAM (pages are shared with a neighbour only at a run's two ends)."""
 
     def __init__(
         self,
@@ -54,36 +57,37 @@ class LoRAWeights:
         self._cache_key: tuple | None = None
         self.rank = 0
         self.A: dict[str, torch.Tensor] = {}
-        self.B: dict[str, list[torch.Tensor]] = {}
+        self.B: dict[str, torch.Tensor] = {}
         self.ops = ops or ops_for(device, dtype)
-        # The projections each installed adapter targets: a batch skips a projection none of its adapters
-        # targets (PEFT's default q_proj/v_proj adapters need the QKV projection only).
+        # The modules each installed adapter targets: its slots of the other modules are never read.
         self.targets: dict[int, frozenset[str]] = {}
-        self._targeted: tuple[tuple, frozenset[str]] | None = None  # (batch key, version) -> projections
+        self._slots: tuple | None = None  # (batch key, version), slots per module, modules some group lacks
+
+    def _shape(self, module: str, rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Shapes of one adapter's A and B of `module` (all layers) at `rank`."""
+        proj, j = MODULE_TO_PROJECTION[module]
+        d_in, d_out = self.dims[PROJECTIONS[proj].in_dim], self.dims[PROJECTIONS[proj].parts[j].out_dim]
+        L = self.num_layers
+        return (L, rank, d_in), (L, _blocks(d_out), rank, B_BLOCK)
 
     def ensure_rank(self, rank: int, live: list[int]) -> None:
         """Grow the common rank R when an adapter needs it (reallocate the stacks, keep the `live` ones)."""
         if rank <= self.rank:
             return
         old_a, old_b, old_r = self.A, self.B, self.rank
-        self.A, self.B = {}, {}
-        L, S, kw = self.num_layers, self.capacity, {"dtype": self.dtype, "device": self.device}
-        # torch.empty: indices never written stay unbacked by RAM; an index is fully written when installed.
-        for p, proj in PROJECTIONS.items():
-            self.A[p] = torch.empty(L, S, len(proj.parts) * rank, self.dims[proj.in_dim], **kw)
-            self.B[p] = [torch.empty(L, S, _blocks(self.dims[d]), rank, B_BLOCK, **kw) for _, d in proj.parts]
+        kw = {"dtype": self.dtype, "device": self.device}
+        # torch.empty: slots never written stay unbacked by RAM; a targeted module is fully written.
+        self.A = {m: torch.empty(self.capacity, *self._shape(m, rank)[0], **kw) for m in MODULES}
+        self.B = {m: torch.empty(self.capacity, *self._shape(m, rank)[1], **kw) for m in MODULES}
         self.rank = rank
         self.version += 1
         self._cache = self._cache_key = None
         for index in live:
-            for p, proj in PROJECTIONS.items():
-                self.A[p][:, index].zero_()
-                for j in range(len(proj.parts)):
-                    self.A[p][:, index, j * rank : j * rank + old_r] = old_a[p][
-                        :, index, j * old_r : (j + 1) * old_r
-                    ]
-                    self.B[p][j][:, index].zero_()
-                    self.B[p][j][:, index, :, :old_r] = old_b[p][j][:, index]
+            for m in self.targets.get(index, MODULES):
+                self.A[m][index].zero_()
+                self.A[m][index, :, :old_r] = old_a[m][index]
+                self.B[m][index].zero_()
+                self.B[m][index, :, :, :old_r] = old_b[m][index]
 
     def cache_key(self, index: int) -> bytes:
         """What makes K/V computed with the adapter at `index` differ (the prefix cache's key): its index
@@ -97,45 +101,67 @@ class LoRAWeights:
         as read from its file."""
         R = self.rank
         self.version += 1
-        self.targets[index] = frozenset(MODULE_TO_PROJECTION[module][0] for _, module in modules)
+        targets = frozenset(module for _, module in modules)
+        self.targets[index] = targets
         self.installed[index] = self.version
-        covered = len(modules) == self.num_layers * len(MODULE_TO_PROJECTION)
-        if not (covered and all(a.shape[0] == R for a, _, _ in modules.values())):
-            for p, proj in PROJECTIONS.items():  # rank padding and untargeted modules must be zero
-                self.A[p][:, index].zero_()
-                for j in range(len(proj.parts)):
-                    self.B[p][j][:, index].zero_()
+        for m in targets:  # rank padding, padding columns and layers the adapter leaves out must be zero
+            layers = sum(1 for layer, module in modules if module == m)
+            if layers < self.num_layers or any(
+                a.shape[0] < R for (_, mm), (a, _, _) in modules.items() if mm == m
+            ):
+                self.A[m][index].zero_()
+                self.B[m][index].zero_()
+            elif self.B[m].shape[2] * B_BLOCK != self._out_size(m):
+                self.B[m][index, :, -1].zero_()
         for (layer, module), (a, b, scale) in modules.items():
-            p, j = MODULE_TO_PROJECTION[module]
             r = a.shape[0]
-            self.A[p][layer, index, j * R : j * R + r].copy_(a)
-            out_size = b.shape[0]
-            blocked = self.B[p][j][layer, index, :, :r]  # [d_out / 64, r, 64]
-            if out_size % B_BLOCK:
-                blocked.zero_()  # the padding columns past d_out
-            full, tail = divmod(out_size, B_BLOCK)
+            self.A[module][index, layer, :r].copy_(a)
+            blocked = self.B[module][index, layer, :, :r]  # [d_out / 64, r, 64]
+            full, tail = divmod(b.shape[0], B_BLOCK)
             bt = b.t() * scale  # [r, d_out]
             blocked[:full].copy_(bt[:, : full * B_BLOCK].view(r, full, B_BLOCK).transpose(0, 1))
             if tail:
                 blocked[full, :, :tail].copy_(bt[:, full * B_BLOCK :])
 
-    def adapter_bytes_at(self, rank: int) -> int:
-        """Memory of one adapter once the common rank is `rank` (every adapter is padded to it)."""
-        itemsize = torch.empty((), dtype=self.dtype).element_size()
-        per_layer = sum(
-            len(p.parts) * rank * self.dims[p.in_dim]
-            + sum(_blocks(self.dims[d]) * rank * B_BLOCK for _, d in p.parts)
-            for p in PROJECTIONS.values()
-        )
-        return self.num_layers * per_layer * itemsize
+    def _out_size(self, module: str) -> int:
+        proj, j = MODULE_TO_PROJECTION[module]
+        return self.dims[PROJECTIONS[proj].parts[j].out_dim]
 
-    @property
-    def adapter_bytes(self) -> int:
-        return sum(
-            t[:, 0].numel() * t.element_size()
-            for a, bs in ((self.A[p], self.B[p]) for p in self.A)
-            for t in (a, *bs)
-        )
+    def adapter_bytes_at(self, rank: int, modules: frozenset[str] | tuple[str, ...] = MODULES) -> int:
+        """Memory of one adapter targeting `modules` once the common rank is `rank` (every adapter is padded
+        to it)."""
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        numel = 0
+        for m in modules:
+            a, b = self._shape(m, rank)
+            numel += torch.Size(a).numel() + torch.Size(b).numel()
+        return numel * itemsize
+
+    def _module_slots(self, batch: LoRABatch) -> dict[str, torch.Tensor]:
+        """Per module that an adapter of the batch targets, each group's slot: its adapter index, or 0 where
+        that group's adapter does not target the module (computed once per step)."""
+        key = (batch.key, self.version)
+        if self._slots is None or self._slots[0] != key:
+            slots, partial = {}, set()
+            for m in MODULES:
+                wanted = [i if m in self.targets.get(i, MODULES) else 0 for i in batch.key]
+                if any(wanted):
+                    slots[m] = torch.tensor(wanted, dtype=torch.long, device=batch.indices.device)
+                if 0 in wanted:
+                    partial.add(m)
+            self._slots = (key, slots, frozenset(partial))
+        return self._slots[1]
+
+    def _mask(self, weights: torch.Tensor, module: str, batch: LoRABatch) -> torch.Tensor:
+        """`weights` of `module` ([n, ...], one per group of `batch`) with the groups whose adapter does not
+        target the module zeroed (their slots hold no weights)."""
+        slots = self._module_slots(batch).get(module)
+        if slots is None:
+            return torch.zeros_like(weights)
+        if module not in self._slots[2]:
+            return weights
+        keep = (slots != 0).view(-1, *([1] * (weights.dim() - 1)))
+        return torch.where(keep, weights, 0)  # not a product: an unwritten slot may hold NaN
 
     def _gathered(self, batch: LoRABatch) -> dict[str, tuple[torch.Tensor, list[torch.Tensor]]] | None:
         """For the batched-matmul path: the batch's adapters copied out of the stacks for all layers at once,
@@ -144,46 +170,66 @@ class LoRAWeights:
         if self._cache_key == key:
             return self._cache
         self._cache, self._cache_key = None, None  # free the old copy before making a new one
-        if batch.num_active * self.adapter_bytes > self.cache_bytes:
+        if batch.num_active * self.adapter_bytes_at(self.rank) > self.cache_bytes:
             return None
-        idx = batch.indices
-        self._cache = {p: (self.A[p][:, idx], self._dense_bs(p, lambda b: b[:, idx])) for p in PROJECTIONS}
+        self._cache = {
+            p: (self._fused_a(p, batch, None), self._dense_bs(p, batch, None)) for p in PROJECTIONS
+        }
         self._cache_key = key
         return self._cache
 
-    def _dense_bs(self, proj: str, select) -> list[torch.Tensor]:
-        """`select(B)` of each sub-projection, from `[..., d_out / 64, R, 64]` blocks to `[..., R, d_out]`
-        (the batched matmuls' layout)."""
+    def _fused_a(self, proj: str, batch: LoRABatch, layer: int | None) -> torch.Tensor:
+        """The batch's A of `proj`'s modules concatenated along the rank: `[layers, n, subs * R, d_in]`, or
+        `[n, subs * R, d_in]` for one `layer`; zero where a group's adapter does not target a module."""
+        parts = []
+        for part in PROJECTIONS[proj].parts:
+            a = self.A[part.module][batch.indices]  # [n, L, R, d_in]
+            a = a if layer is None else a[:, layer]
+            parts.append(self._mask(a, part.module, batch))
+        fused = torch.cat(parts, dim=-2)
+        return fused if layer is not None else fused.transpose(0, 1).contiguous()
+
+    def _dense_bs(self, proj: str, batch: LoRABatch, layer: int | None) -> list[torch.Tensor]:
+        """Each module's B of the batch, from `[..., d_out / 64, R, 64]` blocks to `[..., R, d_out]` (the
+        batched matmuls' layout): `[layers, n, R, d_out]`, or `[n, R, d_out]` for one `layer`."""
         out = []
-        for b, (_, d) in zip(self.B[proj], PROJECTIONS[proj].parts, strict=True):
-            *lead, nb, r, w = (blocked := select(b)).shape
-            out.append(blocked.transpose(-3, -2).reshape(*lead, r, nb * w)[..., : self.dims[d]].contiguous())
+        for part in PROJECTIONS[proj].parts:
+            blocked = self.B[part.module][batch.indices]  # [n, L, nb, R, 64]
+            blocked = blocked if layer is None else blocked[:, layer]
+            *lead, nb, r, w = blocked.shape
+            dense = blocked.transpose(-3, -2).reshape(*lead, r, nb * w)[..., : self.dims[part.out_dim]]
+            dense = self._mask(dense, part.module, batch)
+            out.append(dense.contiguous() if layer is not None else dense.transpose(0, 1).contiguous())
         return out
 
     def targeted(self, batch: LoRABatch) -> frozenset[str]:
-        """The projections at least one adapter of the batch targets (computed once per step)."""
-        key = (batch.key, self.version)
-        if self._targeted is None or self._targeted[0] != key:
-            every = frozenset(PROJECTIONS)
-            self._targeted = (key, frozenset().union(*(self.targets.get(i, every) for i in batch.key)))
-        return self._targeted[1]
+        """The projections at least one adapter of the batch targets."""
+        slots = self._module_slots(batch)
+        return frozenset(MODULE_TO_PROJECTION[m][0] for m in slots)
 
     def add(self, layer: int, proj: str, x: torch.Tensor, out: torch.Tensor, batch: LoRABatch) -> None:
         """`out[t] += (x[t] @ A_i) @ B_i` for every row t that has an adapter (i: its adapter index)."""
-        if proj not in self.targeted(batch):
+        slots = self._module_slots(batch)
+        parts = PROJECTIONS[proj].parts
+        if not any(part.module in slots for part in parts):
             return  # zeros for every adapter of the batch
         R, n, m = self.rank, batch.num_active, batch.rows_per_adapter
         if self.ops.lora_in_place and batch.row_start is not None:  # sorted by adapter: read in place
-            bs = [b[layer] for b in self.B[proj]]
-            widths = [self.dims[d] for _, d in PROJECTIONS[proj].parts]
-            self.ops.lora_add(x, self.A[proj][layer], bs, widths, batch.indices, batch.row_start, out)
+            self.ops.lora_add(
+                x,
+                [self.A[part.module][:, layer] for part in parts],
+                [self.B[part.module][:, layer] for part in parts],
+                [self.dims[part.out_dim] for part in parts],
+                [slots.get(part.module, _NO_SLOTS) for part in parts],
+                batch.row_start,
+                out,
+            )
             return
         cached = self._gathered(batch)
         if cached is not None:
             a, bs = cached[proj][0][layer], [b[layer] for b in cached[proj][1]]
         else:
-            a = self.A[proj][layer][batch.indices]
-            bs = self._dense_bs(proj, lambda b: b[layer][batch.indices])
+            a, bs = self._fused_a(proj, batch, layer), self._dense_bs(proj, batch, layer)
         a, bs = a.to(x.dtype), [b.to(x.dtype) for b in bs]  # bf16 adapters under fp32 activations
         if batch.gather_index is None:  # equal groups: views of the batch
             xs = x[batch.start :].view(n, m, x.shape[1])
@@ -202,6 +248,9 @@ class LoRAWeights:
             else:
                 target.index_add_(0, batch.scatter_index, torch.bmm(hj, b).view(-1, width))
             offset += width
+
+
+_NO_SLOTS = torch.empty(0, dtype=torch.long)  # a module no adapter of the batch targets: the kernel skips it
 
 
 def _blocks(size: int) -> int:

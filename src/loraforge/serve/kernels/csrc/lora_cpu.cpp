@@ -2,9 +2,12 @@
 // straight from the stacked slots (no gathered copy), in blocks that keep the partial sums in registers.
 // torch.bmm over [adapters, 2 rows, d] blocks spends most of its time on per-block overhead here.
 //
-//   shrink:  h[r, j]              = x[r, :] . A[slot(g), j, :]    A: [slots, K, d_in]   (PEFT's lora_A layout)
-//   expand:  out[r, off:off+N]   += h[r, col:col+R] @ B[slot(g)]  B: [slots, N / 64, R, 64]
+// Per module (q_proj, k_proj, ...) of a fused projection:
+//   shrink:  h[r, :]              = x[r, :] . A[slot(g), :, :]  A: [slots, R, d_in]   (PEFT's lora_A layout)
+//   expand:  out[r, off:off+N]   += h[r, :] @ B[slot(g)]        B: [slots, N / 64, R, 64]
 //            (lora_B transposed, in blocks of 64 output columns: one contiguous read per block)
+// A slot is one adapter's weights of one layer: contiguous inside, any stride between slots. Slot 0 means
+// "this adapter does not target the module": the group is skipped (its weights are never stored).
 //
 // Rows of a group are contiguous (the model runner sorts its batch by adapter): group g owns rows
 // [row_start[g], row_start[g+1]). Accumulation is in fp32 whatever the storage type. Plain loops over
@@ -41,6 +44,7 @@ void shrink_impl(const torch::Tensor& x, const torch::Tensor& a, const torch::Te
   at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
     std::vector<float> xf(kRows * d_in);
     for (int64_t g = g0; g < g1; ++g) {
+      if (sp[g] == 0) continue;  // no weights for this module: h stays unread
       const T* w = ap + sp[g] * a_slot;
       for (int64_t r0 = rs[g]; r0 < rs[g + 1]; r0 += kRows) {
         const int64_t rows = std::min(kRows, rs[g + 1] - r0);
@@ -88,6 +92,7 @@ void expand_impl(const torch::Tensor& h, int64_t col, const torch::Tensor& b, in
   const int64_t o_stride = out.stride(0), b_slot = b.stride(0), first = rs[0];
   at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
+      if (sp[g] == 0) continue;
       const T* w = bp + sp[g] * b_slot;
       for (int64_t r0 = rs[g]; r0 < rs[g + 1]; r0 += kRows) {
         const int64_t rows = std::min(kRows, rs[g + 1] - r0);
@@ -116,7 +121,8 @@ void check(const torch::Tensor& x, const torch::Tensor& w, int64_t w_dim, const 
   TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "lora_cpu: CPU tensors only");
   for (const auto& t : {x, w})
     TORCH_CHECK(t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16, "lora_cpu: bf16 or fp32 only");
-  TORCH_CHECK(w.dim() == w_dim && w.is_contiguous(), "lora_cpu: weights must be contiguous, ", w_dim, "-d");
+  TORCH_CHECK(w.dim() == w_dim && w[0].is_contiguous(), "lora_cpu: weights must be ", w_dim,
+              "-d, each slot contiguous");
   TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "lora_cpu: activations must be [rows, d] with unit stride");
   TORCH_CHECK(slots.scalar_type() == torch::kLong && row_start.scalar_type() == torch::kLong,
               "lora_cpu: slots and row_start must be int64");
@@ -148,16 +154,20 @@ void expand_add(torch::Tensor h, int64_t col, torch::Tensor b, int64_t N, torch:
 
 }  // namespace
 
-// One projection of one layer: shrink once, then expand into each sub-projection's slice of `out`
-// (q/k/v, gate/up), saving the Python round trips of separate calls.
-void lora_add(torch::Tensor x, torch::Tensor a, std::vector<torch::Tensor> bs, std::vector<int64_t> widths,
-              torch::Tensor slots, torch::Tensor row_start, torch::Tensor out) {
-  TORCH_CHECK(bs.size() == widths.size(), "lora_cpu: one width per B");
-  torch::Tensor h = shrink(x, a, slots, row_start);
-  int64_t offset = 0, col = 0;
+// One fused projection of one layer: for each module j, shrink with A_j and expand into module j's slice of
+// `out` (q/k/v, gate/up), in one call to save the Python round trips of separate ones. A module no adapter of
+// the batch targets comes with empty slots and is skipped.
+void lora_add(torch::Tensor x, std::vector<torch::Tensor> as, std::vector<torch::Tensor> bs,
+              std::vector<int64_t> widths, std::vector<torch::Tensor> slots, torch::Tensor row_start,
+              torch::Tensor out) {
+  TORCH_CHECK(as.size() == bs.size() && bs.size() == widths.size() && widths.size() == slots.size(),
+              "lora_cpu: one A, B, width and slots per module");
+  int64_t offset = 0;
   for (size_t j = 0; j < bs.size(); ++j) {
-    expand_add(h, col, bs[j], widths[j], slots, row_start, out, offset);
+    if (slots[j].numel() > 0) {
+      torch::Tensor h = shrink(x, as[j], slots[j], row_start);
+      expand_add(h, 0, bs[j], widths[j], slots[j], row_start, out, offset);
+    }
     offset += widths[j];
-    col += bs[j].size(2);
   }
 }
