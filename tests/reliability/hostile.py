@@ -61,9 +61,13 @@ COMMON_FIELDS = [
     "logit_bias",
     "merge",
     "user",
+    "response_format",
+    "guided_choice",
+    "guided_json",
+    "guided_regex",
 ]
 # OpenAI fields the servers do not implement (a 400 naming them is right; silently ignoring them is not).
-UNIMPLEMENTED = ["tools", "tool_choice", "response_format", "functions"]
+UNIMPLEMENTED = ["tools", "tool_choice", "functions"]
 FIELDS = {
     "completions": [*COMMON_FIELDS, "prompt", "echo", "suffix", "best_of", *UNIMPLEMENTED],
     "chat": [*COMMON_FIELDS, "messages", "max_completion_tokens", "top_logprobs", *UNIMPLEMENTED],

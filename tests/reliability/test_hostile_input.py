@@ -23,7 +23,7 @@ from tests.serve.api.conftest import API_KEY
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(600)]  # the sweeps are also slow
 
-PER_FIELD = 5  # hostile values per field and endpoint: 266 requests per server
+PER_FIELD = 5  # hostile values per field and endpoint (sweep_size: the requests per server)
 OVERSIZED_BODY_BYTES = 64 << 20  # far beyond any sane limit for one completion request
 NESTED = b'{"model": "m", "prompt": ' + b"[" * NESTING_DEPTH + b"]" * NESTING_DEPTH + b"}"
 

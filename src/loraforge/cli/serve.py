@@ -168,6 +168,6 @@ def serve(
     import uvicorn
 
     engine, app = spec.build()
-    fmt = engine.engine.model.weight_format  # AsyncEngine -> Engine
-    typer.echo(f"serving {engine.model_name} ({engine.dtype}, weights {fmt}) on {host}:{port}/v1", err=True)
+    described = f"{engine.model_name} ({engine.dtype}, weights {engine.weight_format})"
+    typer.echo(f"serving {described} on {host}:{port}/v1", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")

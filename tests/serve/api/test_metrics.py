@@ -15,7 +15,7 @@ def engine_stub():
         num_running=lambda: 0,
         num_resident_adapters=lambda: 0,
         num_preemptions=lambda: 0,
-        engine=SimpleNamespace(blocks=BlockManager(8, 4)),
+        blocks=BlockManager(8, 4),
     )
 
 
@@ -46,7 +46,7 @@ def test_unknown_models_make_no_series(live):
 
 def test_prefix_cache_hits_are_exported_in_tokens_and_blocks():
     engine = engine_stub()
-    st = engine.engine.blocks.stats
+    st = engine.blocks.stats
     st.queried_tokens, st.hit_tokens, st.queried_blocks, st.hit_blocks = 200, 150, 12, 9
     text = Metrics(engine).render().decode()
     assert 'loraforge_prefix_cache_queries_total{unit="tokens"} 200.0' in text

@@ -61,7 +61,7 @@ def create_app(
     app.state.engine = engine
     app.state.metrics = Metrics(engine, engine.limits.max_metric_models)
     # Structured output: the model's vocabulary and end tokens are fixed once loaded (read-only here).
-    app.state.grammars = Grammars(engine.tokenizer, engine.engine.vocab_size, engine.engine.eos_ids)
+    app.state.grammars = Grammars(engine.tokenizer, engine.vocab_size, engine.eos_ids)
     root = adapter_root.resolve() if adapter_root is not None else None
     app.state.adapter_policy = AdapterPolicy(admin_api_key, root)
     app.add_middleware(BodyLimitMiddleware, max_bytes=engine.limits.max_body_bytes)

@@ -58,7 +58,7 @@ class Metrics:
         self.resident.set_function(engine.num_resident_adapters)
         self.preemptions = Gauge("loraforge_preemptions", "Sequences preempted so far", registry=r)
         self.preemptions.set_function(engine.num_preemptions)
-        r.register(PrefixCacheCollector(engine.engine.blocks))
+        r.register(PrefixCacheCollector(engine.blocks))
         # Throughput actually achieved, for pricing an adapter's calls by the hardware (`report cost`):
         # tokens (prompt + generated) per second of wall time with at least one request in flight.
         self.busy = Counter(

@@ -85,6 +85,24 @@ class AsyncEngine(AdapterCommands):
     def max_tokens_limit(self) -> int:
         return self.engine.max_tokens_limit
 
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.vocab_size
+
+    @property
+    def eos_ids(self) -> set[int]:
+        return self.engine.eos_ids
+
+    @property
+    def weight_format(self) -> str:
+        """The base weights as held in memory (`--weights`, resolved; model/quant.py)."""
+        return self.engine.model.weight_format
+
+    @property
+    def blocks(self):
+        """The KV block manager, whose prefix-cache counters /metrics reads (plain ints, read racily)."""
+        return self.engine.blocks
+
     def num_preemptions(self) -> int:
         return self.engine.scheduler.num_preemptions
 
