@@ -7,6 +7,11 @@ Settings (data from /work/shared/data, fixed seeds, so every row is reproducible
   train* (231 rows) — the split the rules are tuned on; the test split is never used for tuning.
 - viggo: utterance -> meaning representation (structured output), 300 train rows, 100 test MRs; slot F1.
 - gsm8k: question -> worked answer, 200 train rows, 50 test rows; final-answer accuracy.
+- banking77oos-K: Banking77 with 10 labels held out as `oos` (the shape of CLINC150's out-of-scope class),
+  K per label; `init` makes `oos` the fallback label. With `--eval-on test`, the adapter is also evaluated
+  on the validation rows and the fallback threshold chosen there is applied to the test predictions
+  (run/fallback.json): accuracy, in-scope accuracy and out-of-scope recall at 0 (no fallback), at init's
+  default and at the chosen threshold.
 
     python benchmarks/init_transfer.py --settings banking77-5,banking77-10 [--eval-on validation]
         [--test-limit N] [--set trainer.epochs=3 ...] [--workdir /tmp/init-transfer]
@@ -31,6 +36,7 @@ import yaml
 DATA = Path("/work/shared/data")
 SEED = 0
 VALIDATION_PER_LABEL = 3
+OOS_LABELS = 10  # banking77oos-K: labels held out as out of scope (13% of the test rows)
 
 
 def _read(path: Path) -> list[dict]:
@@ -67,6 +73,66 @@ def banking77(per_label: int, folder: Path, eval_on: str) -> tuple[Path, Path, s
         "text",
         "label",
     )
+
+
+def banking77_oos(per_label: int, folder: Path, eval_on: str) -> tuple[Path, Path, str, str]:
+    """An out-of-scope task made from Banking77 (the CLINC150 shape): OOS_LABELS labels held out, their rows
+    relabeled `oos`. Training: K per kept label and K `oos` rows drawn from the held-out labels; validation (3
+    per kept label, 3 per held-out one) from the rest of train; test: the test split, relabeled."""
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    for row in _read(DATA / "banking77/train.jsonl"):
+        by_label[row["label"]].append(row)
+    held = set(random.Random(SEED + 1).sample(sorted(by_label), OOS_LABELS))
+    rng = random.Random(SEED)
+    train, validation, unseen = [], [], []
+    for label in sorted(by_label):
+        rows = rng.sample(by_label[label], per_label + VALIDATION_PER_LABEL)
+        relabel = [{**r, "label": "oos"} for r in rows] if label in held else rows
+        (unseen if label in held else train).extend(relabel[:per_label])
+        validation += relabel[per_label:]
+    train += rng.sample(unseen, per_label)
+    rng.shuffle(train)
+    test = [{**r, "label": "oos"} if r["label"] in held else r for r in _read(DATA / "banking77/test.jsonl")]
+    held_out = validation if eval_on == "validation" else test
+    _write(folder / "validation.jsonl", validation)  # for choosing the fallback threshold
+    return (
+        _write(folder / "train.jsonl", train),
+        _write(folder / f"{eval_on}.jsonl", held_out),
+        "text",
+        "label",
+    )
+
+
+def oos_thresholds(config_path: Path, run_dir: Path, validation: Path) -> dict:
+    """The fallback threshold chosen on the validation rows (the adapter evaluated there), applied to the
+    test predictions: accuracy, in-scope accuracy and out-of-scope recall at init's default and at it."""
+    out = run_dir / "validation" / "eval.json"
+    evaluate = ["evaluate", str(config_path), "--adapter", str(run_dir / "adapter")]
+    subprocess.run(
+        _loraforge(*evaluate, "--set", f"data.test={validation}", "--output", str(out)), check=True
+    )
+
+    def scores(samples: list[dict], threshold: float) -> dict:
+        answers = [s["adapter_label"] if s["adapter_probability"] >= threshold else "oos" for s in samples]
+        hits = [a == s["reference"] for a, s in zip(answers, samples, strict=True)]
+        oos = [h for h, s in zip(hits, samples, strict=True) if s["reference"] == "oos"]
+        kept = [h for h, s in zip(hits, samples, strict=True) if s["reference"] != "oos"]
+        return {
+            "accuracy": sum(hits) / len(hits),
+            "in_scope": sum(kept) / len(kept),
+            "oos_recall": sum(oos) / len(oos),
+        }
+
+    candidates = [round(0.05 * i, 2) for i in range(20)]  # 0 = no fallback
+    on_validation = _read(out.with_name("predictions.jsonl"))
+    chosen = max(candidates, key=lambda t: (scores(on_validation, t)["accuracy"], -t))
+    test = _read(run_dir / "predictions.jsonl")
+    default = json.loads((run_dir / "eval.json").read_text())["fallback"]["threshold"]
+    return {
+        "chosen_on_validation": chosen,
+        **{f"test_at_{t}": scores(test, t) for t in sorted({0.0, default, chosen})},
+        "validation_by_threshold": {t: round(scores(on_validation, t)["accuracy"], 4) for t in candidates},
+    }
 
 
 def viggo(folder: Path, eval_on: str) -> tuple[Path, Path, str, str]:
@@ -135,7 +201,11 @@ def run_setting(
 ) -> dict | None:
     """Build the data, `init`, then (unless `init_only`) `train` + evaluate; the table row."""
     folder = workdir / eval_on / setting
-    if setting.startswith("banking77-"):
+    if setting.startswith("banking77oos-"):
+        train, held_out, input_column, target = banking77_oos(
+            int(setting.split("-")[1]), folder / "data", eval_on
+        )
+    elif setting.startswith("banking77-"):
         train, held_out, input_column, target = banking77(
             int(setting.split("-")[1]), folder / "data", eval_on
         )
@@ -169,6 +239,10 @@ def run_setting(
     metric, value = task_metric(setting, run_dir, report)
     results = next(v for k, v in report["results"].items() if k != "base")
     trainer, adapter = config["trainer"], config["adapter"]
+    if setting.startswith("banking77oos-") and eval_on == "test":
+        fallback = oos_thresholds(config_path, run_dir, folder / "data" / "validation.jsonl")
+        (run_dir / "fallback.json").write_text(json.dumps(fallback, indent=2) + "\n")
+        print(json.dumps(fallback, indent=2))
     return {
         "setting": setting,
         "eval_on": eval_on,

@@ -7,8 +7,11 @@ import sys
 import pytest
 import yaml
 
+from loraforge.config.schema import EvaluationConfig, PromptConfig, TargetConfig
+from loraforge.data.examples import ExampleBuilder
 from loraforge.errors import ConfigError
 from loraforge.evaluate.engine_backend import EngineBackend
+from loraforge.evaluate.runner import evaluate_records
 from loraforge.inference.hf import ADAPTER, GenerationModel, attach_adapter
 from loraforge.models import load_causal_lm, load_tokenizer, resolve_model
 from tests.serve.conftest import make_adapter_registry
@@ -137,3 +140,70 @@ def test_evaluate_cli_compares_several_adapters(monkeypatch, capsys, tmp_path, t
         main()
     assert exit_info.value.code == 2
     assert "one adapter at a time" in capsys.readouterr().err
+
+
+def test_label_probabilities_are_the_models_over_what_the_labels_allow(engine_backend, hf_backend, prompts):
+    """classify_runs' probability of each chosen label: at each of its tokens (and the EOS closing it), the
+    model's probability renormalized over the tokens the label set allowed there; checked against the HF
+    model's logits of the prompt followed by that label."""
+    import torch
+
+    from loraforge.serve.engine.constraints import ChoiceConstraint
+
+    scored = engine_backend.classify_runs(prompts, [ADAPTER], LABELS, max_new_tokens=8)[ADAPTER]
+    assert [label for label, _ in scored] == engine_backend.generate_runs(
+        prompts, [ADAPTER], max_new_tokens=8, allowed_outputs=LABELS
+    )[ADAPTER]
+    tokenizer, model = hf_backend.tokenizer, hf_backend.model
+    constraint = ChoiceConstraint.from_strings(LABELS, tokenizer)
+    for prompt, (label, probability) in zip(prompts, scored, strict=True):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        label_ids = [*tokenizer(label, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt_ids + label_ids])).logits[0].double()
+        expected = 1.0
+        for step, token in enumerate(label_ids):
+            allowed = constraint.allowed(label_ids[:step])
+            row = logits[len(prompt_ids) - 1 + step, allowed].softmax(-1)
+            expected *= row[allowed.index(token)].item()
+        assert probability == pytest.approx(expected, rel=1e-4, abs=1e-6), label
+    assert len({round(p, 4) for _, p in scored}) > 1  # not a constant
+
+
+def test_a_fallback_label_replaces_labels_the_model_is_unsure_of(engine_backend, tmp_path):
+    (tmp_path / "labels.json").write_text(json.dumps(LABELS))
+    prompt = PromptConfig(template="{text}", chat_template=True)
+    builder = ExampleBuilder(prompt, TargetConfig(column="label"), engine_backend.tokenizer)
+    records = [{"text": text, "label": "exchange_rate"} for text in TEXTS]
+    prompts = [builder.build(record).prompt for record in records]
+    scored = engine_backend.classify_runs(prompts, [ADAPTER], LABELS, max_new_tokens=8)[ADAPTER]
+    probabilities = sorted(p for _, p in scored)
+    threshold = (probabilities[1] + probabilities[2]) / 2  # two rows below it
+    config = EvaluationConfig(
+        task="classification",
+        labels=tmp_path / "labels.json",
+        constrain_to_labels=True,
+        max_new_tokens=8,
+        fallback_label="exchange_rate",
+        fallback_threshold=threshold,
+    )
+    report = evaluate_records(engine_backend, builder, records, config, show_progress=False)
+    samples = report["samples"]
+    for sample, (label, probability) in zip(samples, scored, strict=True):
+        assert sample[f"{ADAPTER}_label"] == label
+        assert sample[f"{ADAPTER}_probability"] == pytest.approx(probability, abs=1e-6)
+        assert sample[ADAPTER] == (label if probability >= threshold else "exchange_rate")
+    assert report["fallback"] == {"label": "exchange_rate", "threshold": threshold}
+    assert report["results"][ADAPTER]["accuracy"] == sum(s[ADAPTER] == "exchange_rate" for s in samples) / 6
+    with pytest.raises(ConfigError, match="'oos' is not in the label set"):
+        unknown = config.model_copy(update={"fallback_label": "oos"})
+        evaluate_records(engine_backend, builder, records, unknown, show_progress=False)
+
+
+def test_a_fallback_label_must_be_a_label_and_needs_the_engine(tmp_path):
+    (tmp_path / "labels.json").write_text(json.dumps(LABELS))
+    common = {"task": "classification", "labels": tmp_path / "labels.json", "fallback_label": "oos"}
+    with pytest.raises(ValueError, match="fallback_label needs constrain_to_labels"):
+        EvaluationConfig(**common)
+    with pytest.raises(ValueError, match="fallback_label needs constrain_to_labels"):
+        EvaluationConfig(**common, constrain_to_labels=True, backend="hf")

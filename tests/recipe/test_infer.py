@@ -10,6 +10,7 @@ from loraforge.recipe.infer import (
     MAX_EPOCHS,
     MIN_EPOCHS,
     SYSTEM_PROMPTS,
+    fallback_label,
     infer_task,
     make_prompt,
     new_tokens,
@@ -25,6 +26,13 @@ def test_the_task_follows_the_targets():
     assert infer_task([f"a different sentence number {i}" for i in range(40)])[0] == "generation"
     # repeating but long targets are text to generate, not labels
     assert infer_task(["a long answer " * 10, "another long answer " * 10] * 20)[0] == "generation"
+
+
+def test_a_label_meaning_none_of_the_others_is_the_fallback():
+    assert fallback_label([*INTENTS, "oos"]) == "oos"
+    assert fallback_label(["Out-Of-Scope", *INTENTS]) == "Out-Of-Scope"
+    assert fallback_label(INTENTS) is None
+    assert fallback_label([*INTENTS, "other", "unknown"]) is None  # two candidates: no guess
 
 
 def test_small_data_gets_more_epochs_within_bounds():
@@ -79,6 +87,14 @@ def test_init_writes_a_config_train_accepts(monkeypatch, capsys, tmp_path, tiny_
     assert json.loads(config.evaluation.labels.read_text()) == sorted(INTENTS)
     assert config.trainer.epochs == MAX_EPOCHS and config.evaluation.split == "validation"
     assert config.evaluation.max_new_tokens >= max(len(i) for i in INTENTS) // 8  # tokens, not characters
+    assert config.evaluation.fallback_label is None
+    with_oos = tmp_path / "with-oos.jsonl"
+    with_oos.write_text(data.read_text() + json.dumps({"text": "what's the weather", "label": "oos"}) + "\n")
+    oos_out = tmp_path / "cfg" / "oos.yaml"
+    oos_args = ["init", "--data", str(with_oos), "--input", "text", "--target", "label", "--out"]
+    code, printed, _ = _cli(monkeypatch, capsys, *oos_args, str(oos_out), "--base-model", str(tiny_model_dir))
+    assert code == 0 and "label 'oos' reads as out of scope" in printed
+    assert load_config(oos_out).evaluation.fallback_label == "oos"
     # mistakes: one line, exit 2
     code, _, err = _cli(monkeypatch, capsys, *base, "--base-model", str(tiny_model_dir))
     assert code == 2 and "exists" in err and len(err.strip().splitlines()) == 1

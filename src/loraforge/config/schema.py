@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from loraforge.config.tasks import METRICS_BY_TASK
+from loraforge.config.tasks import DEFAULT_FALLBACK_THRESHOLD, METRICS_BY_TASK
 from loraforge.models.aliases import DEFAULT_MODEL
 
 
@@ -100,6 +100,15 @@ class EvaluationConfig(Section):
     constrain_to_labels: bool = Field(
         False, description="Classification: decode only strings from the label set (needs `labels`)."
     )
+    fallback_label: str | None = Field(
+        None,
+        description="Classification: the label answered instead when the model gives its chosen label a "
+        "probability below `fallback_threshold` (an out-of-scope or 'other' label). Needs "
+        "constrain_to_labels and the engine backend.",
+    )
+    fallback_threshold: float = Field(
+        DEFAULT_FALLBACK_THRESHOLD, gt=0.0, lt=1.0, description="See `fallback_label`."
+    )
     split: Literal["test", "validation"] = "test"
     limit: int | None = Field(
         None, gt=0, description="Evaluate only the first N rows (after a seeded shuffle)."
@@ -109,6 +118,8 @@ class EvaluationConfig(Section):
     def _metrics_fit_task(self) -> "EvaluationConfig":
         if self.constrain_to_labels and (self.task != "classification" or self.labels is None):
             raise ValueError("constrain_to_labels needs task 'classification' and a `labels` file")
+        if self.fallback_label is not None and not (self.constrain_to_labels and self.backend == "engine"):
+            raise ValueError("fallback_label needs constrain_to_labels and evaluation.backend 'engine'")
         allowed = METRICS_BY_TASK[self.task]
         for name in self.metrics or []:
             if name not in allowed:

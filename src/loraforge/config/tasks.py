@@ -11,3 +11,6 @@ DEFAULT_METRICS: dict[str, list[str]] = {
     "generation": ["exact_match", "rouge_l"],
     "json": ["valid_json_rate", "field_accuracy"],
 }
+# Classification with a fallback label (out of scope): answer it when the chosen label's probability is below
+# this. Chosen on a Banking77 split with labels held out as out of scope (benchmarks/init_transfer.py).
+DEFAULT_FALLBACK_THRESHOLD = 0.5

@@ -6,6 +6,7 @@ give the same outputs where their arithmetic agrees (fp32; `tests/evaluate/test_
 matmuls may round differently between the two. `benchmarks/eval_throughput.py` measures the speed-up.
 """
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,12 +44,34 @@ class EngineBackend:
         """Completions of `prompts` (already templated) for each adapter name (None: the base model), all in
         one batch stream; special tokens removed and whitespace stripped, as the HF backend does.
         `batch_size` is the HF backend's padded batch; the engine batches continuously and needs none."""
+        runs = self._runs(prompts, adapters, max_new_tokens, on_done, allowed_outputs, with_logprobs=False)
+        return {adapter: [text for text, _ in outputs] for adapter, outputs in runs.items()}
+
+    def classify_runs(
+        self,
+        prompts: list[str],
+        adapters: list[str | None],
+        labels: list[str],
+        max_new_tokens: int,
+        on_done: Callable[[int], None] | None = None,
+    ) -> dict[str | None, list[tuple[str, float]]]:
+        """As `generate_runs` constrained to `labels`, each output with the probability the model gave it:
+        the product of its tokens' probabilities, each renormalized over the tokens the label set allowed
+        there (what the constraint let the model choose from; model/logprobs.py)."""
+        return self._runs(prompts, adapters, max_new_tokens, on_done, labels, with_logprobs=True)
+
+    def _runs(self, prompts, adapters, max_new_tokens, on_done, allowed_outputs, *, with_logprobs: bool):
         encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         constraint = (
             ChoiceConstraint.from_strings(allowed_outputs, self.tokenizer) if allowed_outputs else None
         )
         params = [
-            SamplingParams(max_tokens=max_new_tokens, temperature=0.0, constraint=constraint)
+            SamplingParams(
+                max_tokens=max_new_tokens,
+                temperature=0.0,
+                constraint=constraint,
+                logprobs=0 if with_logprobs else None,
+            )
             for _ in adapters
             for _ in encoded
         ]
@@ -59,7 +82,13 @@ class EngineBackend:
         failed = next((s.error for s in seqs if s.error is not None), None)
         if failed is not None:  # an adapter that did not load: no partial report
             raise failed
-        texts = [self.tokenizer.decode(s.output_ids, skip_special_tokens=True).strip() for s in seqs]
+        outputs = [
+            (
+                self.tokenizer.decode(s.output_ids, skip_special_tokens=True).strip(),
+                math.exp(sum(entry.logprob for entry in s.logprobs)) if with_logprobs else 1.0,
+            )
+            for s in seqs
+        ]
         return {
-            adapter: texts[i * len(encoded) : (i + 1) * len(encoded)] for i, adapter in enumerate(adapters)
+            adapter: outputs[i * len(encoded) : (i + 1) * len(encoded)] for i, adapter in enumerate(adapters)
         }

@@ -92,20 +92,27 @@ def evaluate_records(
     with Progress(disable=not show_progress, transient=True) as progress:
         names = ", ".join(run or "base" for run in runs)
         task = progress.add_task(f"evaluate {names}", total=len(prompts) * len(runs))
-        outputs = generator.generate_runs(
-            prompts,
-            runs,
-            max_new_tokens=config.max_new_tokens,
-            on_done=lambda n: progress.advance(task, n),
-            allowed_outputs=labels if config.constrain_to_labels else None,
-            batch_size=config.batch_size,
-        )
+
+        def on_done(n: int) -> None:
+            progress.advance(task, n)
+
+        if config.fallback_label is not None:
+            outputs = classify_with_fallback(generator, prompts, runs, labels, config, on_done, samples)
+        else:
+            outputs = generator.generate_runs(
+                prompts,
+                runs,
+                max_new_tokens=config.max_new_tokens,
+                on_done=on_done,
+                allowed_outputs=labels if config.constrain_to_labels else None,
+                batch_size=config.batch_size,
+            )
     for run, predictions in outputs.items():
         name = run or "base"
         results[name] = compute_metrics(config.task, config.metrics, predictions, references, labels)
         for sample, prediction in zip(samples, predictions, strict=True):
             sample[name] = prediction
-    return {
+    report = {
         "task": config.task,
         "split": config.split,
         "rows": len(records),
@@ -113,6 +120,38 @@ def evaluate_records(
         "results": results,
         "samples": samples,
     }
+    if config.fallback_label is not None:
+        report["fallback"] = {"label": config.fallback_label, "threshold": config.fallback_threshold}
+    return report
+
+
+def classify_with_fallback(
+    generator: EngineBackend | GenerationModel,
+    prompts: list[str],
+    runs: list[str | None],
+    labels: list[str],
+    config: EvaluationConfig,
+    on_done,
+    samples: list[dict],
+) -> dict[str | None, list[str]]:
+    """Each run's labels, with `fallback_label` wherever the model gave its chosen label a probability below
+    `fallback_threshold`. Each sample also records the model's label and its probability (`<run>_label`,
+    `<run>_probability`), so that a threshold can be chosen afterwards on a validation split."""
+    if config.fallback_label not in labels:
+        raise ConfigError(f"evaluation.fallback_label {config.fallback_label!r} is not in the label set")
+    if not isinstance(generator, EngineBackend):
+        raise ConfigError("evaluation.fallback_label needs evaluation.backend 'engine'")
+    scored = generator.classify_runs(prompts, runs, labels, config.max_new_tokens, on_done)
+    outputs = {}
+    for run, pairs in scored.items():
+        outputs[run] = [
+            label if probability >= config.fallback_threshold else config.fallback_label
+            for label, probability in pairs
+        ]
+        for sample, (label, probability) in zip(samples, pairs, strict=True):
+            sample[f"{run or 'base'}_label"] = label
+            sample[f"{run or 'base'}_probability"] = round(probability, 6)
+    return outputs
 
 
 def write_report(report: dict, path: Path) -> None:

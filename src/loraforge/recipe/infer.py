@@ -5,7 +5,8 @@ The rules, in one place:
   are short and repeat (at most half as many distinct values as rows, at most MAX_CLASSES); else `generation`.
 - classification: the label set is written beside the config and decoding is constrained to it (free
   decoding invents labels that do not exist); `max_new_tokens` fits the longest tokenized target
-  (free text: a quarter more, `new_tokens`).
+  (free text: a quarter more, `new_tokens`). A label that means "none of the others" (`oos`, `other`...)
+  becomes the fallback answered when the model's probability for its own label is low (`fallback_label`).
 - prompt: the input column alone, in the model's chat template under a one-line system prompt that names
   only the answer's form (SYSTEM_PROMPTS). Without one, SmolLM2's template injects its own identity prompt
   ("You are a helpful AI assistant named SmolLM...", 11 more tokens a row: 22% of a Banking77 row, paid in
@@ -18,11 +19,13 @@ The rules, in one place:
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loraforge.config.schema import PromptConfig, TargetConfig
+from loraforge.config.tasks import DEFAULT_FALLBACK_THRESHOLD
 from loraforge.data.examples import ExampleBuilder
 from loraforge.data.sources import read_records
 from loraforge.errors import DataError
@@ -35,6 +38,10 @@ TARGET_STEPS = 300
 MIN_EPOCHS, MAX_EPOCHS = 2, 10
 MAX_SEQ_CAP = 2048
 VALIDATION_FRACTION = 0.1  # carved from train for early stopping
+# Label names (lowercased, letters only) that mean "none of the other labels".
+FALLBACK_NAMES = {
+    *("oos", "outofscope", "outofdomain", "ood", "other", "none", "unknown", "nointent", "fallback")
+}
 SYSTEM_PROMPTS = {
     "classification": "Answer with the label.",
     "json": "Answer with JSON.",
@@ -78,6 +85,14 @@ def make_prompt(task: str, input_column: str, *, chat: bool) -> PromptConfig:
     if chat:
         return PromptConfig(template=f"{{{input_column}}}", system=SYSTEM_PROMPTS[task], chat_template=True)
     return PromptConfig(template=f"{{{input_column}}}\n", chat_template=False)
+
+
+def fallback_label(labels: list[str]) -> str | None:
+    """The label that names "none of the others" (out of scope, other, unknown...), if the set has one.
+    Such a class is every input unlike the rest: a few examples cannot cover it, so a model trained on them
+    rarely answers it; a low probability for the label it chose is the better signal (FALLBACK_NAMES)."""
+    found = [label for label in labels if re.sub(r"[^a-z]", "", label.lower()) in FALLBACK_NAMES]
+    return found[0] if len(found) == 1 else None
 
 
 def new_tokens(task: str, longest_target: int) -> int:
@@ -151,6 +166,13 @@ def infer_config(
     if labels is not None:
         evaluation |= {"labels": str(labels_path), "constrain_to_labels": True}
         reasons.append(f"decoding constrained to the {len(labels)} labels: every output is a valid label")
+        fallback = fallback_label(labels)
+        if fallback is not None:
+            evaluation["fallback_label"] = fallback
+            reasons.append(
+                f"label '{fallback}' reads as out of scope: answered when the model gives its own label a"
+                f" probability below {DEFAULT_FALLBACK_THRESHOLD} (evaluation.fallback_threshold)"
+            )
     data: dict[str, Any] = {"train": str(train), "validation_fraction": VALIDATION_FRACTION, "seed": 42}
     if test is not None:
         data["test"] = str(test)
