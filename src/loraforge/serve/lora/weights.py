@@ -27,14 +27,15 @@ MODULES = tuple(MODULE_TO_PROJECTION)  # q_proj, k_proj, v_proj, o_proj, gate_pr
 
 
 class LoRAWeights:
-    """Stacked A and B of all resident adapters per module: A `[capacity, layers, R, d_in]` (PEFT's lora_A
-    layout) and B `[capacity, layers, d_out / 64, R, 64]` (lora_B transposed and cut into 64-column blocks,
-    once, when installing; d_out is zero-padded to a multiple of 64). Both are what the CPU kernels read
-    fastest: A row by row as dot products with x, and B one contiguous block per 64 outputs, as R scaled rows
-    summed into the output. An adapter's place in the stacks is its *adapter index*; index 0 means "no
-    adapter". Index-major: one adapter's weights of a module are one contiguous run over all layers, and the
-    stacks are `torch.empty`, so a module an adapter does not target is never written and stays unbacked
-    by RAM (pages are shared with a neighbour only at a run's two ends)."""
+    """Stacked A and B of all resident adapters per module, indexed `[capacity, layers, ...]`: A
+    `[capacity, layers, R, d_in]` (PEFT's lora_A layout) and B `[capacity, layers, d_out / 64, R, 64]`
+    (lora_B transposed and cut into 64-column blocks, once, when installing; d_out is zero-padded to a
+    multiple of 64). Both are what the CPU kernels read fastest: A row by row as dot products with x, and B
+    one contiguous block per 64 outputs, as R scaled rows summed into the output. In memory each layer's slots
+    lie side by side (`_stack`): a decode step reads one layer's adapters at a time, and that measured faster
+    than one run per adapter (benchmarks/cpu_kernels.py). An adapter's place in the stacks is its *adapter
+    index*; index 0 means "no adapter". The stacks are `torch.empty`: a module an adapter does not target is
+    never written, so its pages are never backed by RAM (except where a neighbouring slot shares a page)."""
 
     def __init__(
         self,
@@ -61,7 +62,9 @@ class LoRAWeights:
         self.ops = ops or ops_for(device, dtype)
         # The modules each installed adapter targets: its slots of the other modules are never read.
         self.targets: dict[int, frozenset[str]] = {}
-        self._slots: tuple | None = None  # (batch key, version), slots per module, modules some group lacks
+        self._views: dict[tuple[str, int], tuple] = {}  # (projection, layer) -> the kernel's weight views
+        # (batch key, version), slots per module, modules some group lacks, the kernel's slots per projection
+        self._slots: tuple | None = None
 
     def _shape(self, module: str, rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Shapes of one adapter's A and B of `module` (all layers) at `rank`."""
@@ -77,11 +80,12 @@ class LoRAWeights:
         old_a, old_b, old_r = self.A, self.B, self.rank
         kw = {"dtype": self.dtype, "device": self.device}
         # torch.empty: slots never written stay unbacked by RAM; a targeted module is fully written.
-        self.A = {m: torch.empty(self.capacity, *self._shape(m, rank)[0], **kw) for m in MODULES}
-        self.B = {m: torch.empty(self.capacity, *self._shape(m, rank)[1], **kw) for m in MODULES}
+        self.A = {m: _stack(self.capacity, self._shape(m, rank)[0], kw) for m in MODULES}
+        self.B = {m: _stack(self.capacity, self._shape(m, rank)[1], kw) for m in MODULES}
         self.rank = rank
         self.version += 1
         self._cache = self._cache_key = None
+        self._views: dict[tuple[str, int], tuple] = {}
         for index in live:
             for m in self.targets.get(index, MODULES):
                 self.A[m][index].zero_()
@@ -149,8 +153,19 @@ class LoRAWeights:
                     slots[m] = torch.tensor(wanted, dtype=torch.long, device=batch.indices.device)
                 if 0 in wanted:
                     partial.add(m)
-            self._slots = (key, slots, frozenset(partial))
+            by_projection = {
+                p: [slots.get(part.module, _NO_SLOTS) for part in proj.parts]
+                for p, proj in PROJECTIONS.items()
+                if any(part.module in slots for part in proj.parts)
+            }
+            self._slots = (key, slots, frozenset(partial), by_projection)
         return self._slots[1]
+
+    def _projection_slots(self, batch: LoRABatch, proj: str) -> list[torch.Tensor] | None:
+        """The kernel's slots of each module of `proj` (empty for a module no adapter of the batch targets);
+        None when none of them is targeted."""
+        self._module_slots(batch)
+        return self._slots[3].get(proj)
 
     def _mask(self, weights: torch.Tensor, module: str, batch: LoRABatch) -> torch.Tensor:
         """`weights` of `module` ([n, ...], one per group of `batch`) with the groups whose adapter does not
@@ -202,28 +217,33 @@ class LoRAWeights:
             out.append(dense.contiguous() if layer is not None else dense.transpose(0, 1).contiguous())
         return out
 
-    def targeted(self, batch: LoRABatch) -> frozenset[str]:
-        """The projections at least one adapter of the batch targets."""
-        slots = self._module_slots(batch)
-        return frozenset(MODULE_TO_PROJECTION[m][0] for m in slots)
-
-    def add(self, layer: int, proj: str, x: torch.Tensor, out: torch.Tensor, batch: LoRABatch) -> None:
-        """`out[t] += (x[t] @ A_i) @ B_i` for every row t that has an adapter (i: its adapter index)."""
-        slots = self._module_slots(batch)
-        parts = PROJECTIONS[proj].parts
-        if not any(part.module in slots for part in parts):
-            return  # zeros for every adapter of the batch
-        R, n, m = self.rank, batch.num_active, batch.rows_per_adapter
-        if self.ops.lora_in_place and batch.row_start is not None:  # sorted by adapter: read in place
-            self.ops.lora_add(
-                x,
+    def _layer_views(self, proj: str, layer: int) -> tuple[list, list, list[int]]:
+        """A and B of each module of `proj` at `layer` (`[capacity, ...]` views) and the modules' output
+        widths: made once per stack allocation, as the kernel call's arguments."""
+        key = (proj, layer)
+        if key not in self._views:
+            parts = PROJECTIONS[proj].parts
+            self._views[key] = (
                 [self.A[part.module][:, layer] for part in parts],
                 [self.B[part.module][:, layer] for part in parts],
                 [self.dims[part.out_dim] for part in parts],
-                [slots.get(part.module, _NO_SLOTS) for part in parts],
-                batch.row_start,
-                out,
             )
+        return self._views[key]
+
+    def targeted(self, batch: LoRABatch) -> frozenset[str]:
+        """The projections at least one adapter of the batch targets."""
+        self._module_slots(batch)
+        return frozenset(self._slots[3])
+
+    def add(self, layer: int, proj: str, x: torch.Tensor, out: torch.Tensor, batch: LoRABatch) -> None:
+        """`out[t] += (x[t] @ A_i) @ B_i` for every row t that has an adapter (i: its adapter index)."""
+        module_slots = self._projection_slots(batch, proj)
+        if module_slots is None:
+            return  # zeros for every adapter of the batch
+        R, n, m = self.rank, batch.num_active, batch.rows_per_adapter
+        if self.ops.lora_in_place and batch.row_start is not None:  # sorted by adapter: read in place
+            a, b, widths = self._layer_views(proj, layer)
+            self.ops.lora_add(x, a, b, widths, module_slots, batch.row_start, out)
             return
         cached = self._gathered(batch)
         if cached is not None:
@@ -251,6 +271,12 @@ class LoRAWeights:
 
 
 _NO_SLOTS = torch.empty(0, dtype=torch.long)  # a module no adapter of the batch targets: the kernel skips it
+
+
+def _stack(capacity: int, shape: tuple[int, ...], kw: dict) -> torch.Tensor:
+    """`capacity` slots of one adapter's `shape` ([layers, ...]), indexed slot first, stored layer first."""
+    layers, *rest = shape
+    return torch.empty(layers, capacity, *rest, **kw).transpose(0, 1)
 
 
 def _blocks(size: int) -> int:

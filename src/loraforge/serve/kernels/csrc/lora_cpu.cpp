@@ -2,12 +2,13 @@
 // straight from the stacked slots (no gathered copy), in blocks that keep the partial sums in registers.
 // torch.bmm over [adapters, 2 rows, d] blocks spends most of its time on per-block overhead here.
 //
-// Per module (q_proj, k_proj, ...) of a fused projection:
+// Per module (q_proj, k_proj, ...) of a fused projection, for the rows r of group g:
 //   shrink:  h[r, :]              = x[r, :] . A[slot(g), :, :]  A: [slots, R, d_in]   (PEFT's lora_A layout)
 //   expand:  out[r, off:off+N]   += h[r, :] @ B[slot(g)]        B: [slots, N / 64, R, 64]
 //            (lora_B transposed, in blocks of 64 output columns: one contiguous read per block)
 // A slot is one adapter's weights of one layer: contiguous inside, any stride between slots. Slot 0 means
-// "this adapter does not target the module": the group is skipped (its weights are never stored).
+// "this adapter does not target the module": the group skips it (its weights are never stored). One parallel
+// loop over groups per call; a group's rows are widened to fp32 once, and h stays in a small buffer.
 //
 // Rows of a group are contiguous (the model runner sorts its batch by adapter): group g owns rows
 // [row_start[g], row_start[g+1]). Accumulation is in fp32 whatever the storage type. Plain loops over
@@ -30,32 +31,6 @@ using loraforge::with_count;
 
 constexpr int64_t kRows = 4;     // rows of a group processed together
 constexpr int64_t kWidth = 64;   // expand: output block, the block width of B's layout
-
-template <typename X, typename T>
-void shrink_impl(const torch::Tensor& x, const torch::Tensor& a, const torch::Tensor& slots,
-                 const torch::Tensor& row_start, torch::Tensor& h) {
-  const int64_t K = a.size(1), d_in = a.size(2), groups = slots.size(0);
-  const X* xp = x.data_ptr<X>();
-  const T* ap = a.data_ptr<T>();
-  float* hp = h.data_ptr<float>();
-  const int64_t* sp = slots.data_ptr<int64_t>();
-  const int64_t* rs = row_start.data_ptr<int64_t>();
-  const int64_t x_stride = x.stride(0), a_slot = a.stride(0), first = rs[0];
-  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-    std::vector<float> xf(kRows * d_in);
-    for (int64_t g = g0; g < g1; ++g) {
-      if (sp[g] == 0) continue;  // no weights for this module: h stays unread
-      const T* w = ap + sp[g] * a_slot;
-      for (int64_t r0 = rs[g]; r0 < rs[g + 1]; r0 += kRows) {
-        const int64_t rows = std::min(kRows, rs[g + 1] - r0);
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t k = 0; k < d_in; ++k) xf[r * d_in + k] = to_float(xp[(r0 + r) * x_stride + k]);
-        float* hr = hp + (r0 - first) * K;
-        with_count(rows, [&](auto n) { dot_rows<decltype(n)::value>(xf.data(), w, K, d_in, hr, K); });
-      }
-    }
-  });
-}
 
 // out[r, off:off+N] += h[r, :R] @ B for ROWS rows of one group, one 64-column block of B at a time.
 template <int ROWS, typename T, typename O>
@@ -80,30 +55,6 @@ void expand_rows(const float* hr, int64_t h_stride, const T* w, int64_t R, int64
   }
 }
 
-template <typename O, typename T>
-void expand_impl(const torch::Tensor& h, int64_t col, const torch::Tensor& b, int64_t N,
-                 const torch::Tensor& slots, const torch::Tensor& row_start, torch::Tensor& out, int64_t offset) {
-  const int64_t R = b.size(2), groups = slots.size(0), K = h.size(1);
-  const float* hp = h.data_ptr<float>();
-  const T* bp = b.data_ptr<T>();
-  O* op = out.data_ptr<O>();
-  const int64_t* sp = slots.data_ptr<int64_t>();
-  const int64_t* rs = row_start.data_ptr<int64_t>();
-  const int64_t o_stride = out.stride(0), b_slot = b.stride(0), first = rs[0];
-  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g) {
-      if (sp[g] == 0) continue;
-      const T* w = bp + sp[g] * b_slot;
-      for (int64_t r0 = rs[g]; r0 < rs[g + 1]; r0 += kRows) {
-        const int64_t rows = std::min(kRows, rs[g + 1] - r0);
-        const float* hr = hp + (r0 - first) * K + col;
-        O* o = op + r0 * o_stride + offset;
-        with_count(rows, [&](auto n) { expand_rows<decltype(n)::value>(hr, K, w, R, N, o, o_stride); });
-      }
-    }
-  });
-}
-
 // f(X*, W*) with null pointers of the activations' and the weights' types (bf16 or fp32 each: adapters may be
 // held in bf16 under fp32 activations, on CPUs without bf16 arithmetic).
 template <typename F>
@@ -116,58 +67,108 @@ void with_types(const torch::Tensor& x, const torch::Tensor& w, F&& f) {
   else f(static_cast<float*>(nullptr), static_cast<float*>(nullptr));
 }
 
-void check(const torch::Tensor& x, const torch::Tensor& w, int64_t w_dim, const torch::Tensor& slots,
-           const torch::Tensor& row_start) {
-  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "lora_cpu: CPU tensors only");
-  for (const auto& t : {x, w})
+void check(const torch::Tensor& x, const torch::Tensor& out, const std::vector<torch::Tensor>& as,
+           const std::vector<torch::Tensor>& bs, const std::vector<int64_t>& widths,
+           const std::vector<torch::Tensor>& slots, const torch::Tensor& row_start) {
+  TORCH_CHECK(as.size() == bs.size() && bs.size() == widths.size() && widths.size() == slots.size(),
+              "lora_cpu: one A, B, width and slots per module");
+  TORCH_CHECK(x.device().is_cpu() && out.device().is_cpu(), "lora_cpu: CPU tensors only");
+  TORCH_CHECK(x.scalar_type() == out.scalar_type(), "lora_cpu: x and out must have one dtype");
+  for (const auto& t : {x, out}) {
     TORCH_CHECK(t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16, "lora_cpu: bf16 or fp32 only");
-  TORCH_CHECK(w.dim() == w_dim && w[0].is_contiguous(), "lora_cpu: weights must be ", w_dim,
-              "-d, each slot contiguous");
-  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "lora_cpu: activations must be [rows, d] with unit stride");
-  TORCH_CHECK(slots.scalar_type() == torch::kLong && row_start.scalar_type() == torch::kLong,
-              "lora_cpu: slots and row_start must be int64");
-  TORCH_CHECK(row_start.size(0) == slots.size(0) + 1, "lora_cpu: row_start needs one entry per group + 1");
+    TORCH_CHECK(t.dim() == 2 && t.stride(1) == 1, "lora_cpu: activations must be [rows, d] with unit stride");
+  }
+  TORCH_CHECK(row_start.scalar_type() == torch::kLong && row_start.dim() == 1, "lora_cpu: row_start must be int64");
+  int64_t width = 0;
+  for (size_t j = 0; j < as.size(); ++j) {
+    width += widths[j];
+    if (slots[j].numel() == 0) continue;
+    const auto &a = as[j], &b = bs[j];
+    TORCH_CHECK(a.scalar_type() == as[0].scalar_type() && b.scalar_type() == as[0].scalar_type(),
+                "lora_cpu: all weights must have one dtype");
+    TORCH_CHECK(a.scalar_type() == torch::kFloat || a.scalar_type() == torch::kBFloat16, "lora_cpu: bf16 or fp32 only");
+    // Each slot contiguous (any stride between slots); strides, not a[0].is_contiguous(): no tensor per call.
+    const bool a_ok = a.dim() == 3 && a.stride(2) == 1 && a.stride(1) == a.size(2);
+    const bool b_ok = b.dim() == 4 && b.stride(3) == 1 && b.stride(2) == b.size(3) && b.stride(1) == b.size(2) * b.size(3);
+    TORCH_CHECK(a_ok && b_ok, "lora_cpu: A must be [slots, R, d_in] and B [slots, N / 64, R, 64], each slot contiguous");
+    TORCH_CHECK(a.size(2) == x.size(1), "lora_cpu: x and A disagree on d_in");
+    TORCH_CHECK(b.size(2) == a.size(1) && b.size(3) == kWidth && b.size(1) * kWidth >= widths[j],
+                "lora_cpu: B must be [slots, N / 64, R, 64] with A's R");
+    TORCH_CHECK(slots[j].scalar_type() == torch::kLong && slots[j].numel() + 1 == row_start.numel(),
+                "lora_cpu: slots must be int64, one per group");
+  }
+  TORCH_CHECK(width <= out.size(1), "lora_cpu: the modules' widths exceed out");
 }
 
-torch::Tensor shrink(torch::Tensor x, torch::Tensor a, torch::Tensor slots, torch::Tensor row_start) {
-  check(x, a, 3, slots, row_start);
-  TORCH_CHECK(x.size(1) == a.size(2), "lora_cpu: x and A disagree on d_in");
-  const auto rs = row_start.accessor<int64_t, 1>();
-  auto h = torch::empty({rs[slots.size(0)] - rs[0], a.size(1)}, x.options().dtype(torch::kFloat));
-  with_types(x, a, [&](auto* xt, auto* at) {
-    shrink_impl<std::remove_pointer_t<decltype(xt)>, std::remove_pointer_t<decltype(at)>>(x, a, slots, row_start, h);
-  });
-  return h;
-}
+// One module's weights as the kernel reads them.
+struct Module {
+  const void* a;
+  const void* b;
+  const int64_t* slots;  // null: no adapter of the batch targets the module
+  int64_t a_slot, b_slot, rank, width, offset;
+};
 
-void expand_add(torch::Tensor h, int64_t col, torch::Tensor b, int64_t N, torch::Tensor slots,
-                torch::Tensor row_start, torch::Tensor out, int64_t offset) {
-  check(out, b, 4, slots, row_start);
-  TORCH_CHECK(h.scalar_type() == torch::kFloat && h.is_contiguous(), "lora_cpu: h must be contiguous fp32");
-  TORCH_CHECK(b.size(3) == kWidth && b.size(1) * kWidth >= N, "lora_cpu: B must be [slots, N / 64, R, 64]");
-  TORCH_CHECK(offset + N <= out.size(1) && col + b.size(2) <= h.size(1), "lora_cpu: out of range");
-  with_types(out, b, [&](auto* ot, auto* bt) {
-    using O = std::remove_pointer_t<decltype(ot)>;
-    expand_impl<O, std::remove_pointer_t<decltype(bt)>>(h, col, b, N, slots, row_start, out, offset);
+// Every group in one pass: its rows are widened to fp32 once, then for each module the shrink lands in a small
+// buffer that the expand reads while it is still in cache (no h tensor, one parallel loop per projection).
+template <typename X, typename T>
+void lora_impl(const torch::Tensor& x, const std::vector<Module>& modules, const torch::Tensor& row_start,
+               torch::Tensor& out) {
+  const int64_t d_in = x.size(1), groups = row_start.size(0) - 1;
+  const X* xp = x.data_ptr<X>();
+  X* op = out.data_ptr<X>();
+  const int64_t* rs = row_start.data_ptr<int64_t>();
+  const int64_t x_stride = x.stride(0), o_stride = out.stride(0);
+  int64_t max_rank = 0;
+  for (const auto& m : modules) max_rank = std::max(max_rank, m.rank);
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<float> xf(kRows * d_in), h(kRows * max_rank);
+    for (int64_t g = g0; g < g1; ++g) {
+      for (int64_t r0 = rs[g]; r0 < rs[g + 1]; r0 += kRows) {
+        const int64_t rows = std::min(kRows, rs[g + 1] - r0);
+        bool widened = false;
+        for (const auto& m : modules) {
+          if (m.slots == nullptr || m.slots[g] == 0) continue;  // slot 0: the adapter skips this module
+          if (!widened) {
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t k = 0; k < d_in; ++k) xf[r * d_in + k] = to_float(xp[(r0 + r) * x_stride + k]);
+            widened = true;
+          }
+          const T* a = static_cast<const T*>(m.a) + m.slots[g] * m.a_slot;
+          const T* b = static_cast<const T*>(m.b) + m.slots[g] * m.b_slot;
+          X* o = op + r0 * o_stride + m.offset;
+          with_count(rows, [&](auto n) {
+            constexpr int N = decltype(n)::value;
+            dot_rows<N>(xf.data(), a, m.rank, d_in, h.data(), m.rank);
+            expand_rows<N>(h.data(), m.rank, b, m.rank, m.width, o, o_stride);
+          });
+        }
+      }
+    }
   });
 }
 
 }  // namespace
 
-// One fused projection of one layer: for each module j, shrink with A_j and expand into module j's slice of
-// `out` (q/k/v, gate/up), in one call to save the Python round trips of separate ones. A module no adapter of
-// the batch targets comes with empty slots and is skipped.
+// One fused projection of one layer (q/k/v or gate/up, or a single module): for each module j,
+// out[:, off_j:off_j+N_j] += (x @ A_j[slot]^T) @ B_j[slot] per row group. A module no adapter of the batch
+// targets comes with empty slots and is skipped.
 void lora_add(torch::Tensor x, std::vector<torch::Tensor> as, std::vector<torch::Tensor> bs,
               std::vector<int64_t> widths, std::vector<torch::Tensor> slots, torch::Tensor row_start,
               torch::Tensor out) {
-  TORCH_CHECK(as.size() == bs.size() && bs.size() == widths.size() && widths.size() == slots.size(),
-              "lora_cpu: one A, B, width and slots per module");
+  check(x, out, as, bs, widths, slots, row_start);
+  std::vector<Module> modules;
   int64_t offset = 0;
-  for (size_t j = 0; j < bs.size(); ++j) {
+  torch::Tensor weights;
+  for (size_t j = 0; j < as.size(); ++j) {
     if (slots[j].numel() > 0) {
-      torch::Tensor h = shrink(x, as[j], slots[j], row_start);
-      expand_add(h, 0, bs[j], widths[j], slots[j], row_start, out, offset);
+      modules.push_back({as[j].data_ptr(), bs[j].data_ptr(), slots[j].data_ptr<int64_t>(), as[j].stride(0),
+                         bs[j].stride(0), as[j].size(1), widths[j], offset});
+      weights = as[j];
     }
     offset += widths[j];
   }
+  if (modules.empty()) return;
+  with_types(x, weights, [&](auto* xt, auto* wt) {
+    lora_impl<std::remove_pointer_t<decltype(xt)>, std::remove_pointer_t<decltype(wt)>>(x, modules, row_start, out);
+  });
 }
