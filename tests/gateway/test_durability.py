@@ -49,7 +49,7 @@ def burst_worker(url: str, worker: int, stop: threading.Event, acked: dict[str, 
 
 
 def test_sigkill_mid_burst_loses_no_acknowledged_call(tmp_path, store_url, upstream):
-    upstream.chunk_delay_s = 0.002  # streams are in flight for a while, so the kill lands inside some
+    upstream.chunk_delay_s = 0.02  # a stream takes ~0.1 s: the kill lands inside some (0.002 missed 2 in 11)
     spool = tmp_path / "spool.jsonl"
     port = free_port()
     proc = start_gateway_process(
@@ -67,6 +67,10 @@ def test_sigkill_mid_burst_loses_no_acknowledged_call(tmp_path, store_url, upstr
         deadline = time.monotonic() + 30
         while len(acked) < 60 and time.monotonic() < deadline:
             time.sleep(0.01)
+        # Kill while calls are between the upstream and their client (sent, not yet acknowledged): the
+        # moment that can lose an acknowledged call if recording came after the answer.
+        while len(upstream.requests) - len(acked) < 2 and time.monotonic() < deadline:
+            time.sleep(0.0005)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
