@@ -85,7 +85,7 @@ class LoRAWeights:
         self.rank = rank
         self.version += 1
         self._cache = self._cache_key = None
-        self._views: dict[tuple[str, int], tuple] = {}
+        self._views = {}
         for index in live:
             for m in self.targets.get(index, MODULES):
                 self.A[m][index].zero_()
