@@ -6,6 +6,7 @@ import typer
 
 from loraforge.cli.main import app
 from loraforge.errors import ConfigError
+from loraforge.serve.limits import WEIGHT_FORMATS
 from loraforge.serve.ray_serve.options import RayServeOptions
 from loraforge.serve.spec import ADMIN_API_KEY_ENV, API_KEY_ENV, HOST, PORT, ServerSettings
 
@@ -28,7 +29,7 @@ def serve(
     weights: str = typer.Option(
         _SET.weights,
         "--weights",
-        help="Base weights in memory: auto | fp32 | bf16 | int8 | int4 (int8/int4: CPU; see README).",
+        help=f"Base weights in memory: {' | '.join(WEIGHT_FORMATS)} (int8/int4: CPU; see README).",
     ),
     adapters: list[str] = typer.Option(
         [], "--adapter", help="Extra adapter by path: --adapter NAME=DIR (repeatable)."
@@ -169,5 +170,5 @@ def serve(
 
     engine, app = spec.build()
     described = f"{engine.model_name} ({engine.dtype}, weights {engine.weight_format})"
-    typer.echo(f"serving {described} on {host}:{port}/v1", err=True)
+    typer.echo(f"serving {described} on http://{host}:{port}/v1", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -40,7 +40,15 @@ MAX_SEQ_CAP = 2048
 VALIDATION_FRACTION = 0.1  # carved from train for early stopping
 # Label names (lowercased, letters only) that mean "none of the other labels".
 FALLBACK_NAMES = {
-    *("oos", "outofscope", "outofdomain", "ood", "other", "none", "unknown", "nointent", "fallback")
+    "oos",
+    "outofscope",
+    "outofdomain",
+    "ood",
+    "other",
+    "none",
+    "unknown",
+    "nointent",
+    "fallback",
 }
 SYSTEM_PROMPTS = {
     "classification": "Answer with the label.",

@@ -14,7 +14,7 @@ from loraforge.errors import ConfigError
 from loraforge.models import pick_dtype
 from loraforge.models.aliases import DEFAULT_MODEL
 from loraforge.serve.engine import EngineConfig
-from loraforge.serve.limits import ServeLimits
+from loraforge.serve.limits import WEIGHT_FORMATS, ServeLimits
 from loraforge.serve.model.quant import resolve_weights
 
 _ENGINE = EngineConfig()  # the engine's defaults
@@ -62,7 +62,7 @@ class ServerSettings(BaseModel):
 
     model: str = DEFAULT_MODEL
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    weights: Literal["auto", "fp32", "bf16", "int8", "int4"] = _ENGINE.weights  # serve/model/quant.py
+    weights: Literal[WEIGHT_FORMATS] = _ENGINE.weights  # serve/model/quant.py
     adapter_dir: Path | None = None
     adapters: dict[str, Path] = Field(default_factory=dict, description="NAME: DIR (--adapter NAME=DIR)")
     adapter_root: Path | None = None

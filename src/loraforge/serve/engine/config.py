@@ -13,7 +13,7 @@ class EngineConfig:
 
     model: str = "smollm2-135m"  # alias, local HF dir, .gguf file or hub id (see loraforge.models)
     precision: str = "auto"  # auto | fp32 | bf16 (auto: bf16 on AMX/AVX512-BF16 CPUs and CUDA)
-    weights: str = DEFAULT_WEIGHTS  # base linear weights: auto | fp32 | bf16 | int8 | int4 (model/quant.py)
+    weights: str = DEFAULT_WEIGHTS  # base linear weights: one of WEIGHT_FORMATS (model/quant.py)
     device: str = "cpu"
     block_size: int = 16  # tokens per KV-cache block
     kv_cache_bytes: int = 512 << 20  # memory for the KV cache, split into blocks

@@ -94,9 +94,8 @@ class Sequence:
         self.logprobs: list[TokenLogprob] = []
         self.prompt_logprobs: list[TokenLogprob] | None = None
         self.logprobs_sent = 0  # entries of `logprobs` handed out (AsyncEngine's events)
-        self.sampling_extras = (
-            params.processed or params.logprobs is not None
-        )  # off: the sampler's plain path
+        # Set once, read by the sampler every step: off, the row stays on its plain path (sampler._extras).
+        self.sampling_extras = params.processed or params.logprobs is not None
 
     @property
     def token_ids(self) -> list[int]:

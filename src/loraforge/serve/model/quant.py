@@ -2,10 +2,11 @@
 
 A decode step of a few sequences is nothing but reading the base model's linear weights, so the bytes they
 take are the step's time (benchmarks/quant_decode.py). The formats:
-- `auto` (the default, serve/limits.py): the activations' dtype, except on CPUs without bf16 arithmetic
-  (AVX2-only, where `pick_dtype` runs fp32 under `--precision auto`): there the weights are held in bf16 and
-  widened to fp32 in registers by the kernels (half the bytes of fp32; exact for checkpoints stored in bf16);
-- `fp32`, `bf16`: plain (bf16 under fp32 activations is the widened form above);
+- `auto` (the default, serve/limits.py): the activations' dtype, everywhere (see `resolve_weights` for why
+  not bf16 on CPUs without bf16 arithmetic);
+- `fp32`, `bf16`: plain; `bf16` under fp32 activations (AVX2-only CPUs, where `pick_dtype` runs fp32) holds
+  the weights in bf16 and the kernels widen them to fp32 in registers (half the bytes of fp32; exact for
+  checkpoints stored in bf16);
 - `int8`: symmetric, one fp32 scale per output channel (`w = scale * q`, q in -127..127);
 - `int4`: asymmetric per group of INT4_GROUP inputs, bf16 scale and min (`w = scale * q + min`, q in 0..15),
   two per byte: 4.5 bits a weight. The LM head stays int8 (as llama.cpp keeps Q4_K_M's output in 6 bits: it
