@@ -59,7 +59,7 @@ def main() -> None:
         timings, predictions, accuracy = {}, {}, {}
         for backend in ("hf", "engine"):
             config.evaluation.backend = backend
-            generator = open_backend(config, {ADAPTER: adapter})
+            generator = open_backend(config, {ADAPTER: adapter}, baseline=args.baseline)
             builder = ExampleBuilder(config.prompt, config.target, generator.tokenizer)
             start = time.perf_counter()
             report = evaluate_records(

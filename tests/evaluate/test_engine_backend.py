@@ -66,6 +66,24 @@ def test_the_engine_gives_the_hf_outputs(engine_backend, hf_backend, prompts, al
         assert not all(out in LABELS for out in got[None])
 
 
+def test_a_lone_adapter_is_merged_into_the_base(tiny_model_dir, adapter_dir, hf_backend, prompts):
+    merged = EngineBackend.load(
+        str(tiny_model_dir), {ADAPTER: adapter_dir / "alpha"}, precision="fp32", merge=True
+    )
+    slots, run = set(), merged.engine.runner.run
+    merged.engine.runner.run = lambda seqs, is_prefill: (
+        slots.update(s.adapter_index for s in seqs) or run(seqs, is_prefill)
+    )
+    for allowed in (None, LABELS):
+        got = merged.generate_runs(prompts, [ADAPTER], max_new_tokens=8, allowed_outputs=allowed)
+        assert got == hf_backend.generate_runs(
+            prompts, [ADAPTER], max_new_tokens=8, allowed_outputs=allowed, batch_size=4
+        )
+    assert slots == {0}  # no LoRA work: the adapter is in the base weights
+    with pytest.raises(ValueError, match="merged into the base"):
+        merged.generate_runs(prompts, [None, ADAPTER])
+
+
 def test_several_adapters_run_in_one_batch_stream(engine_backend, prompts):
     engine = engine_backend.engine
     slots_per_step, run = [], engine.runner.run

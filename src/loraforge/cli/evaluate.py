@@ -54,7 +54,7 @@ def evaluate(
     rows = evaluation_rows(config, load_splits(config.data))
     if not rows:
         raise ConfigError(f"evaluation.split '{config.evaluation.split}': the config gives no such data")
-    generator = open_backend(config, named)
+    generator = open_backend(config, named, baseline=baseline)
     report = evaluate_config(config, generator, rows, adapters=tuple(named), baseline=baseline)
     if named:
         report["adapters"] = {name: str(path) for name, path in named.items()}

@@ -18,13 +18,14 @@ from loraforge.inference.hf import ADAPTER, GenerationModel
 
 
 def open_backend(
-    config: FineTuneConfig, adapters: dict[str, Path], device: str | None = None
+    config: FineTuneConfig, adapters: dict[str, Path], device: str | None = None, *, baseline: bool = False
 ) -> EngineBackend | GenerationModel:
-    """The generator `evaluation.backend` names, holding `adapters` by name (the report's keys)."""
+    """The generator `evaluation.backend` names, holding `adapters` by name (the report's keys); `baseline`:
+    the base model will be evaluated too (else the engine merges a lone adapter into it)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     precision = config.trainer.precision
     if config.evaluation.backend == "engine":
-        return EngineBackend.load(config.base_model, adapters, precision, device)
+        return EngineBackend.load(config.base_model, adapters, precision, device, merge=not baseline)
     if set(adapters) - {ADAPTER}:
         raise ConfigError("the hf evaluation backend runs one adapter at a time; use the engine backend")
     return GenerationModel.load(config.base_model, adapter=adapters.get(ADAPTER), precision=precision)

@@ -134,7 +134,8 @@ def _run(config, output_dir, context, resume, evaluate, baseline, show_progress,
         if config.evaluation.backend == "hf":  # the trained model as it is in memory
             generator = GenerationModel(model, tokenizer, placement.device)
         else:
-            generator = open_backend(config, {ADAPTER: output_dir / "adapter"}, placement.device)
+            adapters = {ADAPTER: output_dir / "adapter"}
+            generator = open_backend(config, adapters, placement.device, baseline=baseline)
         report = evaluate_config(config, generator, rows, baseline=baseline, show_progress=show_progress)
         write_report(report, output_dir / "eval.json")
     (output_dir / "README.md").write_text(write_model_card(config, summary, report))

@@ -117,6 +117,38 @@ def test_choice_constraint_is_shared_stateless(engine):
     assert constraint.start() is constraint
 
 
+def test_a_choice_is_complete_once_its_first_tokens_name_it(engine):
+    """The rest of a choice is appended without a model step per token: each would be chosen with
+    probability 1. Rows that want top logprobs still step token by token, to the same output."""
+    choices = ["alpha beta gamma delta", "omega"]
+    constraint = ChoiceConstraint.from_strings(choices, engine.tokenizer)
+    eos = engine.tokenizer.eos_token_id
+    long = engine.tokenizer(choices[0], add_special_tokens=False)["input_ids"]
+    assert len(long) > 2 and constraint.decided([]) == []  # two choices left: nothing decided
+    assert constraint.decided(long[:1]) == [*long[1:], eos]
+    assert constraint.decided(long) == [eos] and constraint.decided([*long, eos]) == []
+
+    steps, run = [], engine.runner.run
+    engine.runner.run = lambda seqs, is_prefill: steps.append(len(seqs)) or run(seqs, is_prefill)
+    try:
+        outputs = {}
+        for logprobs in (0, 2):
+            steps.clear()
+            params = SamplingParams(max_tokens=16, temperature=0, constraint=constraint, logprobs=logprobs)
+            (seq,) = engine.generate([_ids(engine, "Pick one")], params)
+            outputs[logprobs] = (seq.output_text, seq.output_ids, len(steps))
+            assert seq.finish_reason == FinishReason.STOP and len(seq.logprobs) == len(seq.output_ids)
+        text, ids, model_steps = outputs[0]
+        assert text in choices and outputs[2][:2] == (text, ids)
+        assert model_steps == 1 and outputs[2][2] == len(ids)  # one prefill, against one step a token
+        steps.clear()
+        params = SamplingParams(max_tokens=2, temperature=0, constraint=constraint)
+        (cut,) = engine.generate([_ids(engine, "Pick one")], params)
+        assert cut.output_ids == ids[:2] and cut.finish_reason == FinishReason.LENGTH and len(steps) == 1
+    finally:
+        engine.runner.run = run
+
+
 @pytest.mark.parametrize(
     ("schema", "message"),
     [

@@ -37,6 +37,21 @@ def test_prefill_respects_the_token_budget_and_seq_limit():
     assert not prefill and len(batch) == 3
 
 
+def test_a_sequence_waits_for_blocks_the_batch_computes_only_when_they_are_most_of_its_work():
+    sched = Scheduler(BlockManager(100, 4), max_num_seqs=8, max_num_batched_tokens=1000)
+    first, same = _seq(20), _seq(20)
+    short = Sequence([1, 2, 3, 4, *range(50, 66)], SamplingParams())  # shares one block of 20 tokens
+    for seq in (first, same, short):
+        sched.add(seq)
+    batch, prefill = sched.schedule()
+    # `same` would compute 16 of its 20 tokens twice: it waits, and `short`, behind it, fills the batch.
+    assert prefill and batch == [first, short] and list(sched.waiting) == [same]
+    for seq in batch:
+        seq.num_cached = len(seq)  # the step ran
+    batch, prefill = sched.schedule()
+    assert prefill and batch == [same] and same.num_cached == 16  # from the cache; its last block computed
+
+
 def test_a_prompt_over_budget_runs_alone():
     sched = Scheduler(BlockManager(100, 4), max_num_seqs=8, max_num_batched_tokens=10)
     sched.add(_seq(30))

@@ -13,6 +13,8 @@ from loraforge.serve.model.kv_cache import KVCache
     [
         (64, 16, 9, 3),  # compiled sizes, SmolLM2's heads: one group of 3 query heads per kv head
         (128, 16, 14, 2),  # compiled sizes, groups of 2 heads: 7 per kv head (Qwen2-0.5B's GQA)
+        (64, 4, 9, 3),  # compiled for small blocks (evaluation's prefix cache)
+        (128, 8, 14, 2),
         (24, 4, 6, 2),  # runtime sizes
     ],
 )

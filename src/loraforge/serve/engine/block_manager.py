@@ -106,11 +106,6 @@ class BlockManager:
             return []
         return self._hashes(seq, len(seq) // self.block_size)[len(hits) :]
 
-    def first_uncached_hash(self, seq: Sequence, hits: list[int]) -> bytes | None:
-        if not self.prefix_cache or len(hits) >= (len(seq) - 1) // self.block_size:
-            return None
-        return self._hashes(seq, len(hits) + 1)[-1]
-
     def commit(self, seq: Sequence) -> None:
         """Register the full blocks whose K/V `seq` now has (`num_cached`), so later sequences can share
         them. A block whose content another block already holds stays private."""

@@ -15,6 +15,9 @@ class EngineConfig:
     precision: str = "auto"  # auto | fp32 | bf16 (auto: bf16 on AMX/AVX512-BF16 CPUs and CUDA)
     weights: str = DEFAULT_WEIGHTS  # base linear weights: one of WEIGHT_FORMATS (model/quant.py)
     device: str = "cpu"
+    # A PEFT adapter added into the base weights at load: one adapter's evaluation then costs no LoRA work
+    # per token (evaluate/engine_backend.py). Requests name the base model to get it.
+    merged_adapter: Path | None = None
     block_size: int = 16  # tokens per KV-cache block
     kv_cache_bytes: int = 512 << 20  # memory for the KV cache, split into blocks
     num_kv_blocks: int | None = None  # overrides kv_cache_bytes (tests use a tiny cache to force preemption)

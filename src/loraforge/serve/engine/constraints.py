@@ -13,6 +13,11 @@ class ConstraintState(Protocol):
     def mask(self, logits: torch.Tensor, row: int, generated: list[int]) -> None:
         """Set `logits[row, t]` to -inf for every token `t` not allowed after `generated` (in place)."""
 
+    def decided(self, generated: list[int]) -> list[int]:
+        """The rest of the output, through the end of sequence, when only one way to finish is left after
+        `generated`; empty while there is still a choice. The engine appends it without a model step per
+        token (engine.py: `_take_decided`)."""
+
 
 class Constraint(Protocol):
     def start(self) -> ConstraintState:
@@ -48,6 +53,20 @@ class ChoiceConstraint:
                 return [self.eos_id]
             node = node[token]
         return sorted(node) or [self.eos_id]
+
+    def decided(self, generated: list[int]) -> list[int]:
+        node = self.root
+        for token in generated:
+            if token not in node:
+                return []
+            node = node[token]
+        tail = []
+        while len(node) == 1:
+            ((token, node),) = node.items()
+            tail.append(token)
+            if token == self.eos_id:
+                return tail
+        return []
 
     def start(self) -> "ChoiceConstraint":
         return self

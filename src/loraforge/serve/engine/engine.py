@@ -15,10 +15,13 @@ from loraforge.serve.engine.model_runner import ModelRunner
 from loraforge.serve.engine.scheduler import Scheduler
 from loraforge.serve.engine.sequence import FinishReason, SamplingParams, Sequence
 from loraforge.serve.engine.validation import RequestError, validate_request  # noqa: F401 - re-exported
+from loraforge.serve.lora.adapter_file import read_adapter
 from loraforge.serve.lora.manager import AdapterManager, AdapterRef
 from loraforge.serve.lora.weights import LoRAWeights
+from loraforge.serve.model.config import ModelConfig
 from loraforge.serve.model.kv_cache import KVCache
 from loraforge.serve.model.llama import Llama
+from loraforge.serve.model.logprobs import TokenLogprob
 from loraforge.serve.model.quant import adapter_dtype, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -50,7 +53,12 @@ class Engine:
         self.tokenizer = load_tokenizer(resolved)
         self.dtype = pick_dtype(config.precision, config.device)  # the activations'; the weights' next
         weights = resolve_weights(config.weights, self.dtype, config.device)
-        self.model = Llama.load(resolved.path, self.dtype, config.device, weights)
+        deltas = None
+        if config.merged_adapter is not None:
+            cfg = ModelConfig.from_hf(resolved.path)
+            merged = read_adapter("merged", config.merged_adapter, cfg.dims, cfg.num_layers, torch.float32)
+            deltas = merged.deltas()
+        self.model = Llama.load(resolved.path, self.dtype, config.device, weights, deltas)
         cfg = self.model.cfg
         self.max_model_len = min(config.max_model_len or 8192, cfg.max_position_embeddings)
         self.vocab_size = cfg.vocab_size
@@ -179,6 +187,8 @@ class Engine:
             try:
                 seq.output_ids.append(token)
                 reason = self._check_stop(seq, token, self.detok.step(seq))
+                if reason is None and seq.constraint_state is not None:
+                    reason = self._take_decided(seq)
             except Exception as exc:
                 log.exception("sequence %s failed", seq.request_id)
                 outputs.append(self.fail(seq, exc))
@@ -231,6 +241,23 @@ class Engine:
             return FinishReason.STOP
         if len(seq.output_ids) >= p.max_tokens or len(seq) >= self.max_model_len:
             return FinishReason.LENGTH
+        return None
+
+    def _take_decided(self, seq: Sequence) -> FinishReason | None:
+        """Append the rest of a constrained output once only one way to finish is left (a label named by its
+        first tokens): each of those tokens would be chosen with probability 1 whatever the sampling
+        settings, so a model step apiece buys nothing (`benchmarks/eval_throughput.py`). Not for rows that
+        ignore EOS or want top logprobs (their alternatives would have to be listed)."""
+        p = seq.params
+        if p.ignore_eos or p.logprobs:
+            return None
+        for token in seq.constraint_state.decided(seq.output_ids):
+            seq.output_ids.append(token)
+            if p.logprobs == 0:
+                seq.logprobs.append(TokenLogprob(token, 0.0))
+            reason = self._check_stop(seq, token, self.detok.step(seq))
+            if reason is not None:
+                return reason
         return None
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:

@@ -124,6 +124,11 @@ class GrammarState:
             return
         xgr.apply_token_bitmask_inplace(logits[row : row + 1], self.bitmask, vocab_size=self.vocab_size)
 
+    def decided(self, generated: list[int]) -> list[int]:
+        """Always empty: a grammar's forced runs are text (xgrammar's jump-forward), which may tokenize
+        otherwise than the model would spell it, and seldom reach the grammar's end."""
+        return []
+
 
 class GrammarConstraint:
     """A compiled grammar: immutable, shared by the requests that use it; `start()` gives one sequence's

@@ -46,6 +46,10 @@ class ModelRunner:
             slot_mapping=torch.tensor(slots, device=dev),
             last_token_index=torch.tensor(last, device=dev),
         )
+        cached = any(seq.num_cached for seq in seqs)
+        if cached and self.ops.paged_prefill:
+            self._paged_queries(seqs, lengths, meta)
+            return ids, positions, row_adapters, meta
         if len(seqs) > 1:
             max_len, starts = max(lengths), [e - n + 1 for e, n in zip(last, lengths, strict=True)]
             pad = torch.tensor(
@@ -53,9 +57,22 @@ class ModelRunner:
             )
             unpad = [b * max_len + j for b, n in enumerate(lengths) for j in range(n)]
             meta.pad_index, meta.unpad_index = pad.to(dev), torch.tensor(unpad, device=dev)
-        if any(seq.num_cached for seq in seqs):
+        if cached:
             self._cached_context(seqs, lengths, meta)
         return ids, positions, row_adapters, meta
+
+    def _paged_queries(self, seqs: list[Sequence], lengths: list[int], meta: AttentionMetadata) -> None:
+        """A prefill over cached prefixes as decode attention (`ops.paged_prefill`): each new token is a
+        query with its sequence's block table, seeing the cache (prefix + the new K/V, written first) up to
+        and including itself."""
+        max_blocks = max(len(s.blocks) for s in seqs)
+        tables = torch.tensor([s.blocks + [0] * (max_blocks - len(s.blocks)) for s in seqs])
+        rows = torch.repeat_interleave(torch.arange(len(seqs)), torch.tensor(lengths))
+        meta.block_tables = tables[rows].to(self.device)
+        meta.context_lens = torch.tensor(
+            [s.num_cached + j + 1 for s, n in zip(seqs, lengths, strict=True) for j in range(n)],
+            device=self.device,
+        )
 
     def _cached_context(self, seqs: list[Sequence], lengths: list[int], meta: AttentionMetadata) -> None:
         """A prefill over cached prefixes attends to the cache (prefix + its own new K/V, written first):

@@ -2,10 +2,12 @@
 
 Prefills are packed up to a token budget of uncached tokens: a prompt whose start is in the prefix cache
 (block_manager.py) costs only the rest. A sequence that would compute blocks another sequence of the same
-batch computes waits one step and takes them from the cache instead. When the KV cache runs out during
-decode, the most recently admitted sequence is preempted: its blocks are freed and it goes back to the front
-of the queue, to be recomputed (prompt + tokens so far, from what is still cached) when memory frees up.
-Nothing is ever dropped.
+batch computes waits one step and takes them from the cache instead, when they are at least half of its
+work (a long shared system prompt); the sequences behind it fill the batch meanwhile. A short shared start
+(a block or two of a chat template) is cheaper to compute twice than to wait a step for. When the KV cache
+runs out during decode, the most recently admitted sequence is preempted: its blocks are freed and it goes
+back to the front of the queue, to be recomputed (prompt + tokens so far, from what is still cached) when
+memory frees up. Nothing is ever dropped.
 """
 
 from collections import deque
@@ -40,23 +42,29 @@ class Scheduler:
         batch: list[Sequence] = []
         num_tokens = 0
         computing: set[bytes] = set()  # hashes of the full blocks this batch computes
+        deferred: list[Sequence] = []  # wait a step to take blocks this batch computes from the cache
         while self.waiting and len(self.running) + len(batch) < self.max_num_seqs:
-            seq = self.waiting[0]
+            seq = self.waiting.popleft()
             hits = self.blocks.lookup(seq)
             new_tokens = len(seq) - len(hits) * self.blocks.block_size
             # One prompt longer than the budget still runs, alone, so that no request can starve.
-            if batch and num_tokens + new_tokens > self.max_num_batched_tokens:
+            if (
+                batch and num_tokens + new_tokens > self.max_num_batched_tokens
+            ) or not self.blocks.can_allocate(seq, hits):
+                self.waiting.appendleft(seq)
                 break
-            if batch and self.blocks.first_uncached_hash(seq, hits) in computing:
-                break
-            if not self.blocks.can_allocate(seq, hits):
-                break
+            todo = self.blocks.uncached_hashes(seq, hits)
+            if batch and self._worth_waiting(seq, len(hits), todo, computing):
+                deferred.append(seq)  # the sequences behind it still fill this batch
+                if len(deferred) >= self.max_num_seqs:
+                    break
+                continue
             self.blocks.allocate(seq, hits)
-            computing.update(self.blocks.uncached_hashes(seq, hits))
-            self.waiting.popleft()
+            computing.update(todo)
             seq.status = SequenceStatus.RUNNING
             batch.append(seq)
             num_tokens += new_tokens
+        self.waiting.extendleft(reversed(deferred))
         if batch:
             self.running.extend(batch)
             return batch, True
@@ -74,6 +82,16 @@ class Scheduler:
                 batch.append(seq)
         self.running.extendleft(reversed(batch))
         return batch, False
+
+    def _worth_waiting(self, seq: Sequence, hits: int, todo: list[bytes], computing: set[bytes]) -> bool:
+        """Whether at least half of what `seq` would prefill is blocks this batch computes and `seq` could
+        take from the cache next step: its uncached blocks `todo` from the first on, never the block of its
+        last token (block_manager.lookup)."""
+        bs = self.blocks.block_size
+        can_hit, run = min((len(seq) - 1) // bs - hits, len(todo)), 0  # todo: [] without a prefix cache
+        while run < can_hit and todo[run] in computing:
+            run += 1
+        return 2 * run * bs >= len(seq) - hits * bs
 
     def _preempt(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING

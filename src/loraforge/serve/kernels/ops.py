@@ -65,6 +65,9 @@ class TorchOps:
     lora_in_place = False
     # Batches of up to this many rows read reduced-format weights (model/quant.py) in place (none here).
     quant_kernel_rows = 0
+    # Whether a prefill over a cached prefix runs `decode_attention` with one query per new token (each
+    # seeing its sequence's cache up to itself) instead of a masked SDPA over gathered blocks (attention.py).
+    paged_prefill = False
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return rms_norm(x, weight, eps)
@@ -134,6 +137,7 @@ class KernelOps(TorchOps):
     small_linear_rows = SMALL_BATCH_ROWS
     lora_in_place = True
     quant_kernel_rows = QUANT_KERNEL_ROWS
+    paged_prefill = True  # SDPA with a mask takes a slow path on CPU (benchmarks/eval_throughput.py)
 
     def __init__(self, kernels) -> None:
         self.kernels = kernels

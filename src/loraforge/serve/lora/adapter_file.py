@@ -29,6 +29,11 @@ class LoadedAdapter:
     # (layer, module) -> (lora_A [r, in], lora_B [out, r], scale), as stored in the file
     modules: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, float]]
 
+    def deltas(self) -> dict[tuple[int, str], torch.Tensor]:
+        """(layer, module) -> the change to that module's weight, scale * B @ A `[out, in]`, in fp32: what
+        merging the adapter into the base adds (`EngineConfig.merged_adapter`)."""
+        return {key: scale * (b.float() @ a.float()) for key, (a, b, scale) in self.modules.items()}
+
 
 def read_adapter(
     name: str,

@@ -20,7 +20,8 @@ class AttentionMetadata:
     # prefill: sequences padded to the longest one, to run one causal SDPA call
     pad_index: torch.Tensor | None = None  # [sequences, max_len] flat token index (padding repeats a token)
     unpad_index: torch.Tensor | None = None  # [tokens] index into the padded [sequences * max_len]
-    # decode, and prefills over a cached prefix (block_manager.py): where each sequence's K/V are
+    # decode, and prefills over a cached prefix (block_manager.py): where each sequence's K/V are. With
+    # `ops.paged_prefill`, such a prefill has a row per new token instead, as if each were a decode query.
     block_tables: torch.Tensor | None = None  # [sequences, max_blocks]
     context_lens: torch.Tensor | None = None  # [sequences] tokens in the cache, the new one included
     # plain-PyTorch decode (TorchOps) gathers whole blocks and masks what lies past each sequence's end
@@ -40,7 +41,7 @@ def attention(
 ) -> torch.Tensor:
     """q `[tokens, heads, dim]`, k/v `[tokens, kv_heads, dim]` of the new tokens -> `[tokens, heads, dim]`."""
     ops.kv_write(kv, layer, meta.slot_mapping, k, v)
-    if meta.is_prefill:
+    if meta.is_prefill and meta.context_lens is None:
         qb = q.unsqueeze(0) if meta.pad_index is None else q[meta.pad_index]  # [seqs, new tokens, heads, dim]
         if meta.block_tables is not None:
             # Some prompts start in the prefix cache: attend to the cache (cached prefix + the new K/V just
@@ -58,4 +59,5 @@ def attention(
             )
         out = out.transpose(1, 2).reshape(-1, q.shape[1], q.shape[2])
         return out if meta.pad_index is None else out[meta.unpad_index]
+    # Decode, or a prefill over a cached prefix with `ops.paged_prefill`: a query per new token.
     return ops.decode_attention(q, kv, layer, meta)

@@ -19,7 +19,7 @@ from loraforge.serve.model.attention import AttentionMetadata, attention
 from loraforge.serve.model.config import ModelConfig, rope_inv_freq
 from loraforge.serve.model.kv_cache import KVCache
 from loraforge.serve.model.linear import Linear, QuantLinear, frozen, keep_plain_copy
-from loraforge.serve.model.projections import PROJECTIONS
+from loraforge.serve.model.projections import MODULE_TO_PROJECTION, PROJECTIONS
 
 
 class Attention(torch.nn.Module):
@@ -165,11 +165,24 @@ class Llama(torch.nn.Module):
         return self
 
     @classmethod
-    def load(cls, path: Path, dtype: torch.dtype, device: str = "cpu", weight_format: str = "plain"):
+    def load(
+        cls,
+        path: Path,
+        dtype: torch.dtype,
+        device: str = "cpu",
+        weight_format: str = "plain",
+        deltas: dict[tuple[int, str], torch.Tensor] | None = None,
+    ):
         """Read an HF checkpoint, fusing each projection's parts as model/projections.py describes. Weights
-        to be held in a reduced format are read in fp32 and rounded once, from the checkpoint's values."""
+        to be held in a reduced format are read in fp32 and rounded once, from the checkpoint's values.
+        `deltas[(layer, module)]` (e.g. `(3, "q_proj")`) is added to that weight in fp32 before it is
+        rounded: an adapter merged into the base (lora/adapter_file.py: `merged_deltas`)."""
         cfg = ModelConfig.from_hf(path)
         raw = _read_safetensors(path)
+        for (layer, module), delta in (deltas or {}).items():
+            name, j = MODULE_TO_PROJECTION[module]
+            key = PROJECTIONS[name].hf_weight(layer, PROJECTIONS[name].parts[j])
+            raw[key] = raw[key].float() + delta.float()
         w: dict[str, torch.Tensor] = {}
         matrix_dtype = dtype if weight_format == "plain" else torch.float32
 

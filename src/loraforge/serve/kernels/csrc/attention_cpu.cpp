@@ -33,7 +33,20 @@ using loraforge::store16;
 using loraforge::to_float;
 using loraforge::with_count;
 
-constexpr int64_t kBlock = 16;  // the block size the register-blocked path is compiled for (one f32x16)
+// The register-blocked path is compiled for blocks of 4, 8 and 16 tokens (one fp32 vector of kB lanes holds a
+// block's scores); other block sizes take the loops of `scores_any_size` / `values_any_size`. Small blocks
+// let the prefix cache share a short prompt start (evaluate/engine_backend.py).
+template <int64_t kB>
+struct BlockVec {
+  typedef float type __attribute__((vector_size(kB * sizeof(float))));
+};
+
+template <int64_t kB, typename T>
+inline typename BlockVec<kB>::type load_block(const T* p) {
+  typename BlockVec<kB>::type v;
+  for (int64_t i = 0; i < kB; ++i) v[i] = to_float(p[i]);
+  return v;
+}
 
 template <typename T>
 inline void prefetch_block(const T* p, int64_t elements) {
@@ -52,35 +65,39 @@ inline float row_max(const float* x, int64_t n) {
   return m;
 }
 
-// Pass 1, compiled sizes: scores [GC, 16] (rows `stride` apart) of GC query heads (q: [GC, kD], scaled)
-// against one block of one kv head's keys (`kd`: [kD, 16], transposed). Keys transposed make q . k for the
-// block's 16 tokens kD multiply-adds of q[d] into one vector; two sets of sums (even and odd d) so that
+// Pass 1, compiled sizes: scores [GC, kB] (rows `stride` apart) of GC query heads (q: [GC, kD], scaled)
+// against one block of one kv head's keys (`kd`: [kD, kB], transposed). Keys transposed make q . k for the
+// block's kB tokens kD multiply-adds of q[d] into one vector; two sets of sums (even and odd d) so that
 // consecutive multiply-adds do not wait on each other.
-template <int GC, int64_t kD, typename T>
+template <int GC, int64_t kD, int64_t kB, typename T>
 inline void block_scores(const float* q, const T* kd, float* scores, int64_t stride) {
-  f32x16 even[GC] = {}, odd[GC] = {};
+  using V = typename BlockVec<kB>::type;
+  V even[GC] = {}, odd[GC] = {};
   for (int64_t d = 0; d < kD; d += 2) {
-    const f32x16 k0 = load16(kd + d * kBlock), k1 = load16(kd + (d + 1) * kBlock);
+    const V k0 = load_block<kB>(kd + d * kB), k1 = load_block<kB>(kd + (d + 1) * kB);
     for (int g = 0; g < GC; ++g) {
       even[g] += q[g * kD + d] * k0;
       odd[g] += q[g * kD + d + 1] * k1;
     }
   }
-  for (int g = 0; g < GC; ++g) store16(scores + g * stride, even[g] + odd[g]);
+  for (int g = 0; g < GC; ++g) {
+    const V sum = even[g] + odd[g];
+    std::memcpy(scores + g * stride, &sum, sizeof(sum));
+  }
 }
 
 // Pass 3, compiled sizes: acc [GC, kD] = p [GC, len] (rows `p_stride` apart) @ the sequence's value rows
 // of one kv head (`v`: that head's first row in the cache; rows `row_stride` apart, blocks `block` apart),
 // every sum in registers for the whole context. `prefetch`: fetch each next block (all heads) meanwhile.
-template <int GC, int64_t kD, typename T>
+template <int GC, int64_t kD, int64_t kB, typename T>
 void head_values(const float* p, int64_t p_stride, const T* v, const int64_t* table, int64_t block,
                  int64_t row_stride, int64_t len, bool prefetch, float* acc) {
   constexpr int64_t kV = kD / 16;
   f32x16 a[GC][kV] = {};
-  for (int64_t start = 0; start < len; start += kBlock) {
-    const T* vb = v + table[start / kBlock] * block;
-    if (prefetch && start + kBlock < len) prefetch_block(v + table[start / kBlock + 1] * block, block);
-    const int64_t n = std::min(kBlock, len - start);
+  for (int64_t start = 0; start < len; start += kB) {
+    const T* vb = v + table[start / kB] * block;
+    if (prefetch && start + kB < len) prefetch_block(v + table[start / kB + 1] * block, block);
+    const int64_t n = std::min(kB, len - start);
     for (int64_t t = 0; t < n; ++t) {
       f32x16 row[kV];
       for (int64_t i = 0; i < kV; ++i) row[i] = load16(vb + t * row_stride + i * 16);
@@ -129,8 +146,8 @@ void values_any_size(const float* p, int64_t p_stride, const T* v, const int64_t
 
 // One sequence, all heads, over `len` cached tokens: q (fp32, scaled) -> out. Per-thread scratch: `scores`
 // [heads, len rounded up to B], `acc` [heads, D], `sums` [heads]. kD: the head size when compiled for it
-// (0: runtime sizes); the compiled path also needs blocks of 16.
-template <typename T, int64_t kD>
+// (0: runtime sizes), kB the block size it is compiled for.
+template <typename T, int64_t kD, int64_t kB>
 void attend(const float* q, int64_t heads, int64_t G, int64_t head_dim, int64_t kv_heads, const T* k,
             const T* v, const int64_t* table, int64_t B, int64_t len, float* scores, float* acc, float* sums,
             T* out) {
@@ -141,8 +158,8 @@ void attend(const float* q, int64_t heads, int64_t G, int64_t head_dim, int64_t 
     for (int64_t h = 0; h < kv_heads; ++h) {
       if constexpr (kD != 0) {
         head_groups<kD>(h * G, G, [&](int64_t j, auto g) {
-          block_scores<decltype(g)::value, kD>(q + j * kD, kb + h * kD * kBlock, scores + j * stride + start,
-                                               stride);
+          block_scores<decltype(g)::value, kD, kB>(q + j * kD, kb + h * kD * kB, scores + j * stride + start,
+                                                   stride);
         });
       } else {
         scores_any_size(q, kb + h * D * B, D, B, std::min(B, len - start), scores + start, stride, h * G, G);
@@ -166,7 +183,7 @@ void attend(const float* q, int64_t heads, int64_t G, int64_t head_dim, int64_t 
     const T* vh = v + h * D;
     if constexpr (kD != 0) {
       head_groups<kD>(h * G, G, [&](int64_t j, auto g) {
-        head_values<decltype(g)::value, kD>(scores + j * stride, stride, vh, table, block, kv_heads * kD, len,
+        head_values<decltype(g)::value, kD, kB>(scores + j * stride, stride, vh, table, block, kv_heads * kD, len,
                                             h == 0 && j == 0, acc + j * kD);
       });
     } else {
@@ -199,13 +216,20 @@ void decode_attention_impl(const torch::Tensor& q, const torch::Tensor& k_cache,
       for (int64_t i = 0; i < heads * D; ++i) qf[i] = to_float(qb[i]) * static_cast<float>(scale);
       const int64_t* table = tables + b * table_stride;
       T* o = op + b * heads * D;
-      auto run = [&](auto head_size) {
-        attend<T, decltype(head_size)::value>(qf.data(), heads, G, D, kv_heads, kp, vp, table, B, lens[b],
-                                              scores.data(), acc.data(), sums.data(), o);
+      auto run = [&](auto head_size, auto block_size) {
+        attend<T, decltype(head_size)::value, decltype(block_size)::value>(
+            qf.data(), heads, G, D, kv_heads, kp, vp, table, B, lens[b], scores.data(), acc.data(), sums.data(),
+            o);
       };
-      if (D == 64 && B == kBlock) run(std::integral_constant<int64_t, 64>{});
-      else if (D == 128 && B == kBlock) run(std::integral_constant<int64_t, 128>{});
-      else run(std::integral_constant<int64_t, 0>{});
+      auto with_block = [&](auto head_size) {
+        if (B == 16) run(head_size, std::integral_constant<int64_t, 16>{});
+        else if (B == 8) run(head_size, std::integral_constant<int64_t, 8>{});
+        else if (B == 4) run(head_size, std::integral_constant<int64_t, 4>{});
+        else run(std::integral_constant<int64_t, 0>{}, std::integral_constant<int64_t, 0>{});
+      };
+      if (D == 64) with_block(std::integral_constant<int64_t, 64>{});
+      else if (D == 128) with_block(std::integral_constant<int64_t, 128>{});
+      else run(std::integral_constant<int64_t, 0>{}, std::integral_constant<int64_t, 0>{});
     }
   });
 }
