@@ -3,12 +3,16 @@
 Both evaluate the same Banking77 test rows with an adapter, as `loraforge evaluate CONFIG --adapter DIR` does
 (`--baseline`: also the base model zero-shot, as `loraforge train --baseline` does): HF runs padded batches
 of `evaluation.batch_size` (the config's, what `--backend hf` uses), one model after the other; the engine
-runs every row in one continuous batch, its prefix cache prefilling the shared system prompt once. Prints
+runs every row in one continuous batch, a lone adapter merged into the base, its prefix cache prefilling the
+shared template start once, and (`--constrain`) ends a label once its first tokens name it. Prints
 seconds, rows/s, the ratio, accuracy on both and how many predictions agree (in bf16 the two backends'
 matmuls may round differently; in fp32 they agree exactly, tests/evaluate/test_engine_backend.py).
 
     .venv/bin/python benchmarks/eval_throughput.py                      # 512 rows, a random r=16 adapter
     .venv/bin/python benchmarks/eval_throughput.py --rows 3080 --adapter runs/demo-banking77/adapter
+    # the README's figure: init's config for Banking77 at 10 per label, its trained adapter
+    .venv/bin/python benchmarks/eval_throughput.py --config RUN/config.yaml --adapter RUN/adapter --rows 3080 \
+        --constrain
 """
 
 import argparse
