@@ -83,6 +83,28 @@ def test_streaming_with_a_schema_equals_the_whole_answer(client):
     jsonschema.validate(json.loads(text), PERSON)
 
 
+def test_a_guided_choice_streams_whole_with_a_logprob_per_token(client):
+    """A label named by its first tokens is finished without a model step per remaining token (engine.py:
+    `_take_decided`): the stream, the whole answer, the logprobs and the usage still agree."""
+    labels = ["card_arrival", "lost_or_stolen_card", "refund"]
+    kw = {"model": "ad07", "messages": MSG, "max_tokens": 20, "temperature": 0, "logprobs": True}
+    whole = client.chat.completions.create(extra_body={"guided_choice": labels}, **kw)
+    text = whole.choices[0].message.content
+    assert text in labels and whole.choices[0].finish_reason == "stop"
+    entries = whole.choices[0].logprobs.content
+    assert len(entries) == whole.usage.completion_tokens  # the label's tokens and the end of sequence
+    assert "".join(e.token for e in entries).startswith(text)
+    assert all(e.logprob <= 0 for e in entries)
+    chunks = list(
+        client.chat.completions.create(
+            extra_body={"guided_choice": labels}, stream=True, stream_options={"include_usage": True}, **kw
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert [c for c in chunks if c.choices][-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
 def test_guided_choice_regex_and_json_in_extra_body(client):
     labels = ["card_arrival", "lost_or_stolen_card", "refund"]
     for model in ("ad07", "ad08"):
