@@ -64,7 +64,10 @@ def test_chat_logprobs_stream_like_the_whole_answer(client, live):
     streamed = [
         e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content
     ]
-    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in whole]
+    assert [e.token for e in streamed] == [e.token for e in whole]
+    # The second request's prompt start comes from the prefix cache, whose prefill attends through another
+    # kernel (ops.paged_prefill): equal up to float rounding.
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in whole], abs=1e-5)
     plain = client.chat.completions.create(model="ad01", messages=MSG, max_tokens=3, temperature=0)
     assert plain.choices[0].logprobs is None
 
