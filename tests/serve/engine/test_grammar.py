@@ -145,6 +145,10 @@ def test_a_choice_is_complete_once_its_first_tokens_name_it(engine):
         params = SamplingParams(max_tokens=2, temperature=0, constraint=constraint)
         (cut,) = engine.generate([_ids(engine, "Pick one")], params)
         assert cut.output_ids == ids[:2] and cut.finish_reason == FinishReason.LENGTH and len(steps) == 1
+        only = ChoiceConstraint.from_strings([choices[0]], engine.tokenizer)
+        params = SamplingParams(max_tokens=16, temperature=0, constraint=only, stop=["gamma"])
+        (stopped,) = engine.generate([_ids(engine, "Pick one")], params)
+        assert stopped.output_text == "alpha beta " and stopped.finish_reason == FinishReason.STOP
     finally:
         engine.runner.run = run
 

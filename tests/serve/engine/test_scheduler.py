@@ -52,6 +52,21 @@ def test_a_sequence_waits_for_blocks_the_batch_computes_only_when_they_are_most_
     assert prefill and batch == [same] and same.num_cached == 16  # from the cache; its last block computed
 
 
+def test_a_waiting_sequence_keeps_its_slot_and_one_wanting_prompt_logprobs_never_waits():
+    sched = Scheduler(BlockManager(100, 4), max_num_seqs=2, max_num_batched_tokens=1000)
+    first, same, behind = _seq(20), _seq(20), _seq(8, first=50)
+    for seq in (first, same, behind):
+        sched.add(seq)
+    batch, _ = sched.schedule()
+    assert batch == [first] and list(sched.waiting) == [same, behind]  # `behind` may not take same's slot
+    sched = Scheduler(BlockManager(100, 4), max_num_seqs=4, max_num_batched_tokens=1000)
+    echo = Sequence(list(range(1, 21)), SamplingParams(logprobs=0, prompt_logprobs=True))
+    for seq in (_seq(20), echo):
+        sched.add(seq)
+    batch, _ = sched.schedule()
+    assert len(batch) == 2  # it could never take the blocks from the cache: waiting would only cost a step
+
+
 def test_a_prompt_over_budget_runs_alone():
     sched = Scheduler(BlockManager(100, 4), max_num_seqs=8, max_num_batched_tokens=10)
     sched.add(_seq(30))

@@ -85,11 +85,15 @@ class BlockManager:
                 hashes.append(parent)
         return hashes[:count]
 
+    def may_share(self, seq: Sequence) -> bool:
+        """Whether `seq` may start from cached blocks (see `lookup`)."""
+        return self.prefix_cache and not (seq.params.prompt_logprobs and seq.prompt_logprobs is None)
+
     def lookup(self, seq: Sequence) -> list[int]:
         """The cached blocks `seq` can start from: its longest prefix of full blocks in the cache, never the
         block of its last token (that token must be computed, for its logits). None for a prompt that wants
         its prompt logprobs (`echo` with `logprobs`): those need every prompt position's hidden state."""
-        if not self.prefix_cache or (seq.params.prompt_logprobs and seq.prompt_logprobs is None):
+        if not self.may_share(seq):
             return []
         hits = []
         for h in self._hashes(seq, (len(seq) - 1) // self.block_size):

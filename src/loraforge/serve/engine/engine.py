@@ -251,7 +251,10 @@ class Engine:
         p = seq.params
         if p.ignore_eos or p.logprobs:
             return None
-        for token in seq.constraint_state.decided(seq.output_ids):
+        tail = seq.constraint_state.decided(seq.output_ids)
+        if not tail or tail[-1] not in self.eos_ids:  # only a tail that ends the sequence: no step follows
+            return None
+        for token in tail:
             seq.output_ids.append(token)
             if p.logprobs == 0:
                 seq.logprobs.append(TokenLogprob(token, 0.0))

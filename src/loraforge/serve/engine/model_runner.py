@@ -47,7 +47,9 @@ class ModelRunner:
             last_token_index=torch.tensor(last, device=dev),
         )
         cached = any(seq.num_cached for seq in seqs)
-        if cached and self.ops.paged_prefill:
+        # Every prompt from the cache: a long uncached prompt beside them would make a row per token over its
+        # whole length, where one causal SDPA does better.
+        if self.ops.paged_prefill and all(seq.num_cached for seq in seqs):
             self._paged_queries(seqs, lengths, meta)
             return ids, positions, row_adapters, meta
         if len(seqs) > 1:

@@ -2,12 +2,12 @@
 
 Prefills are packed up to a token budget of uncached tokens: a prompt whose start is in the prefix cache
 (block_manager.py) costs only the rest. A sequence that would compute blocks another sequence of the same
-batch computes waits one step and takes them from the cache instead, when they are at least half of its
-work (a long shared system prompt); the sequences behind it fill the batch meanwhile. A short shared start
-(a block or two of a chat template) is cheaper to compute twice than to wait a step for. When the KV cache
-runs out during decode, the most recently admitted sequence is preempted: its blocks are freed and it goes
-back to the front of the queue, to be recomputed (prompt + tokens so far, from what is still cached) when
-memory frees up. Nothing is ever dropped.
+batch computes waits one step (keeping its slot) and takes them from the cache instead, when they are at
+least half of its work (a long shared system prompt); the sequences behind it fill the batch meanwhile. A
+short shared start (a block or two of a chat template) is cheaper to compute twice than to wait a step for.
+When the KV cache runs out during decode, the most recently admitted sequence is preempted: its blocks are
+freed and it goes back to the front of the queue, to be recomputed (prompt + tokens so far, from what is
+still cached) when memory frees up. Nothing is ever dropped.
 """
 
 from collections import deque
@@ -19,7 +19,8 @@ from loraforge.serve.engine.sequence import Sequence, SequenceStatus
 class Scheduler:
     """Decides what each step runs: admits waiting sequences into a prefill batch (within the token budget,
     `max_num_seqs` and the free KV blocks), else decodes one token for every running sequence, preempting
-    the newest ones when their next token has no block. Sequences wait and run in arrival order."""
+    the newest ones when their next token has no block. Sequences wait and run in arrival order, except one
+    that waits a step for blocks the batch computes (it keeps its slot, and runs first next step)."""
 
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
         self.blocks = block_manager
@@ -43,7 +44,8 @@ class Scheduler:
         num_tokens = 0
         computing: set[bytes] = set()  # hashes of the full blocks this batch computes
         deferred: list[Sequence] = []  # wait a step to take blocks this batch computes from the cache
-        while self.waiting and len(self.running) + len(batch) < self.max_num_seqs:
+        # A deferred sequence keeps its place: it runs next step, not after a slot frees up.
+        while self.waiting and len(self.running) + len(batch) + len(deferred) < self.max_num_seqs:
             seq = self.waiting.popleft()
             hits = self.blocks.lookup(seq)
             new_tokens = len(seq) - len(hits) * self.blocks.block_size
@@ -56,8 +58,6 @@ class Scheduler:
             todo = self.blocks.uncached_hashes(seq, hits)
             if batch and self._worth_waiting(seq, len(hits), todo, computing):
                 deferred.append(seq)  # the sequences behind it still fill this batch
-                if len(deferred) >= self.max_num_seqs:
-                    break
                 continue
             self.blocks.allocate(seq, hits)
             computing.update(todo)
@@ -87,8 +87,10 @@ class Scheduler:
         """Whether at least half of what `seq` would prefill is blocks this batch computes and `seq` could
         take from the cache next step: its uncached blocks `todo` from the first on, never the block of its
         last token (block_manager.lookup)."""
+        if not self.blocks.may_share(seq):
+            return False
         bs = self.blocks.block_size
-        can_hit, run = min((len(seq) - 1) // bs - hits, len(todo)), 0  # todo: [] without a prefix cache
+        can_hit, run = min((len(seq) - 1) // bs - hits, len(todo)), 0
         while run < can_hit and todo[run] in computing:
             run += 1
         return 2 * run * bs >= len(seq) - hits * bs

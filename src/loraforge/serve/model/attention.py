@@ -21,7 +21,8 @@ class AttentionMetadata:
     pad_index: torch.Tensor | None = None  # [sequences, max_len] flat token index (padding repeats a token)
     unpad_index: torch.Tensor | None = None  # [tokens] index into the padded [sequences * max_len]
     # decode, and prefills over a cached prefix (block_manager.py): where each sequence's K/V are. With
-    # `ops.paged_prefill`, such a prefill has a row per new token instead, as if each were a decode query.
+    # `ops.paged_prefill`, such a prefill has a row per new token instead (`[tokens, ...]`), as if each were
+    # a decode query seeing the cache up to itself.
     block_tables: torch.Tensor | None = None  # [sequences, max_blocks]
     context_lens: torch.Tensor | None = None  # [sequences] tokens in the cache, the new one included
     # plain-PyTorch decode (TorchOps) gathers whole blocks and masks what lies past each sequence's end

@@ -176,7 +176,7 @@ class Llama(torch.nn.Module):
         """Read an HF checkpoint, fusing each projection's parts as model/projections.py describes. Weights
         to be held in a reduced format are read in fp32 and rounded once, from the checkpoint's values.
         `deltas[(layer, module)]` (e.g. `(3, "q_proj")`) is added to that weight in fp32 before it is
-        rounded: an adapter merged into the base (lora/adapter_file.py: `merged_deltas`)."""
+        rounded: an adapter merged into the base (lora/adapter_file.py: `LoadedAdapter.deltas`)."""
         cfg = ModelConfig.from_hf(path)
         raw = _read_safetensors(path)
         for (layer, module), delta in (deltas or {}).items():
