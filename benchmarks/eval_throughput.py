@@ -11,8 +11,8 @@ matmuls may round differently; in fp32 they agree exactly, tests/evaluate/test_e
     .venv/bin/python benchmarks/eval_throughput.py                      # 512 rows, a random r=16 adapter
     .venv/bin/python benchmarks/eval_throughput.py --rows 3080 --adapter runs/demo-banking77/adapter
     # the README's figure: init's config for Banking77 at 10 per label, its trained adapter
-    .venv/bin/python benchmarks/eval_throughput.py --config RUN/config.yaml --adapter RUN/adapter --rows 3080 \
-        --constrain
+    .venv/bin/python benchmarks/eval_throughput.py --config RUN/config.yaml --adapter RUN/adapter \
+        --rows 3080 --constrain
 """
 
 import argparse

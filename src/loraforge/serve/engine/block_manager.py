@@ -85,18 +85,19 @@ class BlockManager:
                 hashes.append(parent)
         return hashes[:count]
 
-    def may_share(self, seq: Sequence) -> bool:
-        """Whether `seq` may start from cached blocks (see `lookup`)."""
-        return self.prefix_cache and not (seq.params.prompt_logprobs and seq.prompt_logprobs is None)
+    def shareable_blocks(self, seq: Sequence) -> int:
+        """How many of `seq`'s leading full blocks it could take from the cache: all but the block of its
+        last token (that token must be computed, for its logits); none for a prompt that wants its prompt
+        logprobs (`echo` with `logprobs`: those need every prompt position's hidden state)."""
+        if not self.prefix_cache or (seq.params.prompt_logprobs and seq.prompt_logprobs is None):
+            return 0
+        return (len(seq) - 1) // self.block_size
 
     def lookup(self, seq: Sequence) -> list[int]:
-        """The cached blocks `seq` can start from: its longest prefix of full blocks in the cache, never the
-        block of its last token (that token must be computed, for its logits). None for a prompt that wants
-        its prompt logprobs (`echo` with `logprobs`): those need every prompt position's hidden state."""
-        if not self.may_share(seq):
-            return []
+        """The cached blocks `seq` can start from: the longest start of its `shareable_blocks` found in the
+        cache."""
         hits = []
-        for h in self._hashes(seq, (len(seq) - 1) // self.block_size):
+        for h in self._hashes(seq, self.shareable_blocks(seq)):
             block = self.cached.get(h)
             if block is None:
                 break

@@ -44,24 +44,25 @@ class ChoiceConstraint:
         ids = [tokenizer(choice, add_special_tokens=False)["input_ids"] for choice in choices]
         return cls(ids, tokenizer.eos_token_id)
 
+    def _node(self, generated: list[int]) -> dict[int, dict] | None:
+        """The tree's node after `generated`; None when `generated` has left the tree."""
+        node = self.root
+        for token in generated:
+            node = node.get(token)
+            if node is None:
+                return None
+        return node
+
     def allowed(self, generated: list[int]) -> list[int]:
         """Token ids (ascending) that keep `generated` on a path to a complete choice; EOS once one is
         complete or when `generated` has left the tree."""
-        node = self.root
-        for token in generated:
-            if token not in node:
-                return [self.eos_id]
-            node = node[token]
-        return sorted(node) or [self.eos_id]
+        node = self._node(generated)
+        return sorted(node or ()) or [self.eos_id]
 
     def decided(self, generated: list[int]) -> list[int]:
-        node = self.root
-        for token in generated:
-            if token not in node:
-                return []
-            node = node[token]
+        node = self._node(generated)
         tail = []
-        while len(node) == 1:
+        while node is not None and len(node) == 1:
             ((token, node),) = node.items()
             tail.append(token)
             if token == self.eos_id:

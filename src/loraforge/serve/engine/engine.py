@@ -56,7 +56,8 @@ class Engine:
         deltas = None
         if config.merged_adapter is not None:
             cfg = ModelConfig.from_hf(resolved.path)
-            merged = read_adapter("merged", config.merged_adapter, cfg.dims, cfg.num_layers, torch.float32)
+            path = config.merged_adapter
+            merged = read_adapter(path.name, path, cfg.dims, cfg.num_layers, torch.float32)
             deltas = merged.deltas()
         self.model = Llama.load(resolved.path, self.dtype, config.device, weights, deltas)
         cfg = self.model.cfg

@@ -63,12 +63,17 @@ class ModelRunner:
             self._cached_context(seqs, lengths, meta)
         return ids, positions, row_adapters, meta
 
+    @staticmethod
+    def _block_tables(seqs: list[Sequence]) -> torch.Tensor:
+        """`[sequences, max_blocks]` (CPU): each sequence's cache blocks in order, padded with block 0."""
+        max_blocks = max(len(s.blocks) for s in seqs)
+        return torch.tensor([s.blocks + [0] * (max_blocks - len(s.blocks)) for s in seqs])
+
     def _paged_queries(self, seqs: list[Sequence], lengths: list[int], meta: AttentionMetadata) -> None:
         """A prefill over cached prefixes as decode attention (`ops.paged_prefill`): each new token is a
         query with its sequence's block table, seeing the cache (prefix + the new K/V, written first) up to
         and including itself."""
-        max_blocks = max(len(s.blocks) for s in seqs)
-        tables = torch.tensor([s.blocks + [0] * (max_blocks - len(s.blocks)) for s in seqs])
+        tables = self._block_tables(seqs)
         rows = torch.repeat_interleave(torch.arange(len(seqs)), torch.tensor(lengths))
         meta.block_tables = tables[rows].to(self.device)
         meta.context_lens = torch.tensor(
@@ -80,10 +85,8 @@ class ModelRunner:
         """A prefill over cached prefixes attends to the cache (prefix + its own new K/V, written first):
         block tables, and a mask where query j of a sequence with `c` cached tokens sees keys 0..c+j (padded
         query rows repeat the last real one)."""
-        max_blocks = max(len(s.blocks) for s in seqs)
-        meta.block_tables = torch.tensor(
-            [s.blocks + [0] * (max_blocks - len(s.blocks)) for s in seqs], device=self.device
-        )
+        meta.block_tables = self._block_tables(seqs).to(self.device)
+        max_blocks = meta.block_tables.shape[1]
         cached = torch.tensor([s.num_cached for s in seqs])
         q = torch.minimum(torch.arange(max(lengths))[None, :], torch.tensor(lengths)[:, None] - 1)
         keys = torch.arange(max_blocks * self.block_size)
@@ -95,10 +98,8 @@ class ModelRunner:
         ids = [s.last_token for s in seqs]
         positions = [len(s) - 1 for s in seqs]
         slots = [self._slot(s, len(s) - 1) for s in seqs]
-        max_blocks = max(len(s.blocks) for s in seqs)
-        tables = torch.tensor(
-            [s.blocks + [0] * (max_blocks - len(s.blocks)) for s in seqs], device=self.device
-        )
+        tables = self._block_tables(seqs).to(self.device)
+        max_blocks = tables.shape[1]
         meta = AttentionMetadata(
             is_prefill=False,
             slot_mapping=torch.tensor(slots, device=self.device),

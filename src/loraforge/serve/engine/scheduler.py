@@ -85,12 +85,10 @@ class Scheduler:
 
     def _worth_waiting(self, seq: Sequence, hits: int, todo: list[bytes], computing: set[bytes]) -> bool:
         """Whether at least half of what `seq` would prefill is blocks this batch computes and `seq` could
-        take from the cache next step: its uncached blocks `todo` from the first on, never the block of its
-        last token (block_manager.lookup)."""
-        if not self.blocks.may_share(seq):
-            return False
+        take from the cache next step: its uncached blocks `todo` from the first on, as far as
+        `shareable_blocks` goes."""
         bs = self.blocks.block_size
-        can_hit, run = min((len(seq) - 1) // bs - hits, len(todo)), 0
+        can_hit, run = self.blocks.shareable_blocks(seq) - hits, 0  # todo holds at least that many
         while run < can_hit and todo[run] in computing:
             run += 1
         return 2 * run * bs >= len(seq) - hits * bs
