@@ -8,11 +8,13 @@
 - `rms_norm`, `add_rms_norm`, `silu_mul`, `rope_qk` (csrc/elementwise_cpu.cpp): the model's per-token
   operations in one pass each (`add_rms_norm` with the residual add before it), rounding where
   transformers' Llama rounds (bit-equal to the PyTorch code in bf16).
+- `decode_layers` (csrc/decode_cpu.cpp): a decode step of a few rows without adapters through every layer,
+  calling the kernels above in one C++ loop.
 
 The build goes to torch's extension cache (~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR): only the
 first start on a machine pays the ~2 minute compile (`make install` does it up front with
-`cpu_kernels.main()`). It is tuned for the host CPU (`-march=native`: AVX-512 where
-there is one, AVX2 elsewhere; the kernels use portable vector types, no intrinsics), so its name carries a
+`cpu_kernels.main()`). It is tuned for the host CPU (`-march=native`: AVX-512 where there is one, AVX2
+elsewhere; portable vector types, intrinsics only in common.h and quant_linear_cpu.cpp), so its name carries a
 digest of the CPU's flags, of the target and of the sources (a home directory shared with another kind of CPU
 gets its own build). Where the compiler does not know `-march=native`, or with
 `LORAFORGE_KERNEL_MARCH=portable`, it builds for the compiler's default target; `LORAFORGE_KERNEL_MARCH=NAME`

@@ -20,6 +20,8 @@ SMALL_BATCH_ROWS = 2
 # Up to this many rows `quant_linear` reads bf16/int8/int4 weights in place; more rows are compute-bound and
 # run on the weight widened to the activations' dtype (benchmarks/quant_decode.py, the kernel-rows table).
 QUANT_KERNEL_ROWS = 4
+# How `decode_layers` runs each weight (csrc/decode_cpu.cpp's `Format`): `small_linear` or `quant_linear`.
+DECODE_PLAIN, DECODE_QUANT = 0, 1
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -68,6 +70,8 @@ class TorchOps:
     # Whether a prefill over a cached prefix runs `decode_attention` with one query per new token (each
     # seeing its sequence's cache up to itself) instead of a masked SDPA over gathered blocks (attention.py).
     paged_prefill = False
+    # Whether `decode_layers` runs a decode step without adapters through every layer in one call.
+    fused_decode = False
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return rms_norm(x, weight, eps)
@@ -138,6 +142,7 @@ class KernelOps(TorchOps):
     lora_in_place = True
     quant_kernel_rows = QUANT_KERNEL_ROWS
     paged_prefill = True  # SDPA with a mask takes a slow path on CPU (benchmarks/eval_throughput.py)
+    fused_decode = True
 
     def __init__(self, kernels) -> None:
         self.kernels = kernels
@@ -158,9 +163,9 @@ class KernelOps(TorchOps):
         return self.kernels.small_linear(x, weight)
 
     def quant_linear(self, x, qw):
-        if qw.fmt == "int8":  # torch's int8 weight-only kernel beats ours (quant_decode.py, section 3)
-            return torch._weight_int8pack_mm(x.contiguous(), qw.data, qw.scales.to(x.dtype))
-        return self.kernels.quant_linear(x, qw.data, qw.scales, qw.group)  # widened in registers
+        return self.kernels.quant_linear(
+            x, qw.data, qw.scales, qw.group
+        )  # read in place, widened in registers
 
     def dequantize(self, qw, dtype):
         return self.kernels.dequantize(qw.data, qw.scales, qw.group, qw.in_features, dtype == torch.bfloat16)
@@ -176,6 +181,15 @@ class KernelOps(TorchOps):
         return self.kernels.decode_attention(
             q, kv.k[layer], kv.v[layer], meta.block_tables, meta.context_lens, scale
         )
+
+    def decode_layers(self, h, x, cos, sin, meta, kv, plan) -> torch.Tensor:
+        """Every decoder layer of a decode step without adapters, in one C++ loop (csrc/decode_cpu.cpp);
+        `plan` is the model's `DecodePlan` (llama.py). Updates and returns the residual stream `h`."""
+        return self.kernels.decode_layers(
+            h, x, cos.squeeze(1), sin.squeeze(1), meta.slot_mapping, meta.block_tables, meta.context_lens,
+            kv.k, kv.v, plan.norms, plan.weights, plan.scales, plan.groups, plan.formats, plan.biases,
+            plan.heads, plan.kv_heads, plan.eps,
+        )  # fmt: skip
 
     def argmax_rows(self, logits):
         return self.kernels.argmax_rows(logits).tolist()  # rows in parallel, read in place

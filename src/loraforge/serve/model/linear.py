@@ -18,12 +18,13 @@ runs the packed form.
 """
 
 import os
+from dataclasses import dataclass
 from functools import cache
 
 import torch
 import torch.nn.functional as F
 
-from loraforge.serve.kernels.ops import TORCH_OPS, TorchOps
+from loraforge.serve.kernels.ops import DECODE_PLAIN, DECODE_QUANT, TORCH_OPS, TorchOps
 from loraforge.serve.model.quant import QuantWeight, format_for, quantize
 
 ROW_BUCKET, LARGE_ROWS, ROW_BUCKET_LARGE = 16, 256, 64  # packed-path batch shapes, see padded_rows
@@ -71,6 +72,18 @@ def padded_rows(rows: int) -> int:
     return -(-rows // step) * step
 
 
+@dataclass(frozen=True)
+class DecodeForm:
+    """A layer's weight as `ops.decode_layers` runs it: `weight`, `scales` and `group` for its kernel
+    (`fmt`: kernels/ops.py's DECODE_*), up to `rows` rows (where this path beats the batched one)."""
+
+    weight: torch.Tensor
+    scales: torch.Tensor
+    group: int
+    fmt: int
+    rows: int
+
+
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
@@ -114,6 +127,12 @@ class Linear(torch.nn.Module):
         super()._apply(fn, recurse)
         self.packed = pack(self.weight.data)  # the packed form follows the weight's new dtype and device
         return self
+
+    def decode_form(self) -> DecodeForm | None:
+        """The plain weight for `small_linear`; None without one (held packed only) or without the kernel."""
+        if self.weight is None or self.ops.small_linear_rows == 0:
+            return None
+        return DecodeForm(self.weight, torch.empty(0), 0, DECODE_PLAIN, self.ops.small_linear_rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight is not None and x.shape[0] <= self.ops.small_linear_rows:
@@ -160,6 +179,11 @@ class QuantLinear(torch.nn.Module):
         raise RuntimeError(
             f"this layer holds its weight in {self.fmt}; it cannot be moved or cast (load the model again)"
         )
+
+    def decode_form(self) -> DecodeForm | None:
+        """The weight as `ops.quant_linear` reads it; None without the kernel."""
+        qw, rows = self.qweight, self.ops.quant_kernel_rows
+        return DecodeForm(qw.data, qw.scales, qw.group, DECODE_QUANT, rows) if rows else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] <= self.ops.quant_kernel_rows:

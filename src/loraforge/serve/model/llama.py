@@ -7,6 +7,7 @@ safetensors. Matches transformers' LlamaForCausalLM numerics (RMSNorm in fp32, R
 rotate-half layout) so greedy outputs agree token for token in fp32.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,9 +18,27 @@ from loraforge.serve.kernels.ops import TorchOps, ops_for
 from loraforge.serve.lora.weights import LoRAStep
 from loraforge.serve.model.attention import AttentionMetadata, attention
 from loraforge.serve.model.config import ModelConfig, rope_inv_freq
+from loraforge.serve.model.huge_pages import into_huge_pages
 from loraforge.serve.model.kv_cache import KVCache
 from loraforge.serve.model.linear import Linear, QuantLinear, frozen, keep_plain_copy
 from loraforge.serve.model.projections import MODULE_TO_PROJECTION, PROJECTIONS
+
+
+@dataclass
+class DecodePlan:
+    """What `ops.decode_layers` reads of the model, per layer in order: two norms (ln1, ln2), four weights
+    (qkv, o, gate_up, down) with their scales, groups and formats, and the qkv bias (empty if none)."""
+
+    rows: int  # the most rows (sequences) of a decode step this path takes
+    norms: list[torch.Tensor]
+    weights: list[torch.Tensor]
+    scales: list[torch.Tensor]
+    groups: list[int]
+    formats: list[int]
+    biases: list[torch.Tensor]
+    heads: int
+    kv_heads: int
+    eps: float
 
 
 class Attention(torch.nn.Module):
@@ -128,11 +147,17 @@ class Llama(torch.nn.Module):
             tied = "lm_head" not in weights  # the plain LM head is then the embedding table, needed anyway
             self.lm_head = Linear(weights.pop("lm_head", self.embed), ops=ops, keep_plain=keep or tied)
             self._build_layers(weights, lambda w, bias=None: Linear(w, bias, ops, keep))
-            return
-        head_format = "bf16" if weight_format == "bf16" else "int8"  # int4's head stays int8 (quant.py)
-        head = weights.pop("lm_head", self.embed.data if weight_format == "bf16" else embed)  # bf16: shared
-        self.lm_head = QuantLinear.quantize(head, None, head_format, ops)
-        self._build_layers(weights, lambda w, bias=None: QuantLinear.quantize(w, bias, weight_format, ops))
+        else:
+            head_format = "bf16" if weight_format == "bf16" else "int8"  # int4's head stays int8 (quant.py)
+            head = weights.pop(
+                "lm_head", self.embed.data if weight_format == "bf16" else embed
+            )  # bf16: shared
+            self.lm_head = QuantLinear.quantize(head, None, head_format, ops)
+            self._build_layers(
+                weights, lambda w, bias=None: QuantLinear.quantize(w, bias, weight_format, ops)
+            )
+        if self.embed.device.type == "cpu":
+            self._into_huge_pages()
 
     def _build_layers(self, weights: dict[str, torch.Tensor], make) -> None:
         """The decoder blocks, each linear layer made by `make(weight, bias)`."""
@@ -154,9 +179,56 @@ class Llama(torch.nn.Module):
         )
         self.register_buffer("inv_freq", rope_inv_freq(cfg).to(self.embed.device), persistent=False)
 
+    def _into_huge_pages(self) -> None:
+        """Move the weights a decode step streams (model/huge_pages.py) into one huge-page arena: the plain
+        weights of the linear layers (the LM head's too, which may be the embedding), or the reduced ones."""
+        linears = [self.lm_head] + [
+            lin
+            for layer in self.layers
+            for lin in (layer.attn.qkv, layer.attn.o, layer.mlp.gate_up, layer.mlp.down)
+        ]
+        if self.weight_format == "plain":
+            params = list({id(lin.weight): lin.weight for lin in linears if lin.weight is not None}.values())
+            for param, moved in zip(params, into_huge_pages([p.data for p in params]), strict=True):
+                param.data = moved
+            return
+        moved = iter(into_huge_pages([t for lin in linears for t in (lin.qweight.data, lin.qweight.scales)]))
+        for lin in linears:
+            lin.qweight.data, lin.qweight.scales = next(moved), next(moved)
+
+    def decode_plan(self) -> DecodePlan | None:
+        """The layers' weights for `ops.decode_layers` (built once), or None where it does not apply: no
+        such kernel, a linear layer without a form it runs, a bias outside qkv."""
+        if not hasattr(self, "_decode_plan"):
+            self._decode_plan = self._build_decode_plan()
+        return self._decode_plan
+
+    def _build_decode_plan(self) -> DecodePlan | None:
+        if not self.ops.fused_decode:
+            return None
+        plan = DecodePlan(
+            0, [], [], [], [], [], [], self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.rms_norm_eps
+        )
+        rows = []
+        for layer in self.layers:
+            linears = (layer.attn.qkv, layer.attn.o, layer.mlp.gate_up, layer.mlp.down)
+            forms = [lin.decode_form() for lin in linears]
+            if None in forms or any(lin.bias is not None for lin in linears[1:]):
+                return None
+            plan.norms += [layer.ln1, layer.ln2]
+            plan.weights += [f.weight for f in forms]
+            plan.scales += [f.scales for f in forms]
+            plan.groups += [f.group for f in forms]
+            plan.formats += [f.fmt for f in forms]
+            plan.biases.append(layer.attn.qkv.bias if layer.attn.qkv.bias is not None else torch.empty(0))
+            rows += [f.rows for f in forms]
+        plan.rows = min(rows)
+        return plan
+
     def _apply(self, fn, recurse=True):
         """`.to()` and friends: move the weights, then choose the ops for their new device and dtype."""
         super()._apply(fn, recurse)
+        self.__dict__.pop("_decode_plan", None)  # built again from the moved weights
         self.dtype = self.embed.dtype
         self.ops = ops_for(self.embed.device, self.dtype)
         for module in self.modules():
@@ -226,6 +298,10 @@ class Llama(torch.nn.Module):
         h = self.embed[input_ids].to(self.dtype)  # a copy: the residual stream, updated in place
         cos, sin = self.rope(positions, h.dtype)
         x = self.ops.rms_norm(h, self.layers[0].ln1, eps)
+        plan = None if meta.is_prefill or lora.batch is not None else self.decode_plan()
+        if plan is not None and h.shape[0] <= plan.rows:
+            self.ops.decode_layers(h, x, cos, sin, meta, kv, plan)  # the loop below, in C++
+            return self.ops.rms_norm(h[meta.last_token_index], self.final_norm, eps)
         next_lns = [layer.ln1 for layer in self.layers[1:]] + [None]
         for layer, next_ln in zip(self.layers, next_lns, strict=True):
             x = layer(h, x, cos, sin, meta, kv, lora, next_ln)

@@ -18,6 +18,12 @@ torch::Tensor add_rms_norm(torch::Tensor x, torch::Tensor delta, torch::Tensor w
 torch::Tensor silu_mul(torch::Tensor gate_up);
 std::tuple<torch::Tensor, torch::Tensor> rope_qk(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin,
                                                 int64_t heads, int64_t kv_heads);
+torch::Tensor decode_layers(torch::Tensor h, torch::Tensor x, torch::Tensor cos, torch::Tensor sin,
+                            torch::Tensor slots, torch::Tensor block_tables, torch::Tensor context_lens,
+                            torch::Tensor k_cache, torch::Tensor v_cache, std::vector<torch::Tensor> norms,
+                            std::vector<torch::Tensor> weights, std::vector<torch::Tensor> scales,
+                            std::vector<int64_t> groups, std::vector<int64_t> formats,
+                            std::vector<torch::Tensor> biases, int64_t heads, int64_t kv_heads, double eps);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lora_add", &lora_add, "out_j += (x @ A_j[slot]^T) @ B_j[slot] per row group, for each module j of a fused projection");
@@ -31,4 +37,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("kv_write", &kv_write, "store new tokens' K (transposed blocks) and V at flat slot ids of one layer");
   m.def("argmax_rows", &argmax_rows, "first index of each row's maximum, like torch.argmax(-1)");
   m.def("decode_attention", &decode_attention, "one-token attention over the paged KV cache, in place");
+  m.def("decode_layers", &decode_layers, "a decode step of a few rows through every decoder layer, no LoRA");
 }

@@ -1,7 +1,8 @@
 // Shared by the CPU kernels: bf16/fp32 loads as fp32; a dispatch to code compiled for 1-4 rows; a few rows of
 // activations dotted with every row of a weight matrix (LoRA's shrink, and the base model's linear layers at
 // decode batch sizes); a vectorizable exp; the fp32 lane count the kernels vectorize over; a 16-lane fp32
-// vector type with bf16/fp32/int8 loads (register blocking the compiler does not find by itself).
+// vector type with bf16/fp32/int8 loads and int4's nibbles (register blocking the compiler does not find by
+// itself; the byte loads through x86 intrinsics, see widen_bytes).
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -10,6 +11,10 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 namespace loraforge {
 
@@ -110,12 +115,49 @@ inline f32x16 load16(const c10::BFloat16* p) {  // 16 bf16 widened to fp32 (a sh
   std::memcpy(&v, &bits, sizeof(v));
   return v;
 }
-// 16 int8 widened to fp32 through int32 (vpmovsxbd + vcvtdq2ps on x86): GCC 12 scalarizes a direct
-// char -> float vector conversion.
+// 16 bytes widened to 16 fp32 lanes through int32 (vpmovsxbd / vpmovzxbd + vcvtdq2ps): signed int8
+// weights, or the 4-bit values of int4 (0..15, one per byte). GCC 12 scalarizes a byte -> int32
+// __builtin_convertvector (a `movsbl` + `vpinsrd` per lane, ~5x slower: quant_linear's int8 and int4), so
+// x86 takes the intrinsics; other targets keep the vector-extension form.
+#if defined(__AVX512F__)
+inline f32x16 widen_bytes(__m128i q, bool is_signed) {
+  const __m512i wide = is_signed ? _mm512_cvtepi8_epi32(q) : _mm512_cvtepu8_epi32(q);
+  return reinterpret_cast<f32x16>(_mm512_cvtepi32_ps(wide));
+}
+#elif defined(__AVX2__)
+inline f32x16 widen_bytes(__m128i q, bool is_signed) {
+  const __m128i top = _mm_srli_si128(q, 8);
+  const __m256 lo = _mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(q) : _mm256_cvtepu8_epi32(q));
+  const __m256 hi = _mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(top) : _mm256_cvtepu8_epi32(top));
+  f32x16 v;
+  std::memcpy(&v, &lo, sizeof(lo));
+  std::memcpy(reinterpret_cast<char*>(&v) + sizeof(lo), &hi, sizeof(hi));
+  return v;
+}
+#endif
+
 inline f32x16 load16(const int8_t* p) {
+#if defined(__AVX512F__) || defined(__AVX2__)
+  return widen_bytes(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), true);
+#else
   i8x16 q;
   std::memcpy(&q, p, sizeof(q));
   return __builtin_convertvector(__builtin_convertvector(q, i32x16), f32x16);
+#endif
+}
+
+// The low and high nibbles of 16 bytes as two vectors of 16 fp32 (int4's packing, quant_linear_cpu.cpp).
+inline void unpack_nibbles(const uint8_t* p, f32x16& lo, f32x16& hi) {
+#if defined(__AVX512F__) || defined(__AVX2__)
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), mask = _mm_set1_epi8(15);
+  lo = widen_bytes(_mm_and_si128(b, mask), false);
+  hi = widen_bytes(_mm_and_si128(_mm_srli_epi16(b, 4), mask), false);
+#else
+  u8x16 b;
+  std::memcpy(&b, p, sizeof(b));
+  lo = __builtin_convertvector(__builtin_convertvector(b & 15, i32x16), f32x16);
+  hi = __builtin_convertvector(__builtin_convertvector(b >> 4, i32x16), f32x16);
+#endif
 }
 inline void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof(v)); }
 inline float sum16(f32x16 v) {  // the lanes' sum, pairwise

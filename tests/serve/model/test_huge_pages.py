@@ -1,0 +1,78 @@
+"""Weights moved into a huge-page arena keep their shapes, dtypes and values; where the kernel refuses, there
+is no madvise, or a copy would not fit in memory, they stay where they were."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from loraforge.serve.lora.weights import NO_LORA
+from loraforge.serve.model import huge_pages
+from loraforge.serve.model.attention import AttentionMetadata
+from loraforge.serve.model.huge_pages import HUGE_PAGE, into_huge_pages
+from loraforge.serve.model.kv_cache import KVCache
+from loraforge.serve.model.llama import Llama
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def _tensors():
+    g = torch.Generator().manual_seed(0)
+    return [
+        torch.randn(1024, 1100, generator=g).bfloat16(),  # past one huge page in all
+        torch.randint(-128, 127, (1536, 577), generator=g, dtype=torch.int8),
+        torch.empty(0),
+        torch.randn(3, generator=g),
+    ]
+
+
+def test_moved_tensors_are_equal_copies_in_one_aligned_arena():
+    if sys.platform != "linux" or "[never]" in (THP.read_text() if THP.exists() else "[never]"):
+        pytest.skip("transparent huge pages are off on this machine: nothing is moved")
+    before = _tensors()
+    after = into_huge_pages(before)
+    for old, new in zip(before, after, strict=True):
+        assert new.dtype == old.dtype and new.shape == old.shape and torch.equal(new, old)
+        assert new.data_ptr() % 64 == 0
+    assert after[0].data_ptr() % HUGE_PAGE == 0 and after[0].data_ptr() != before[0].data_ptr()
+    storage = after[0].untyped_storage().data_ptr()
+    assert all(t.untyped_storage().data_ptr() == storage for t in after)  # one arena
+
+
+def test_refused_madvise_leaves_the_tensors(monkeypatch):
+    monkeypatch.setattr(huge_pages, "_madvise", lambda: lambda address, length, advice: -1)
+    before = _tensors()
+    assert all(a is b for a, b in zip(into_huge_pages(before), before, strict=True))
+    monkeypatch.setattr(huge_pages, "_madvise", lambda: None)
+    assert all(a is b for a, b in zip(into_huge_pages(before), before, strict=True))
+
+
+def test_weights_too_large_to_copy_stay(monkeypatch):
+    monkeypatch.setattr(huge_pages, "MAX_SHARE", 0.0)  # a copy would not fit beside them
+    before = _tensors()
+    assert all(a is b for a, b in zip(into_huge_pages(before), before, strict=True))
+
+
+@pytest.mark.parametrize("weights", ["plain", "int4"])
+def test_a_loaded_model_computes_the_same_from_the_arena(tiny_model_dir, monkeypatch, weights):
+    if huge_pages._madvise() is None:
+        pytest.skip("no madvise here (not Linux): weights stay where they were loaded")
+    moved = Llama.load(tiny_model_dir, torch.float32, weight_format=weights)
+    monkeypatch.setattr(huge_pages, "_madvise", lambda: None)
+    kept = Llama.load(tiny_model_dir, torch.float32, weight_format=weights)
+    assert torch.equal(_last_hidden(moved), _last_hidden(kept))
+    if weights == "plain":
+        first, last = moved.layers[0].attn.qkv.weight, moved.lm_head.weight
+    else:
+        first, last = moved.layers[0].attn.qkv.qweight.data, moved.lm_head.qweight.scales
+    assert first.untyped_storage().data_ptr() == last.untyped_storage().data_ptr()  # moved, into one arena
+
+
+def _last_hidden(model: Llama) -> torch.Tensor:
+    cfg, n = model.cfg, 5
+    kv = KVCache(cfg.num_layers, 1, 16, cfg.num_kv_heads, cfg.head_dim, model.dtype)
+    meta = AttentionMetadata(
+        is_prefill=True, slot_mapping=torch.arange(n), last_token_index=torch.tensor([n - 1])
+    )
+    return model(torch.tensor([5, 17, 42, 3, 99]), torch.arange(n), meta, kv, NO_LORA)
