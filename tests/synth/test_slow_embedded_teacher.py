@@ -99,7 +99,7 @@ def test_banking77_generation_with_the_embedded_teacher(serve_url, tmp_path):
         max_requests=REQUEST_BUDGET,
     )
     settings = TeacherSettings(
-        url=serve_url, model=TEACHER, temperature=0.5, max_tokens=160, timeout_s=170, max_retries=1
+        url=serve_url, model=TEACHER, temperature=0.2, max_tokens=160, timeout_s=170, max_retries=1
     )
 
     async def go():
@@ -130,5 +130,6 @@ def test_banking77_generation_with_the_embedded_teacher(serve_url, tmp_path):
         )
     assert sum(summary.per_label.values()) == len(rows)
     # Some answers must have been well-formed, in-label examples (kept, or caught as duplicates of seeds or
-    # earlier rows); in trial runs 16 of 30 were.
+    # earlier rows). At temperature 0.2, 6-9 of ~30 were in three runs; at 0.5 it was 0-2 of ~25, and one CI
+    # run had none: the low temperature keeps this check about the pipeline, not about a 135M model's luck.
     assert summary.valid + sum(summary.duplicates.values()) >= 1

@@ -43,32 +43,6 @@ inline void with_count(int64_t count, F&& f) {
   }
 }
 
-// out[r * out_stride + j] = x[r, :] . w[j, :] for ROWS rows of x (already fp32) and `count` rows of w, in one
-// pass over w: each row of w is read once for all ROWS rows, the partial sums stay in registers. Out may be
-// fp32 or the storage type (rounded once, from the fp32 sum).
-template <int ROWS, typename T, typename Out>
-void dot_rows(const float* x, const T* w, int64_t count, int64_t d_in, Out* out, int64_t out_stride) {
-  const int64_t body = d_in - d_in % kDot;
-  for (int64_t j = 0; j < count; ++j) {
-    const T* wj = w + j * d_in;
-    float acc[ROWS][kDot] = {};
-    for (int64_t k0 = 0; k0 < body; k0 += kDot) {
-      float wv[kDot];
-      for (int64_t t = 0; t < kDot; ++t) wv[t] = to_float(wj[k0 + t]);
-      for (int r = 0; r < ROWS; ++r) {
-        const float* xr = x + r * d_in + k0;
-        for (int64_t t = 0; t < kDot; ++t) acc[r][t] += xr[t] * wv[t];
-      }
-    }
-    for (int r = 0; r < ROWS; ++r) {
-      float sum = 0.0f;
-      for (int64_t t = 0; t < kDot; ++t) sum += acc[r][t];
-      for (int64_t k = body; k < d_in; ++k) sum += x[r * d_in + k] * to_float(wj[k]);
-      out[r * out_stride + j] = static_cast<Out>(sum);
-    }
-  }
-}
-
 // exp(x) for x <= 88, vectorizable, unlike std::exp without -ffast-math: 2^(x log2 e) = 2^n * 2^f with
 // n = round(.), |f| <= 1/2, 2^f by its degree-7 Taylor series (relative error ~1e-8, below fp32 rounding).
 // Inputs below -87 are clamped (exp(-87) ~ 1.6e-38: a softmax weight of ~0 anyway); callers keep x <= 88.
@@ -165,6 +139,31 @@ inline float sum16(f32x16 v) {  // the lanes' sum, pairwise
   for (int i = 0; i < 8; ++i) s8[i] = v[i] + v[i + 8];
   for (int i = 0; i < 4; ++i) s8[i] += s8[i + 4];
   return (s8[0] + s8[2]) + (s8[1] + s8[3]);
+}
+
+// out[r * out_stride + j] = x[r, :] . w[j, :] for ROWS rows of x (already fp32) and `count` rows of w, in one
+// pass over w: each row of w is read once for all ROWS rows, the partial sums stay in registers (two vectors
+// of 16 per row) and are summed pairwise at the end: a sequential sum of 32 lanes cost more than the row's
+// 576 multiply-adds (a chain of 31 dependent adds). Out may be fp32 or the storage type (rounded once).
+template <int ROWS, typename T, typename Out>
+void dot_rows(const float* x, const T* w, int64_t count, int64_t d_in, Out* out, int64_t out_stride) {
+  const int64_t body = d_in - d_in % kDot;
+  for (int64_t j = 0; j < count; ++j) {
+    const T* wj = w + j * d_in;
+    f32x16 acc[ROWS][2] = {};
+    for (int64_t k0 = 0; k0 < body; k0 += kDot) {
+      const f32x16 w0 = load16(wj + k0), w1 = load16(wj + k0 + 16);
+      for (int r = 0; r < ROWS; ++r) {
+        acc[r][0] += load16(x + r * d_in + k0) * w0;
+        acc[r][1] += load16(x + r * d_in + k0 + 16) * w1;
+      }
+    }
+    for (int r = 0; r < ROWS; ++r) {
+      float sum = sum16(acc[r][0] + acc[r][1]);
+      for (int64_t k = body; k < d_in; ++k) sum += x[r * d_in + k] * to_float(wj[k]);
+      out[r * out_stride + j] = static_cast<Out>(sum);
+    }
+  }
 }
 
 }  // namespace loraforge

@@ -20,37 +20,19 @@
 
 namespace {
 
+using loraforge::dot_rows;
 using loraforge::f32x16;
 using loraforge::load16;
 using loraforge::sum16;
 using loraforge::to_float;
 using loraforge::with_count;
 
-constexpr int64_t kBlock = 32;  // the int4 block (two nibbles of 16 bytes), and the plain loop's d_in step
+constexpr int64_t kBlock = 32;  // the int4 block (two nibbles of 16 bytes)
 constexpr int64_t kGrain = 64;  // weight rows per parallel task (a tile of 36-100 KB at int8 for d_in 576-1536)
 
 enum class Format { kBF16, kInt8, kInt4 };
 
 inline float bf16_bits(uint16_t bits) { return to_float(c10::BFloat16(bits, c10::BFloat16::from_bits())); }
-
-// sums[r] = x[r, :] . w[j, :] (before the int8 scale) for ROWS rows of x, for bf16 or int8 weights.
-template <int ROWS, typename W>
-inline void dot_plain(const float* x, int64_t K, const W* wj, float* sums) {
-  const int64_t body = K - K % kBlock;
-  f32x16 acc[ROWS][2] = {};
-  for (int64_t k0 = 0; k0 < body; k0 += kBlock) {
-    const f32x16 w0 = load16(wj + k0), w1 = load16(wj + k0 + 16);
-    for (int r = 0; r < ROWS; ++r) {
-      acc[r][0] += load16(x + r * K + k0) * w0;
-      acc[r][1] += load16(x + r * K + k0 + 16) * w1;
-    }
-  }
-  for (int r = 0; r < ROWS; ++r) {
-    float s = sum16(acc[r][0] + acc[r][1]);
-    for (int64_t k = body; k < K; ++k) s += x[r * K + k] * to_float(wj[k]);
-    sums[r] = s;
-  }
-}
 
 // sum over groups of min[g] * xsum[g] (the int4 offsets), in four partial sums.
 inline float min_terms(const float* xsum, const uint16_t* qj, int64_t groups) {
@@ -223,11 +205,11 @@ void run(Format fmt, const Rows& x, int64_t M, int64_t K, int64_t N, int64_t G, 
         for (int64_t j = n0; j < n1; ++j) {
           float scale = 1.0f;
           if (fmt == Format::kBF16) {
-            dot_plain<R>(xf, K, static_cast<const c10::BFloat16*>(wp) + j * K, sums);
+            dot_rows<R>(xf, static_cast<const c10::BFloat16*>(wp) + j * K, 1, K, sums, 1);
           } else if (fmt == Format::kInt8) {
             const auto* w = static_cast<const int8_t*>(wp) + j * K;
             if (x.i16 != nullptr) dot_int8_vnni<R>(x.i16 + r0 * K, x.i16_scale + r0, K, w, sums);
-            else dot_plain<R>(xf, K, w, sums);
+            else dot_rows<R>(xf, w, 1, K, sums, 1);
             scale = static_cast<const float*>(sp)[j];
           } else {
             const auto* q = static_cast<const uint16_t*>(sp) + j * (K / G) * 2;
