@@ -163,9 +163,7 @@ class KernelOps(TorchOps):
         return self.kernels.small_linear(x, weight)
 
     def quant_linear(self, x, qw):
-        return self.kernels.quant_linear(
-            x, qw.data, qw.scales, qw.group
-        )  # read in place, widened in registers
+        return self.kernels.quant_linear(x, qw.data, qw.scales, qw.group)  # read in place
 
     def dequantize(self, qw, dtype):
         return self.kernels.dequantize(qw.data, qw.scales, qw.group, qw.in_features, dtype == torch.bfloat16)

@@ -149,13 +149,9 @@ class Llama(torch.nn.Module):
             self._build_layers(weights, lambda w, bias=None: Linear(w, bias, ops, keep))
         else:
             head_format = "bf16" if weight_format == "bf16" else "int8"  # int4's head stays int8 (quant.py)
-            head = weights.pop(
-                "lm_head", self.embed.data if weight_format == "bf16" else embed
-            )  # bf16: shared
-            self.lm_head = QuantLinear.quantize(head, None, head_format, ops)
-            self._build_layers(
-                weights, lambda w, bias=None: QuantLinear.quantize(w, bias, weight_format, ops)
-            )
+            head = self.embed.data if weight_format == "bf16" else embed  # bf16: the table itself, shared
+            self.lm_head = QuantLinear.quantize(weights.pop("lm_head", head), None, head_format, ops)
+            self._build_layers(weights, lambda w, b=None: QuantLinear.quantize(w, b, weight_format, ops))
         if self.embed.device.type == "cpu":
             self._into_huge_pages()
 
