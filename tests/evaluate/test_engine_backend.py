@@ -86,6 +86,9 @@ def test_a_lone_adapter_is_merged_into_the_base(tiny_model_dir, adapter_dir, hf_
 
 def test_several_adapters_run_in_one_batch_stream(engine_backend, prompts):
     engine = engine_backend.engine
+    # Both adapters resident first: they load off the step loop, and on busy cores one could still be
+    # loading when the other's short runs finish, leaving no step with both to record.
+    engine_backend.generate_runs(prompts[:1], [ADAPTER, "beta"], max_new_tokens=1)
     slots_per_step, run = [], engine.runner.run
 
     def recording_run(seqs, is_prefill):
