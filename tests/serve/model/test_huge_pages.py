@@ -7,12 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from loraforge.serve.lora.weights import NO_LORA
 from loraforge.serve.model import huge_pages
-from loraforge.serve.model.attention import AttentionMetadata
 from loraforge.serve.model.huge_pages import HUGE_PAGE, into_huge_pages
-from loraforge.serve.model.kv_cache import KVCache
 from loraforge.serve.model.llama import Llama
+from tests.serve.model.test_llama_module import _last_hidden
 
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
@@ -61,18 +59,10 @@ def test_a_loaded_model_computes_the_same_from_the_arena(tiny_model_dir, monkeyp
     moved = Llama.load(tiny_model_dir, torch.float32, weight_format=weights)
     monkeypatch.setattr(huge_pages, "_madvise", lambda: None)
     kept = Llama.load(tiny_model_dir, torch.float32, weight_format=weights)
-    assert torch.equal(_last_hidden(moved), _last_hidden(kept))
+    ids = [5, 17, 42, 3, 99]
+    assert torch.equal(_last_hidden(moved, ids), _last_hidden(kept, ids))
     if weights == "plain":
         first, last = moved.layers[0].attn.qkv.weight, moved.lm_head.weight
     else:
         first, last = moved.layers[0].attn.qkv.qweight.data, moved.lm_head.qweight.scales
     assert first.untyped_storage().data_ptr() == last.untyped_storage().data_ptr()  # moved, into one arena
-
-
-def _last_hidden(model: Llama) -> torch.Tensor:
-    cfg, n = model.cfg, 5
-    kv = KVCache(cfg.num_layers, 1, 16, cfg.num_kv_heads, cfg.head_dim, model.dtype)
-    meta = AttentionMetadata(
-        is_prefill=True, slot_mapping=torch.arange(n), last_token_index=torch.tensor([n - 1])
-    )
-    return model(torch.tensor([5, 17, 42, 3, 99]), torch.arange(n), meta, kv, NO_LORA)

@@ -14,7 +14,7 @@ from loraforge.serve.model.llama import Llama
 
 
 def _last_hidden(model: Llama, ids: list[int]) -> torch.Tensor:
-    cfg, dtype = model.cfg, model.embed.dtype
+    cfg, dtype = model.cfg, model.dtype  # the activations' (the embedding is bf16 under reduced weights)
     kv = KVCache(cfg.num_layers, 4, 16, cfg.num_kv_heads, cfg.head_dim, dtype)
     n = len(ids)
     meta = AttentionMetadata(
