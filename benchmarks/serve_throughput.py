@@ -8,8 +8,12 @@
      (with --device cuda: GPU memory allocated, with and without the adapters)
   The targets of issue 16, which replace issue 3's targets of rows 1 and 5:
   6. 64 concurrent requests over 32 adapters of PEFT's default shape (r=8, q/v_proj) vs base only    >= 0.92x
-  7. 32 r=16 all-linear adapters: LoRA time per decode step (step with adapters minus base-only step) vs the
-     time to read those adapters' bytes at this machine's read bandwidth (measured here: a large sum)  <= 1.2x
+  7. 32 r=16 all-linear adapters: LoRA time per decode step (the time of the step's LoRA calls, timed inside
+     decode steps) vs the time to read those adapters' bytes at this machine's read bandwidth (measured
+     here: a large sum)                                                                              <= 1.2x
+     The difference of whole steps with and without adapters is printed beside it: it also holds the
+     sorting of the batch by adapter, but two ~80 ms steps differ by a few ms from run to run on a shared
+     machine, as much as the LoRA time itself, so it is a cross-check, not the measure.
   8. memory: RSS growth of row 5 vs the adapters' own bytes (lora_A + lora_B at the engine's dtype)  <= +10%;
      and the resident bytes per r=8 q/v adapter vs its own bytes (the stacks' layout, no RSS needed)
 
@@ -73,13 +77,14 @@ def make_engine(args, adapter_dir: Path, max_adapters: int):
 def rounds(engine, ids, adapters, max_tokens, repeats, decode_steps: bool = False) -> dict:
     """Base-only and adapter runs alternated `repeats` times: each side's best tokens/s (or, with
     `decode_steps`, its fastest decode step), and the per-round ratios of adapters to base."""
-    best = {"base": 0.0, "lora": 0.0, "base_step": float("inf"), "lora_step": float("inf"), "ratios": []}
+    inf = float("inf")
+    best = {"base": 0.0, "lora": 0.0, "base_step": inf, "lora_step": inf, "lora_s": inf, "ratios": []}
     for _ in range(repeats):
         if decode_steps:
-            best["base_step"] = min(
-                best["base_step"], decode_step_s(engine, ids, [None] * len(ids), max_tokens)
-            )
-            best["lora_step"] = min(best["lora_step"], decode_step_s(engine, ids, adapters, max_tokens))
+            base_step, _ = decode_step_s(engine, ids, [None] * len(ids), max_tokens)
+            lora_step, lora_s = decode_step_s(engine, ids, adapters, max_tokens)
+            for key, value in (("base_step", base_step), ("lora_step", lora_step), ("lora_s", lora_s)):
+                best[key] = min(best[key], value)
             continue
         base, _ = engine_run(engine, ids, [None] * len(ids), max_tokens)
         lora, _ = engine_run(engine, ids, adapters, max_tokens)
@@ -197,7 +202,8 @@ def main() -> None:
     )
     rss_growth = rss["after"] - rss["before"]
     rss_own = rss["resident"] * own_bytes(work / names[0], itemsize)
-    lora_step, lora_floor = steps["lora_step"] - steps["base_step"], lora_bytes / bandwidth
+    lora_s, lora_floor = steps["lora_s"], lora_bytes / bandwidth
+    step_diff = steps["lora_step"] - steps["base_step"]
     qv_ratio = qv["lora"] / qv["base"]
     rows = [
         ("row", "value", "detail", "ratio", "target"),
@@ -242,11 +248,12 @@ def main() -> None:
         ),
         (
             f"7. LoRA ms per decode step, {n_adapters} r=16 all-linear",
-            f"{lora_step * 1e3:.1f} ms",
-            f"{lora_bytes / mib:,.0f} MiB at {bandwidth / 1e9:.1f} GB/s read = {lora_floor * 1e3:.1f} ms"
-            f" (step {steps['lora_step'] * 1e3:.1f} - base {steps['base_step'] * 1e3:.1f} ms)",
-            f"{lora_step / lora_floor:.2f}x of read time",
-            verdict(lora_step <= 1.2 * lora_floor, "<= 1.2x"),
+            f"{lora_s * 1e3:.1f} ms",
+            f"{lora_bytes / mib:,.0f} MiB at {bandwidth / 1e9:.1f} GB/s read = {lora_floor * 1e3:.1f} ms;"
+            f" steps: {steps['lora_step'] * 1e3:.1f} - base {steps['base_step'] * 1e3:.1f}"
+            f" = {step_diff * 1e3:.1f} ms",
+            f"{lora_s / lora_floor:.2f}x of read time ({step_diff / lora_floor:.2f}x by steps)",
+            verdict(lora_s <= 1.2 * lora_floor, "<= 1.2x"),
         ),
         (
             f"8. memory, {rss['resident']} r=16 all-linear adapters",

@@ -178,26 +178,46 @@ print(json.dumps({'before': before, 'after': after, 'resident': len(engine.adapt
 PEFT_DEFAULT = ["q_proj", "v_proj"]  # what LoraConfig targets on a Llama when target_modules is not given
 
 
-def decode_step_s(engine, ids, adapters, max_tokens) -> float:
-    """Seconds per decode step of all requests together: the prefill steps are left out of the timing."""
+def decode_step_s(engine, ids, adapters, max_tokens) -> tuple[float, float]:
+    """Seconds per decode step of all requests together, and of it the seconds in LoRA (every call of the
+    stacked weights' `add`, timed where it runs): the prefill steps are left out of both."""
     from loraforge.serve.engine import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
     seqs = [engine.add_request(i, params, adapter=a) for i, a in zip(ids, adapters, strict=True)]
     while any(not s.output_ids for s in seqs):
         engine.step()
-    steps, start = 0, time.perf_counter()
-    while engine.has_work():
-        engine.step()
-        steps += 1
-    return (time.perf_counter() - start) / max(steps, 1)
+    weights, spent = engine.lora, [0.0]
+    sync = torch.cuda.synchronize if weights.device.startswith("cuda") else lambda: None
+
+    def timed_add(*args) -> None:
+        sync()
+        start = time.perf_counter()
+        type(weights).add(weights, *args)
+        sync()
+        spent[0] += time.perf_counter() - start
+
+    weights.add = timed_add  # the instance's attribute, looked up per call: removed below
+    try:
+        steps, start = 0, time.perf_counter()
+        while engine.has_work():
+            engine.step()
+            steps += 1
+    finally:
+        del weights.add
+    return (time.perf_counter() - start) / max(steps, 1), spent[0] / max(steps, 1)
 
 
 def read_bandwidth(threads: int, mib: int = 512, repeats: int = 5) -> float:
     """Bytes/s this machine reads from memory: the best of `repeats` sums of an fp32 tensor far larger than
-    any cache, on the engine's threads (a sum does one add per 4 bytes read, well below compute limits)."""
+    any cache, on the engine's threads (a sum does one add per 4 bytes read, well below compute limits). The
+    tensor lies in huge pages where the OS grants them, as the engine's weights do (model/huge_pages.py):
+    there a sum reads ~15-25% faster than in 4 KiB pages, so the floor it sets is the lower one."""
+    from loraforge.serve.model.huge_pages import huge_page_arena
+
     torch.set_num_threads(threads)
-    x = torch.ones(mib << 18)  # mib MiB of fp32
+    arena = huge_page_arena(mib << 20)
+    x = arena.view(torch.float32).fill_(1.0) if arena is not None else torch.ones(mib << 18)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()

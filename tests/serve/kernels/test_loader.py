@@ -108,3 +108,13 @@ def test_the_portable_build_gives_the_native_builds_results(kernels, monkeypatch
     torch.testing.assert_close(portable.small_linear(x, w), kernels.small_linear(x, w), rtol=1e-5, atol=1e-5)
     logits = torch.randn(4, 1000, generator=g)
     assert torch.equal(portable.argmax_rows(logits), kernels.argmax_rows(logits))
+    # LoRA in bf16: vdpbf16ps where the CPU has it, plain fp32 loops in the portable build
+    x = torch.randn(5, 96, generator=g).bfloat16()
+    a = torch.randn(3, 6, 96, generator=g).bfloat16()  # [entries, R, d_in]
+    b = (torch.randn(3, 2, 6, 64, generator=g) / 10).bfloat16()  # [entries, N / 64, R, 64], N = 100
+    entries, row_start = torch.tensor([2, 1]), torch.tensor([0, 3, 5])
+    outs = [torch.zeros(5, 100).bfloat16() for _ in range(2)]
+    for build, out in zip((portable, kernels), outs, strict=True):
+        build.lora_add(x, [a], [b], [100], [entries], row_start, out)
+    assert outs[0].abs().min() > 0  # every row and column written
+    torch.testing.assert_close(outs[0].float(), outs[1].float(), rtol=0.02, atol=0.02)

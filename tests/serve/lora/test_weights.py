@@ -44,7 +44,7 @@ def _weights(cache_bytes: int):
 
 
 def _poison(w: LoRAWeights) -> None:
-    """NaN in every slot before installing: a slot of a module an adapter does not target is never written,
+    """NaN in every entry before installing: an entry of a module an adapter does not target is never written,
     so reading one (instead of skipping it) turns the output into NaN."""
     for m in w.A:
         w.A[m].fill_(float("nan"))
@@ -61,16 +61,16 @@ def _check(w, adapters, row_adapters):
         out = base.clone()
         w.add(1, proj, x, out, batch)
         expected = base.clone()
-        for row, slot in enumerate(row_adapters):
+        for row, index in enumerate(row_adapters):
             offset = 0
             for module, dout in subs:
-                if slot and (1, module) in adapters[slot]:
-                    a, b, scale = adapters[slot][(1, module)]
+                if index and (1, module) in adapters[index]:
+                    a, b, scale = adapters[index][(1, module)]
                     expected[row, offset : offset + DIMS[dout]] += scale * (x[row] @ a.T @ b.T)
                 offset += DIMS[dout]
         torch.testing.assert_close(out, expected)
-        for row, slot in enumerate(row_adapters):
-            if slot == 0:
+        for row, index in enumerate(row_adapters):
+            if index == 0:
                 assert torch.equal(out[row], base[row])  # base rows untouched
     return batch
 
@@ -87,7 +87,7 @@ def test_grouped_bmm_equals_per_row_reference(cache_bytes):
     assert (w._cache is not None) == bool(cache_bytes)
 
 
-def test_cached_copy_is_refreshed_when_a_slot_changes():
+def test_cached_copy_is_refreshed_when_an_adapter_is_replaced():
     w, adapters = _weights(1 << 30)
     _check(w, adapters, [1, 2, 3])
     adapters[2] = _random_adapter(8, 42)
@@ -110,18 +110,20 @@ def test_a_projection_no_adapter_of_the_batch_targets_is_skipped(monkeypatch):
     assert not called and not out.any()  # skipped before any work
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_kernels_equal_the_batched_matmuls(kernels, dtype):
+@pytest.mark.parametrize(("dtype", "rank"), [(torch.float32, 8), (torch.bfloat16, 8), (torch.bfloat16, 5)])
+def test_cpu_kernels_equal_the_batched_matmuls(kernels, dtype, rank):
+    """bf16 takes vdpbf16ps where the CPU has it, two rank rows at a time: an odd rank pairs its last with
+    zeros."""
     with_kernels = LoRAWeights(DIMS, num_layers=2, capacity=5, dtype=dtype, device="cpu", cache_bytes=0)
     assert isinstance(with_kernels.ops, KernelOps) and with_kernels.ops.kernels is kernels
     reference = LoRAWeights(DIMS, num_layers=2, capacity=5, dtype=torch.float64, device="cpu")
-    adapters = {1: _random_adapter(2, 1, ("q_proj", "v_proj", "down_proj")), 2: _random_adapter(8, 2)}
+    adapters = {1: _random_adapter(2, 1, ("q_proj", "v_proj", "down_proj")), 2: _random_adapter(rank, 2)}
     adapters[3] = _random_adapter(4, 3, ("v_proj", "up_proj"))
     for w in (with_kernels, reference):
-        w.ensure_rank(8, [])
+        w.ensure_rank(rank, [])
         _poison(w)
-        for slot, ad in adapters.items():
-            w.install(slot, ad)
+        for index, ad in adapters.items():
+            w.install(index, ad)
     g = torch.Generator().manual_seed(0)
     # Decode (one row each), uneven groups of up to five rows (more than one block of 4), base rows first.
     for row_adapters in ([1, 2, 3], [0, 1, 2, 2, 3, 3, 3, 3, 3], [0, 0, 2]):
@@ -143,8 +145,9 @@ def test_cpu_kernels_equal_the_batched_matmuls(kernels, dtype):
 
 
 def test_an_adapter_occupies_only_the_modules_it_targets():
-    """PEFT's default q_proj/v_proj adapter: its slots of the five other modules are never written (they stay
-    unbacked by RAM), and what it is counted at is its own bytes when its rank is the common rank."""
+    """PEFT's default q_proj/v_proj adapter: it has no entries in the stacks of the five other modules
+    (nothing of theirs is written for it), and it is counted at its own bytes when its rank is the common
+    rank."""
     dims = {"hidden_size": 64, "q_size": 64, "kv_size": 128, "intermediate_size": 192}  # whole 64-col blocks
     w = LoRAWeights(dims, num_layers=2, capacity=3, dtype=torch.float32, device="cpu")
     w.ensure_rank(8, [])
@@ -155,9 +158,30 @@ def test_an_adapter_occupies_only_the_modules_it_targets():
         adapter[(layer, "q_proj")] = (torch.randn(8, 64, generator=g), torch.randn(64, 8, generator=g), 1.0)
         adapter[(layer, "v_proj")] = (torch.randn(8, 64, generator=g), torch.randn(128, 8, generator=g), 1.0)
     w.install(1, adapter)
-    for m in w.A:
+    assert w.entries[1] == {"q_proj": 1, "v_proj": 1}
+    for m in w.A:  # entry 1 written only in the stacks of q and v
         assert w.A[m][1].isnan().all() != (m in ("q_proj", "v_proj")), m
         assert w.B[m][1].isnan().all() != (m in ("q_proj", "v_proj")), m
     own = sum(a.numel() + b.numel() for a, b, _ in adapter.values()) * 4
     assert w.adapter_bytes_at(8, frozenset({"q_proj", "v_proj"})) == own
     assert w.adapter_bytes_at(8) > 3 * own  # all seven modules: what every adapter cost before
+
+
+def test_each_stack_packs_the_entries_of_the_adapters_that_target_its_module():
+    """Entries are given out lowest first per module, and an adapter installed in place of another frees the
+    entries of the modules it does not target: whatever the mix, each stack's used entries are 1..n."""
+    w = LoRAWeights(DIMS, num_layers=2, capacity=5, dtype=torch.float64, device="cpu")
+    w.ensure_rank(2, [])
+    w.install(1, _random_adapter(2, 1, ("q_proj", "v_proj")))
+    w.install(2, _random_adapter(2, 2))
+    w.install(3, _random_adapter(2, 3, ("v_proj", "up_proj")))
+    assert w.entries[1] == {"q_proj": 1, "v_proj": 1}
+    assert w.entries[2] == {m: 2 if m in ("q_proj", "v_proj") else 1 for m in ALL}
+    assert w.entries[3] == {"v_proj": 3, "up_proj": 2}
+    w.install(1, _random_adapter(2, 4, ("up_proj",)))  # replaces index 1's adapter
+    assert w.entries[1] == {"up_proj": 3}
+    w.install(4, _random_adapter(2, 5, ("q_proj", "k_proj")))
+    assert w.entries[4] == {"q_proj": 1, "k_proj": 2}
+    w.ensure_rank(4, [2, 4])  # index 1 and 3 are not live: their entries go with them
+    assert sorted(w.entries) == [2, 4]
+    _check(w, {2: _random_adapter(2, 2), 4: _random_adapter(2, 5, ("q_proj", "k_proj"))}, [2, 4, 4])

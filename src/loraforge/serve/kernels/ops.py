@@ -130,7 +130,7 @@ class TorchOps:
     def argmax_rows(self, logits: torch.Tensor) -> list[int]:
         return logits.float().argmax(dim=-1).tolist()
 
-    def lora_add(self, x, a_per_module, b_per_module, widths, slots_per_module, row_start, out) -> None:
+    def lora_add(self, x, a_per_module, b_per_module, widths, entries_per_module, row_start, out) -> None:
         raise NotImplementedError("the PyTorch LoRA path is LoRAWeights' batched matmuls")
 
 
@@ -192,8 +192,8 @@ class KernelOps(TorchOps):
     def argmax_rows(self, logits):
         return self.kernels.argmax_rows(logits).tolist()  # rows in parallel, read in place
 
-    def lora_add(self, x, a_per_module, b_per_module, widths, slots_per_module, row_start, out):
-        self.kernels.lora_add(x, a_per_module, b_per_module, widths, slots_per_module, row_start, out)
+    def lora_add(self, x, a_per_module, b_per_module, widths, entries_per_module, row_start, out):
+        self.kernels.lora_add(x, a_per_module, b_per_module, widths, entries_per_module, row_start, out)
 
 
 TORCH_OPS = TorchOps()

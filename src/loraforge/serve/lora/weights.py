@@ -1,11 +1,12 @@
 """Batched LoRA for a mixed batch: `out += scale * (x @ A_i) @ B_i`, adapter i chosen per row.
 
-All resident adapters live in stacked tensors, one per PEFT module (q_proj ... down_proj), one index per
-adapter, ranks zero-padded to a common R, with the scale folded into B. An adapter occupies only the modules
-it targets: PEFT's default q_proj/v_proj adapter costs q and v, not the five others. Each step the rows are
-grouped by adapter (rows of base-only sequences are left out): when the batch is sorted by adapter and the
-groups are equal, a group is a view of the batch; otherwise rows are gathered into a padded
-`[adapters, rows, d]` block (and, when sorted, gathered back out of it: a scatter-add is ~10x slower on CPU).
+All resident adapters live in stacked tensors, one per PEFT module (q_proj ... down_proj), one entry per
+adapter that targets the module, ranks zero-padded to a common R, with the scale folded into B. An adapter
+occupies only the modules it targets: PEFT's default q_proj/v_proj adapter costs q and v, not the five
+others. Each step the rows are grouped by adapter (rows of base-only sequences are left out): when the batch
+is sorted by adapter and the groups are equal, a group is a view of the batch; otherwise rows are gathered
+into a padded `[adapters, rows, d]` block (and, when sorted, gathered back out of it: a scatter-add is ~10x
+slower on CPU).
 Every LoRA projection is then batched matmuls over all the adapters of the batch at once (the SGMV idea of
 Punica/S-LoRA) — no Python loop over adapters, no merged weights. On CPU, sorted batches go to C++ kernels
 instead (csrc/lora_cpu.cpp), which read each adapter's weights in place in the stacks, need no gather and
@@ -14,12 +15,14 @@ The model's fused projections (QKV, gate-up) take one call each; each module exp
 fused output.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from loraforge.serve.kernels.ops import TorchOps, ops_for
 from loraforge.serve.lora.batch import LoRABatch
+from loraforge.serve.model.huge_pages import huge_page_arena
 from loraforge.serve.model.projections import MODULE_TO_PROJECTION, PROJECTIONS
 
 B_BLOCK = 64  # B is stored in blocks of this many output columns (the expand kernel's register block)
@@ -31,11 +34,16 @@ class LoRAWeights:
     `[capacity, layers, R, d_in]` (PEFT's lora_A layout) and B `[capacity, layers, d_out / 64, R, 64]`
     (lora_B transposed and cut into 64-column blocks, once, when installing; d_out is zero-padded to a
     multiple of 64). Both are what the CPU kernels read fastest: A row by row as dot products with x, and B
-    one contiguous block per 64 outputs, as R scaled rows summed into the output. In memory each layer's slots
-    lie side by side (`_stack`): a decode step reads one layer's adapters at a time, and that measured faster
-    than one run per adapter (benchmarks/cpu_kernels.py). An adapter's place in the stacks is its *adapter
-    index*; index 0 means "no adapter". The stacks are `torch.empty`: a module an adapter does not target is
-    never written, so its pages are never backed by RAM (except where a neighbouring slot shares a page)."""
+    one contiguous block per 64 outputs, as R scaled rows summed into the output.
+
+    An adapter is known by its *adapter index* (0 means "no adapter"); in each module's stack it has an
+    *entry* of its own only if it targets that module, given out lowest first (`entries`), so each stack's
+    used entries are packed at its start whatever mix of targets the resident adapters have. On CPU the
+    stacks lie in 2 MiB transparent huge pages (`_stack`): a decode step reads every batch adapter's entry
+    of every layer, runs of 10-50 KiB at scattered places, and in 4 KiB pages a TLB miss and a stop of the
+    hardware prefetchers at every page made that ~1.15x slower (serve_throughput.py row 7; across runs the
+    kernel prefetches by itself, csrc/lora_cpu.cpp). Memory is only backed where written, a huge page at a
+    time: the packed entries cost their own bytes plus at most one partly used huge page per stack."""
 
     def __init__(
         self,
@@ -54,17 +62,18 @@ class LoRAWeights:
         # Per adapter index, the version its adapter was installed at: names one load of an adapter (the
         # prefix cache keys K/V by it, so a reload under the same index never reuses the old K/V).
         self.installed = [0] * capacity
+        # Per installed adapter index, its entry in the stack of each module it targets (entry 0: none).
+        self.entries: dict[int, dict[str, int]] = {}
         self._cache: dict | None = None
         self._cache_key: tuple | None = None
         self.rank = 0
         self.A: dict[str, torch.Tensor] = {}
         self.B: dict[str, torch.Tensor] = {}
         self.ops = ops or ops_for(device, dtype)
-        # The modules each installed adapter targets: its slots of the other modules are never read.
-        self.targets: dict[int, frozenset[str]] = {}
         self._views: dict[tuple[str, int], tuple] = {}  # (projection, layer) -> the kernel's weight views
-        # (batch key, version), slots per module, modules some group lacks, the kernel's slots per projection
-        self._slots: tuple | None = None
+        # (batch key, version), entries per module, modules some group lacks, the kernel's entries per
+        # projection
+        self._step_entries: tuple | None = None
 
     def _shape(self, module: str, rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Shapes of one adapter's A and B of `module` (all layers) at `rank`."""
@@ -79,19 +88,19 @@ class LoRAWeights:
             return
         old_a, old_b, old_r = self.A, self.B, self.rank
         kw = {"dtype": self.dtype, "device": self.device}
-        # torch.empty: slots never written stay unbacked by RAM; a targeted module is fully written.
         self.A = {m: _stack(self.capacity, self._shape(m, rank)[0], kw) for m in MODULES}
         self.B = {m: _stack(self.capacity, self._shape(m, rank)[1], kw) for m in MODULES}
         self.rank = rank
         self.version += 1
         self._cache = self._cache_key = None
         self._views = {}
-        for index in live:
-            for m in self.targets.get(index, MODULES):
-                self.A[m][index].zero_()
-                self.A[m][index, :, :old_r] = old_a[m][index]
-                self.B[m][index].zero_()
-                self.B[m][index, :, :, :old_r] = old_b[m][index]
+        self.entries = {index: self.entries[index] for index in live if index in self.entries}
+        for placed in self.entries.values():
+            for m, entry in placed.items():
+                self.A[m][entry].zero_()
+                self.A[m][entry, :, :old_r] = old_a[m][entry]
+                self.B[m][entry].zero_()
+                self.B[m][entry, :, :, :old_r] = old_b[m][entry]
 
     def cache_key(self, index: int) -> bytes:
         """What makes K/V computed with the adapter at `index` differ (the prefix cache's key): its index
@@ -105,22 +114,25 @@ class LoRAWeights:
         as read from its file."""
         R = self.rank
         self.version += 1
-        targets = frozenset(module for _, module in modules)
-        self.targets[index] = targets
         self.installed[index] = self.version
-        for m in targets:  # rank padding, padding columns and layers the adapter leaves out must be zero
+        self.entries.pop(index, None)  # the entries of the adapter this one replaces are free
+        taken = {m: {placed[m] for placed in self.entries.values() if m in placed} for m in MODULES}
+        targets = {module for _, module in modules}
+        placed = {m: next(e for e in range(1, self.capacity) if e not in taken[m]) for m in targets}
+        self.entries[index] = placed
+        for m, entry in placed.items():  # rank padding, padding columns and left-out layers must be zero
             layers = sum(1 for layer, module in modules if module == m)
             if layers < self.num_layers or any(
                 a.shape[0] < R for (_, mm), (a, _, _) in modules.items() if mm == m
             ):
-                self.A[m][index].zero_()
-                self.B[m][index].zero_()
+                self.A[m][entry].zero_()
+                self.B[m][entry].zero_()
             elif self.B[m].shape[2] * B_BLOCK != self._out_size(m):
-                self.B[m][index, :, -1].zero_()
+                self.B[m][entry, :, -1].zero_()
         for (layer, module), (a, b, scale) in modules.items():
-            r = a.shape[0]
-            self.A[module][index, layer, :r].copy_(a)
-            blocked = self.B[module][index, layer, :, :r]  # [d_out / 64, r, 64]
+            r, entry = a.shape[0], placed[module]
+            self.A[module][entry, layer, :r].copy_(a)
+            blocked = self.B[module][entry, layer, :, :r]  # [d_out / 64, r, 64]
             full, tail = divmod(b.shape[0], B_BLOCK)
             bt = b.t() * scale  # [r, d_out]
             blocked[:full].copy_(bt[:, : full * B_BLOCK].view(r, full, B_BLOCK).transpose(0, 1))
@@ -141,42 +153,43 @@ class LoRAWeights:
             numel += torch.Size(a).numel() + torch.Size(b).numel()
         return numel * itemsize
 
-    def _module_slots(self, batch: LoRABatch) -> dict[str, torch.Tensor]:
-        """Per module that an adapter of the batch targets, each group's slot: its adapter index, or 0 where
-        that group's adapter does not target the module (computed once per step)."""
+    def _module_entries(self, batch: LoRABatch) -> dict[str, torch.Tensor]:
+        """Per module that an adapter of the batch targets, each group's entry in its stack, or 0 where that
+        group's adapter does not target the module (computed once per step)."""
         key = (batch.key, self.version)
-        if self._slots is None or self._slots[0] != key:
-            slots, partial = {}, set()
+        if self._step_entries is None or self._step_entries[0] != key:
+            entries, partial = {}, set()
             for m in MODULES:
-                wanted = [i if m in self.targets.get(i, MODULES) else 0 for i in batch.key]
+                wanted = [self.entries.get(i, {}).get(m, 0) for i in batch.key]
                 if any(wanted):
-                    slots[m] = torch.tensor(wanted, dtype=torch.long, device=batch.indices.device)
+                    entries[m] = torch.tensor(wanted, dtype=torch.long, device=batch.indices.device)
                 if 0 in wanted:
                     partial.add(m)
             by_projection = {
-                p: [slots.get(part.module, _NO_SLOTS) for part in proj.parts]
+                p: [entries.get(part.module, _NO_ENTRIES) for part in proj.parts]
                 for p, proj in PROJECTIONS.items()
-                if any(part.module in slots for part in proj.parts)
+                if any(part.module in entries for part in proj.parts)
             }
-            self._slots = (key, slots, frozenset(partial), by_projection)
-        return self._slots[1]
+            self._step_entries = (key, entries, frozenset(partial), by_projection)
+        return self._step_entries[1]
 
-    def _projection_slots(self, batch: LoRABatch, proj: str) -> list[torch.Tensor] | None:
-        """The kernel's slots of each module of `proj` (empty for a module no adapter of the batch targets);
+    def _projection_entries(self, batch: LoRABatch, proj: str) -> list[torch.Tensor] | None:
+        """The kernel's entries of each module of `proj` (empty for a module no adapter of the batch targets);
         None when none of them is targeted."""
-        self._module_slots(batch)
-        return self._slots[3].get(proj)
+        self._module_entries(batch)
+        return self._step_entries[3].get(proj)
 
-    def _mask(self, weights: torch.Tensor, module: str, batch: LoRABatch) -> torch.Tensor:
-        """`weights` of `module` ([n, ...], one per group of `batch`) with the groups whose adapter does not
-        target the module zeroed (their slots hold no weights)."""
-        slots = self._module_slots(batch).get(module)
-        if slots is None:
-            return torch.zeros_like(weights)
-        if module not in self._slots[2]:
+    def _batch_weights(self, stacks: dict[str, torch.Tensor], module: str, batch: LoRABatch) -> torch.Tensor:
+        """`stacks[module]`'s entries of the groups of `batch` (`[n, ...]`), zero for the groups whose adapter
+        does not target the module."""
+        entries = self._module_entries(batch).get(module)
+        if entries is None:
+            return stacks[module].new_zeros(batch.num_active, *stacks[module].shape[1:])
+        weights = stacks[module][entries]
+        if module not in self._step_entries[2]:
             return weights
-        keep = (slots != 0).view(-1, *([1] * (weights.dim() - 1)))
-        return torch.where(keep, weights, 0)  # not a product: an unwritten slot may hold NaN
+        keep = (entries != 0).view(-1, *([1] * (weights.dim() - 1)))
+        return torch.where(keep, weights, 0)  # not a product: entry 0 is never written, may hold NaN
 
     def _gathered(self, batch: LoRABatch) -> dict[str, tuple[torch.Tensor, list[torch.Tensor]]] | None:
         """For the batched-matmul path: the batch's adapters copied out of the stacks for all layers at once,
@@ -198,9 +211,8 @@ class LoRAWeights:
         `[n, subs * R, d_in]` for one `layer`; zero where a group's adapter does not target a module."""
         parts = []
         for part in PROJECTIONS[proj].parts:
-            a = self.A[part.module][batch.indices]  # [n, L, R, d_in]
-            a = a if layer is None else a[:, layer]
-            parts.append(self._mask(a, part.module, batch))
+            a = self._batch_weights(self.A, part.module, batch)  # [n, L, R, d_in]
+            parts.append(a if layer is None else a[:, layer])
         fused = torch.cat(parts, dim=-2)
         return fused if layer is not None else fused.transpose(0, 1).contiguous()
 
@@ -209,11 +221,10 @@ class LoRAWeights:
         batched matmuls' layout): `[layers, n, R, d_out]`, or `[n, R, d_out]` for one `layer`."""
         out = []
         for part in PROJECTIONS[proj].parts:
-            blocked = self.B[part.module][batch.indices]  # [n, L, nb, R, 64]
+            blocked = self._batch_weights(self.B, part.module, batch)  # [n, L, nb, R, 64]
             blocked = blocked if layer is None else blocked[:, layer]
             *lead, nb, r, w = blocked.shape
             dense = blocked.transpose(-3, -2).reshape(*lead, r, nb * w)[..., : self.dims[part.out_dim]]
-            dense = self._mask(dense, part.module, batch)
             out.append(dense.contiguous() if layer is not None else dense.transpose(0, 1).contiguous())
         return out
 
@@ -232,18 +243,18 @@ class LoRAWeights:
 
     def targeted(self, batch: LoRABatch) -> frozenset[str]:
         """The projections at least one adapter of the batch targets."""
-        self._module_slots(batch)
-        return frozenset(self._slots[3])
+        self._module_entries(batch)
+        return frozenset(self._step_entries[3])
 
     def add(self, layer: int, proj: str, x: torch.Tensor, out: torch.Tensor, batch: LoRABatch) -> None:
         """`out[t] += (x[t] @ A_i) @ B_i` for every row t that has an adapter (i: its adapter index)."""
-        module_slots = self._projection_slots(batch, proj)
-        if module_slots is None:
+        module_entries = self._projection_entries(batch, proj)
+        if module_entries is None:
             return  # zeros for every adapter of the batch
         R, n, m = self.rank, batch.num_active, batch.rows_per_adapter
         if self.ops.lora_in_place and batch.row_start is not None:  # sorted by adapter: read in place
             a, b, widths = self._layer_views(proj, layer)
-            self.ops.lora_add(x, a, b, widths, module_slots, batch.row_start, out)
+            self.ops.lora_add(x, a, b, widths, module_entries, batch.row_start, out)
             return
         cached = self._gathered(batch)
         if cached is not None:
@@ -270,13 +281,18 @@ class LoRAWeights:
             offset += width
 
 
-_NO_SLOTS = torch.empty(0, dtype=torch.long)  # a module no adapter of the batch targets: the kernel skips it
+_NO_ENTRIES = torch.empty(0, dtype=torch.long)  # a module no adapter of the batch targets: the kernel skips
 
 
 def _stack(capacity: int, shape: tuple[int, ...], kw: dict) -> torch.Tensor:
-    """`capacity` slots of one adapter's `shape` ([layers, ...]), indexed slot first, stored layer first."""
-    layers, *rest = shape
-    return torch.empty(layers, capacity, *rest, **kw).transpose(0, 1)
+    """`capacity` entries of one adapter's `shape` ([layers, ...]), each contiguous; on CPU in huge pages
+    where the OS grants them. Uninitialized, and backed by memory only where written."""
+    if kw["device"] == "cpu":
+        numel = capacity * math.prod(shape)
+        arena = huge_page_arena(numel * torch.empty((), dtype=kw["dtype"]).element_size())
+        if arena is not None:
+            return arena.view(kw["dtype"]).view(capacity, *shape)
+    return torch.empty(capacity, *shape, **kw)
 
 
 def _blocks(size: int) -> int:

@@ -4,7 +4,7 @@
 #include <vector>
 
 void lora_add(torch::Tensor x, std::vector<torch::Tensor> as, std::vector<torch::Tensor> bs,
-              std::vector<int64_t> widths, std::vector<torch::Tensor> slots, torch::Tensor row_start,
+              std::vector<int64_t> widths, std::vector<torch::Tensor> entries, torch::Tensor row_start,
               torch::Tensor out);
 torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
                                torch::Tensor block_tables, torch::Tensor context_lens, double scale);
@@ -26,7 +26,7 @@ torch::Tensor decode_layers(torch::Tensor h, torch::Tensor x, torch::Tensor cos,
                             std::vector<torch::Tensor> biases, int64_t heads, int64_t kv_heads, double eps);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("lora_add", &lora_add, "out_j += (x @ A_j[slot]^T) @ B_j[slot] per row group, for each module j of a fused projection");
+  m.def("lora_add", &lora_add, "out_j += (x @ A_j[entry]^T) @ B_j[entry] per row group, for each module j of a fused projection");
   m.def("small_linear", &small_linear, "x @ w^T for 1-4 rows of x, reading w once (decode of a few sequences)");
   m.def("quant_linear", &quant_linear, "x @ W^T for W in bf16, int8 (per-row scales) or int4 (per-group)");
   m.def("dequantize", &dequantize, "W of quant_linear in fp32 or bf16 (for compute-bound batches)");
