@@ -185,3 +185,20 @@ def test_each_stack_packs_the_entries_of_the_adapters_that_target_its_module():
     w.ensure_rank(4, [2, 4])  # index 1 and 3 are not live: their entries go with them
     assert sorted(w.entries) == [2, 4]
     _check(w, {2: _random_adapter(2, 2), 4: _random_adapter(2, 5, ("q_proj", "k_proj"))}, [2, 4, 4])
+
+
+def test_the_entries_the_next_install_writes_are_backed_ahead_of_it(monkeypatch):
+    """After an install, the next free entry of each module it targets is handed to `populate` in the
+    background, and the next adapter with those targets is installed exactly there."""
+    from loraforge.serve.lora import weights as weights_module
+
+    backed = []
+    monkeypatch.setattr(weights_module, "populate", lambda t: backed.append(t.data_ptr()))
+    w = LoRAWeights(DIMS, num_layers=2, capacity=5, dtype=torch.float64, device="cpu")
+    w.ensure_rank(2, [])
+    w.install(1, _random_adapter(2, 1, ("q_proj", "v_proj")))
+    weights_module._backer().submit(lambda: None).result()  # one worker, in order: the backing is done
+    expected = {stack[m][2].data_ptr() for m in ("q_proj", "v_proj") for stack in (w.A, w.B)}
+    assert set(backed) == expected and len(backed) == 4
+    w.install(2, _random_adapter(2, 2, ("q_proj", "v_proj")))
+    assert w.entries[2] == {"q_proj": 2, "v_proj": 2}

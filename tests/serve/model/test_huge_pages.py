@@ -1,6 +1,11 @@
 """Weights moved into a huge-page arena keep their shapes, dtypes and values; where the kernel refuses, there
 is no madvise, or a copy would not fit in memory, they stay where they were."""
 
+import ctypes
+import ctypes.util
+import mmap
+import os
+import platform
 import sys
 from pathlib import Path
 
@@ -8,7 +13,7 @@ import pytest
 import torch
 
 from loraforge.serve.model import huge_pages
-from loraforge.serve.model.huge_pages import HUGE_PAGE, into_huge_pages
+from loraforge.serve.model.huge_pages import HUGE_PAGE, into_huge_pages, populate
 from loraforge.serve.model.llama import Llama
 from tests.serve.model.test_llama_module import _last_hidden
 
@@ -50,6 +55,34 @@ def test_weights_too_large_to_copy_stay(monkeypatch):
     monkeypatch.setattr(huge_pages, "MAX_SHARE", 0.0)  # a copy would not fit beside them
     before = _tensors()
     assert all(a is b for a, b in zip(into_huge_pages(before), before, strict=True))
+
+
+def _resident_pages(t: torch.Tensor) -> int:
+    """How many of `t`'s (page-aligned) pages are backed by memory, by mincore(2)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    page = os.sysconf("SC_PAGE_SIZE")
+    pages = -(-t.numel() * t.element_size() // page)
+    vec = (ctypes.c_ubyte * pages)()
+    assert libc.mincore(ctypes.c_void_p(t.data_ptr()), ctypes.c_size_t(pages * page), vec) == 0
+    return sum(v & 1 for v in vec)
+
+
+def test_populate_backs_memory_without_writing_it():
+    if huge_pages._madvise() is None:
+        pytest.skip("no madvise here (not Linux): nothing to back")
+    page = os.sysconf("SC_PAGE_SIZE")
+    # Fresh anonymous memory (malloc might hand out pages already backed).
+    region = mmap.mmap(-1, 64 * page, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    t = torch.frombuffer(region, dtype=torch.uint8)
+    t[: 8 * page].fill_(7)
+    fresh = t[32 * page :]
+    assert _resident_pages(fresh) == 0  # never written
+    if not populate(fresh):
+        pytest.skip(f"this kernel ({platform.release()}) has no MADV_POPULATE_WRITE (Linux 5.14+)")
+    assert _resident_pages(fresh) == 32
+    assert populate(t[page + 100 : 9 * page + 5])  # unaligned ends, over written and unwritten pages
+    assert torch.all(t[: 8 * page] == 7) and torch.all(t[8 * page :] == 0)
+    del t, fresh
 
 
 @pytest.mark.parametrize("weights", ["plain", "int4"])

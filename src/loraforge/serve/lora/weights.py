@@ -15,14 +15,19 @@ The model's fused projections (QKV, gate-up) take one call each; each module exp
 fused output.
 """
 
+import contextlib
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 
 from loraforge.serve.kernels.ops import TorchOps, ops_for
 from loraforge.serve.lora.batch import LoRABatch
-from loraforge.serve.model.huge_pages import huge_page_arena
+from loraforge.serve.model.huge_pages import huge_page_arena, populate
 from loraforge.serve.model.projections import MODULE_TO_PROJECTION, PROJECTIONS
 
 B_BLOCK = 64  # B is stored in blocks of this many output columns (the expand kernel's register block)
@@ -43,7 +48,8 @@ class LoRAWeights:
     of every layer, runs of 10-50 KiB at scattered places, and in 4 KiB pages a TLB miss and a stop of the
     hardware prefetchers at every page made that ~1.15x slower (serve_throughput.py row 7; across runs the
     kernel prefetches by itself, csrc/lora_cpu.cpp). Memory is only backed where written, a huge page at a
-    time: the packed entries cost their own bytes plus at most one partly used huge page per stack."""
+    time: the packed entries cost their own bytes plus at most one partly used huge page per stack, and the
+    next free entry of each module is backed ahead of its install (`_back_next`)."""
 
     def __init__(
         self,
@@ -116,9 +122,8 @@ class LoRAWeights:
         self.version += 1
         self.installed[index] = self.version
         self.entries.pop(index, None)  # the entries of the adapter this one replaces are free
-        taken = {m: {placed[m] for placed in self.entries.values() if m in placed} for m in MODULES}
-        targets = {module for _, module in modules}
-        placed = {m: next(e for e in range(1, self.capacity) if e not in taken[m]) for m in targets}
+        # Never None here: at most capacity - 1 other adapters are installed.
+        placed = {m: self._free_entry(m) for m in {module for _, module in modules}}
         self.entries[index] = placed
         for m, entry in placed.items():  # rank padding, padding columns and left-out layers must be zero
             layers = sum(1 for layer, module in modules if module == m)
@@ -138,6 +143,24 @@ class LoRAWeights:
             blocked[:full].copy_(bt[:, : full * B_BLOCK].view(r, full, B_BLOCK).transpose(0, 1))
             if tail:
                 blocked[full, :, :tail].copy_(bt[:, full * B_BLOCK :])
+        self._back_next(placed)
+
+    def _free_entry(self, module: str) -> int | None:
+        """The lowest entry of `module`'s stack no installed adapter holds (None when all are taken)."""
+        taken = {placed[module] for placed in self.entries.values() if module in placed}
+        return next((e for e in range(1, self.capacity) if e not in taken), None)
+
+    def _back_next(self, modules) -> None:
+        """Have memory back the entries the next install into `modules` will write, in the background: on CPU
+        a first write of fresh pages (2 MiB ones above all) can take longer than the install itself, and
+        would delay the request waiting for it (serve_throughput.py row 4). Costs at most one entry per
+        module ahead of its use."""
+        if self.device != "cpu":
+            return
+        free = {m: self._free_entry(m) for m in modules}
+        ahead = [stack[m][e] for m, e in free.items() if e is not None for stack in (self.A, self.B)]
+        if ahead:
+            _backer().submit(lambda: [populate(t) for t in ahead])  # `ahead` keeps the stacks alive meanwhile
 
     def _out_size(self, module: str) -> int:
         proj, j = MODULE_TO_PROJECTION[module]
@@ -293,6 +316,18 @@ def _stack(capacity: int, shape: tuple[int, ...], kw: dict) -> torch.Tensor:
         if arena is not None:
             return arena.view(kw["dtype"]).view(capacity, *shape)
     return torch.empty(capacity, *shape, **kw)
+
+
+@cache
+def _backer() -> ThreadPoolExecutor:
+    """The one thread that backs entries ahead of their installs (`LoRAWeights._back_next`)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="lora-backing", initializer=_lowest_priority)
+
+
+def _lowest_priority() -> None:
+    """The calling thread yields the CPU to the engine's (Linux: a thread's own nice value)."""
+    with contextlib.suppress(AttributeError, OSError):  # not Unix, or not allowed: it competes a little more
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _blocks(size: int) -> int:

@@ -18,6 +18,7 @@ import torch
 
 HUGE_PAGE = 2 << 20
 MADV_HUGEPAGE = 14  # linux/mman.h
+MADV_POPULATE_WRITE = 23  # linux/mman.h, Linux 5.14+
 ALIGN = 64  # each tensor starts on a cache line
 MAX_SHARE = 0.25  # of the machine's memory: moving copies, so the weights are held twice for a moment
 
@@ -46,6 +47,20 @@ def huge_page_arena(nbytes: int) -> torch.Tensor | None:
     if madvise(buf.data_ptr() + start, span, MADV_HUGEPAGE) != 0:
         return None
     return buf[start : start + nbytes]
+
+
+def populate(t: torch.Tensor) -> bool:
+    """Back CPU tensor `t`'s memory with pages now, as a first write would, without writing: its contents stay
+    as they are, so another thread may use `t` meanwhile. A first write of a 2 MiB huge page can take tens of
+    ms where a VM backs its memory lazily (Firecracker); callers do this ahead, off the critical path. False
+    where the OS cannot (not Linux, or older than 5.14)."""
+    madvise = _madvise()
+    nbytes = t.numel() * t.element_size()
+    if madvise is None or nbytes == 0:
+        return False
+    page = os.sysconf("SC_PAGE_SIZE")
+    start = t.data_ptr() // page * page  # madvise wants a page-aligned start; the page's other bytes are kept
+    return madvise(start, t.data_ptr() + nbytes - start, MADV_POPULATE_WRITE) == 0
 
 
 def into_huge_pages(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

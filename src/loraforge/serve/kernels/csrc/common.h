@@ -2,7 +2,7 @@
 // activations dotted with every row of a weight matrix (LoRA's shrink, and the base model's linear layers at
 // decode batch sizes); a vectorizable exp; the fp32 lane count the kernels vectorize over; a 16-lane fp32
 // vector type with bf16/fp32/int8 loads and int4's nibbles (register blocking the compiler does not find by
-// itself; the byte loads through x86 intrinsics, see widen_bytes).
+// itself; the byte loads through x86 intrinsics, see widen_bytes), and one of a register's width (f32xv).
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -19,7 +19,6 @@
 namespace loraforge {
 
 constexpr int64_t kLanes = 16;  // one AVX-512 register of fp32: partial sums kept per lane, summed at the end
-constexpr int64_t kDot = 32;  // the d_in block: kDot fp32 partial sums per row, summed at the end
 
 inline float to_float(float v) { return v; }
 inline float to_float(int8_t v) { return static_cast<float>(v); }
@@ -141,25 +140,77 @@ inline float sum16(f32x16 v) {  // the lanes' sum, pairwise
   return (s8[0] + s8[2]) + (s8[1] + s8[3]);
 }
 
+// The fp32 vector of one register where the target has 64-byte ones (AVX-512), else of 32 bytes: with
+// AVX2's 16 registers of 32 bytes, GCC keeps arrays of 64-byte vectors on the stack (stores and reloads
+// around the multiply-adds: on a Zen 3, dot_rows in f32x16 left the LoRA of a decode step 1.5-2x slower,
+// benchmarks/cpu_kernels.py, and the small-batch linear layers too).
+#if defined(__AVX512F__)
+constexpr int64_t kVec = 16;
+#else
+constexpr int64_t kVec = 8;
+#endif
+typedef float f32xv __attribute__((vector_size(kVec * 4)));
+typedef uint16_t u16xv __attribute__((vector_size(kVec * 2)));
+typedef uint32_t u32xv __attribute__((vector_size(kVec * 4)));
+
+inline f32xv loadv(const float* p) {
+  f32xv v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline f32xv loadv(const c10::BFloat16* p) {  // widened to fp32: a shift, as in to_float
+  u16xv half;
+  std::memcpy(&half, p, sizeof(half));
+  const u32xv bits = __builtin_convertvector(half, u32xv) << 16;
+  f32xv v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+inline f32xv loadv(const int8_t* p) {  // int8 weights (quant_linear_cpu.cpp)
+#if defined(__AVX512F__)
+  return load16(p);
+#elif defined(__AVX2__)
+  const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  const __m256 wide = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+  f32xv v;
+  std::memcpy(&v, &wide, sizeof(v));
+  return v;
+#else
+  typedef int8_t i8xv __attribute__((vector_size(kVec)));
+  typedef int32_t i32xv __attribute__((vector_size(kVec * 4)));
+  i8xv q;
+  std::memcpy(&q, p, sizeof(q));
+  return __builtin_convertvector(__builtin_convertvector(q, i32xv), f32xv);
+#endif
+}
+inline float sumv(f32xv v) {  // the lanes' sum, pairwise
+  float s[kVec];
+  std::memcpy(s, &v, sizeof(v));
+  for (int64_t n = kVec / 2; n >= 1; n /= 2)
+    for (int64_t i = 0; i < n; ++i) s[i] += s[i + n];
+  return s[0];
+}
+
 // out[r * out_stride + j] = x[r, :] . w[j, :] for ROWS rows of x (already fp32) and `count` rows of w, in one
 // pass over w: each row of w is read once for all ROWS rows, the partial sums stay in registers (two vectors
-// of 16 per row) and are summed pairwise at the end: a sequential sum of 32 lanes cost more than the row's
-// 576 multiply-adds (a chain of 31 dependent adds). Out may be fp32 or the storage type (rounded once).
+// per row) and are summed pairwise at the end: a sequential sum of the lanes cost more than the row's
+// 576 multiply-adds (a chain of dependent adds). Out may be fp32 or the storage type (rounded once).
 template <int ROWS, typename T, typename Out>
 void dot_rows(const float* x, const T* w, int64_t count, int64_t d_in, Out* out, int64_t out_stride) {
-  const int64_t body = d_in - d_in % kDot;
+  constexpr int64_t step = 2 * kVec;
+  const int64_t body = d_in - d_in % step;
   for (int64_t j = 0; j < count; ++j) {
     const T* wj = w + j * d_in;
-    f32x16 acc[ROWS][2] = {};
-    for (int64_t k0 = 0; k0 < body; k0 += kDot) {
-      const f32x16 w0 = load16(wj + k0), w1 = load16(wj + k0 + 16);
+    f32xv acc[ROWS][2] = {};
+    for (int64_t k0 = 0; k0 < body; k0 += step) {
+      const f32xv w0 = loadv(wj + k0), w1 = loadv(wj + k0 + kVec);
       for (int r = 0; r < ROWS; ++r) {
-        acc[r][0] += load16(x + r * d_in + k0) * w0;
-        acc[r][1] += load16(x + r * d_in + k0 + 16) * w1;
+        acc[r][0] += loadv(x + r * d_in + k0) * w0;
+        acc[r][1] += loadv(x + r * d_in + k0 + kVec) * w1;
       }
     }
     for (int r = 0; r < ROWS; ++r) {
-      float sum = sum16(acc[r][0] + acc[r][1]);
+      float sum = sumv(acc[r][0] + acc[r][1]);
       for (int64_t k = body; k < d_in; ++k) sum += x[r * d_in + k] * to_float(wj[k]);
       out[r * out_stride + j] = static_cast<Out>(sum);
     }

@@ -33,7 +33,6 @@
 namespace {
 
 using loraforge::dot_rows;
-using loraforge::kDot;
 using loraforge::to_float;
 using loraforge::with_count;
 
