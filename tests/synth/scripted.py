@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse
 from loraforge.synth.teacher import TeacherClient, TeacherSettings
 
 MODEL = "scripted-teacher"
+HOLD_LIMIT_S = 10.0
 
 
 @dataclass
@@ -25,6 +27,9 @@ class Answer:
     content: str
     finish_reason: str = "stop"
     delay: float = 0.0
+    hold_until_in_flight: int = 0
+    """Hold the answer until this many requests have been in flight at once (or `HOLD_LIMIT_S` passed):
+    a concurrency test then does not depend on a fixed delay overlapping on a busy machine."""
 
 
 @dataclass
@@ -107,6 +112,10 @@ def build_app(teacher: ScriptedTeacher) -> FastAPI:
         try:
             if action.delay:
                 await asyncio.sleep(action.delay)
+            hold = action.hold_until_in_flight if isinstance(action, Answer) else 0
+            deadline = time.monotonic() + HOLD_LIMIT_S
+            while teacher.max_in_flight < hold and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
             if isinstance(action, Fail):
                 return JSONResponse({"error": {"message": "scripted"}}, action.status, headers=action.headers)
             message = {"role": "assistant", "content": action.content}

@@ -249,7 +249,8 @@ def test_concurrency_is_bounded_and_no_request_is_wasted(tmp_path, teacher_serve
     counter = iter(range(1000))
     teacher_server.responder = lambda logged: Answer(
         dumps((f"Question {hashlib.sha1(str(next(counter)).encode()).hexdigest()}", "card_arrival")),
-        delay=0.2,
+        delay=0.05,
+        hold_until_in_flight=4,
     )
     config = config_for(tmp_path, [], n=12, per_request=1, concurrency=4, test_texts=[])
     summary = run(config, make_client(teacher_server))
