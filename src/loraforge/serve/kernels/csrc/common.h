@@ -2,7 +2,8 @@
 // activations dotted with every row of a weight matrix (LoRA's shrink, and the base model's linear layers at
 // decode batch sizes); a vectorizable exp; the fp32 lane count the kernels vectorize over; a 16-lane fp32
 // vector type with bf16/fp32/int8 loads and int4's nibbles (register blocking the compiler does not find by
-// itself; the byte loads through x86 intrinsics, see widen_bytes), and one of a register's width (f32xv).
+// itself; the byte loads through x86 intrinsics, see widen_bytes), and one of a register's width (f32xv) with
+// its loads and stores.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -80,14 +81,18 @@ inline f32x16 load16(const float* p) {
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-inline f32x16 load16(const c10::BFloat16* p) {  // 16 bf16 widened to fp32 (a shift, as in to_float)
-  u16x16 half;
+// bf16 widened to fp32, as many as F has lanes (U16 and U32: vectors of as many halves and words): a shift, as
+// in to_float.
+template <typename F, typename U16, typename U32>
+inline F widen_bf16(const c10::BFloat16* p) {
+  U16 half;
   std::memcpy(&half, p, sizeof(half));
-  const u32x16 bits = __builtin_convertvector(half, u32x16) << 16;
-  f32x16 v;
+  const U32 bits = __builtin_convertvector(half, U32) << 16;
+  F v;
   std::memcpy(&v, &bits, sizeof(v));
   return v;
 }
+inline f32x16 load16(const c10::BFloat16* p) { return widen_bf16<f32x16, u16x16, u32x16>(p); }
 // 16 bytes widened to 16 fp32 lanes through int32 (vpmovsxbd / vpmovzxbd + vcvtdq2ps): signed int8
 // weights, or the 4-bit values of int4 (0..15, one per byte). GCC 12 scalarizes a byte -> int32
 // __builtin_convertvector (a `movsbl` + `vpinsrd` per lane, ~5x slower: quant_linear's int8 and int4), so
@@ -158,14 +163,7 @@ inline f32xv loadv(const float* p) {
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-inline f32xv loadv(const c10::BFloat16* p) {  // widened to fp32: a shift, as in to_float
-  u16xv half;
-  std::memcpy(&half, p, sizeof(half));
-  const u32xv bits = __builtin_convertvector(half, u32xv) << 16;
-  f32xv v;
-  std::memcpy(&v, &bits, sizeof(v));
-  return v;
-}
+inline f32xv loadv(const c10::BFloat16* p) { return widen_bf16<f32xv, u16xv, u32xv>(p); }
 inline f32xv loadv(const int8_t* p) {  // int8 weights (quant_linear_cpu.cpp)
 #if defined(__AVX512F__)
   return load16(p);
@@ -182,6 +180,14 @@ inline f32xv loadv(const int8_t* p) {  // int8 weights (quant_linear_cpu.cpp)
   std::memcpy(&q, p, sizeof(q));
   return __builtin_convertvector(__builtin_convertvector(q, i32xv), f32xv);
 #endif
+}
+inline void storev(float* p, f32xv v) { std::memcpy(p, &v, sizeof(v)); }
+inline void storev(c10::BFloat16* p, f32xv v) {  // rounded to nearest even, as c10's conversion (NaN too)
+  u32xv bits;
+  std::memcpy(&bits, &v, sizeof(v));
+  const u32xv rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  const u16xv half = __builtin_convertvector(v != v ? u32xv{} + 0x7FC0u : rounded, u16xv);
+  std::memcpy(p, &half, sizeof(half));
 }
 inline float sumv(f32xv v) {  // the lanes' sum, pairwise
   float s[kVec];
