@@ -73,6 +73,9 @@ class ScriptedTeacher:
 
     def reset(self) -> None:
         with self.lock:
+            # A request of an earlier test may still be answered after this reset (its client timed out and
+            # went on); its generation tells `done` not to count it here (it once took in_flight to -1).
+            self.generation = getattr(self, "generation", 0) + 1
             self.script: deque[Action] = deque()
             self.responder: Callable[[Logged], Action] | None = None
             self.log: list[Logged] = []
@@ -83,19 +86,22 @@ class ScriptedTeacher:
         with self.lock:
             self.script.extend(actions)
 
-    def next_action(self, logged: Logged) -> Action:
+    def next_action(self, logged: Logged) -> tuple[Action, int]:
+        """The action for this request, and the generation (`reset`) it counts in."""
         with self.lock:
             self.log.append(logged)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            generation = self.generation
             if self.script:
-                return self.script.popleft()
+                return self.script.popleft(), generation
             responder = self.responder
-        return responder(logged) if responder else Fail(500)
+        return (responder(logged) if responder else Fail(500)), generation
 
-    def done(self) -> None:
+    def done(self, generation: int) -> None:
         with self.lock:
-            self.in_flight -= 1
+            if generation == self.generation:
+                self.in_flight -= 1
 
 
 def build_app(teacher: ScriptedTeacher) -> FastAPI:
@@ -108,7 +114,7 @@ def build_app(teacher: ScriptedTeacher) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> JSONResponse:
         body = await request.json()
-        action = teacher.next_action(Logged(body, dict(request.headers)))
+        action, generation = teacher.next_action(Logged(body, dict(request.headers)))
         try:
             if action.delay:
                 await asyncio.sleep(action.delay)
@@ -124,7 +130,7 @@ def build_app(teacher: ScriptedTeacher) -> FastAPI:
                 {"id": "x", "object": "chat.completion", "model": body.get("model"), "choices": [choice]}
             )
         finally:
-            teacher.done()
+            teacher.done(generation)
 
     return app
 
