@@ -69,13 +69,14 @@ class ScriptedTeacher:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.url = ""
+        self.generation = 0
         self.reset()
 
     def reset(self) -> None:
         with self.lock:
             # A request of an earlier test may still be answered after this reset (its client timed out and
             # went on); its generation tells `done` not to count it here (it once took in_flight to -1).
-            self.generation = getattr(self, "generation", 0) + 1
+            self.generation += 1
             self.script: deque[Action] = deque()
             self.responder: Callable[[Logged], Action] | None = None
             self.log: list[Logged] = []
