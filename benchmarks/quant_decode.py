@@ -4,7 +4,7 @@
    and the bytes of weights one decode step reads
 2. the AVX2 path, forced (a child process: the kernels built with -march=haswell, torch's and oneDNN's own
    kernels capped at AVX2, fp32 activations: what an AVX2-only CPU such as AMD Zen 3 runs): fp32 weights
-   (the engine before --weights) vs bf16 (what `auto` now holds there) vs int8 vs int4
+   (what `--precision fp32` holds) vs bf16 (what `auto` holds there: model/quant.py) vs int8 vs int4
 3. the linear layers of one decode step at 1-64 rows, bf16 activations: the plain bf16 path, our kernel
    (quant_linear) and dequantize + F.linear for int8/int4 (where the kernel stops: ops.QUANT_KERNEL_ROWS),
    and torch's own weight-only int8/int4 CPU ops (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`:
@@ -31,16 +31,6 @@ from loraforge.hardware import describe
 AVX2_ENV = {"LORAFORGE_KERNEL_MARCH": "haswell", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536)]  # qkv, o, gate_up, down of SmolLM2-135M
 LAYERS, VOCAB = 30, 49152
-
-
-def weight_bytes(model) -> int:
-    """Bytes of base weights one decode step reads: every linear layer and the LM head (one form of each)."""
-    from loraforge.serve.model.linear import QuantLinear
-
-    layers = [model.lm_head] + [
-        m for ly in model.layers for m in (ly.attn.qkv, ly.attn.o, ly.mlp.gate_up, ly.mlp.down)
-    ]
-    return sum(m.nbytes if isinstance(m, QuantLinear) else m.shape.numel() * m.dtype.itemsize for m in layers)
 
 
 def prompts(tokenizer, n: int) -> list[list[int]]:
@@ -78,7 +68,7 @@ def engine_row(weights: str, precision: str, tokens: int, batch: int, repeats: i
         "dtype": str(engine.dtype).removeprefix("torch."),
         "batch1": statistics.median(rates),
         "batched": batched,
-        "mib": weight_bytes(engine.model) / 2**20,
+        "mib": engine.model.decode_read_bytes() / 2**20,
         "kernels": engine.model.ops.name,
     }
 

@@ -1,7 +1,7 @@
 """Multi-LoRA serving throughput (issues 3 and 16), all figures from one run, with ratios:
 
   1. engine, 64 concurrent requests: base only vs over 32 distinct adapters (r=16, all linear)
-  2. engine vs HF transformers + PEFT mixed-adapter generate(adapter_names=...), same weights/dtype  >= 10x
+  2. engine vs HF transformers + PEFT mixed-adapter generate(adapter_names=...), activations' dtype >= 10x
   3. batch-1 decode tokens/s: engine vs HF generate (llama.cpp: benchmarks/vs_llamacpp.py)
   4. adapter cold load: first request to a never-seen adapter minus a warm one                     <= 50 ms
   5. RSS with 100 resident adapters vs none (a fresh process holding only the engine)
@@ -158,13 +158,11 @@ def main() -> None:
         b1_engine = max(b1_engine, engine_batch1_decode(engine, ids[0], max_tokens))
         b1_hf = max(b1_hf, hf_batch1(hf_model, ids[0], max_tokens))
     del hf_model
-    m = engine.model
-    per_layer = [(ly.attn.qkv, ly.attn.o, ly.mlp.gate_up, ly.mlp.down) for ly in m.layers]
-    linears = [m.lm_head] + [lin for layer in per_layer for lin in layer]
-    base_mib = sum(lin.shape.numel() * lin.dtype.itemsize for lin in linears) / (1 << 20)
+    base_mib = engine.model.decode_read_bytes() / (1 << 20)
+    held = f"{engine.model.weight_format} weights, adapters in {engine.lora.dtype}".replace("torch.", "")
     cold_ms, cold_total = cold_load_ms(engine, ids[0], names[n_adapters : n_adapters + 5])
     steps = rounds(engine, ids, mixed, max_tokens, args.repeats, decode_steps=True)
-    itemsize = dtype.itemsize
+    itemsize = engine.lora.dtype.itemsize  # the adapters' element size as held (bf16 under bf16 weights)
     lora_bytes = sum(own_bytes(work / n, itemsize) for n in names[:n_adapters])
     bandwidth = read_bandwidth(args.threads)
     del engine
@@ -197,12 +195,12 @@ def main() -> None:
     load = os.getloadavg()[0]
     where = f"{args.threads} threads" if args.device == "cpu" else torch.cuda.get_device_name()
     print(
-        f"\nserve_throughput: {model.name}, {dtype}, {where}, {n_req} requests x {max_tokens}"
+        f"\nserve_throughput: {model.name}, {dtype} ({held}), {where}, {n_req} requests x {max_tokens}"
         f" tokens, {n_adapters} adapters r=16 all-linear (load avg {load:.1f})\n"
     )
     rss_growth = rss["after"] - rss["before"]
     rss_own = rss["resident"] * own_bytes(work / names[0], itemsize)
-    lora_s, lora_floor = steps["lora_s"], lora_bytes / bandwidth
+    lora_call_s, lora_floor = steps["lora_s"], lora_bytes / bandwidth  # row 7 (lora_s: row 1's run)
     step_diff = steps["lora_step"] - steps["base_step"]
     qv_ratio = qv["lora"] / qv["base"]
     rows = [
@@ -248,12 +246,12 @@ def main() -> None:
         ),
         (
             f"7. LoRA ms per decode step, {n_adapters} r=16 all-linear",
-            f"{lora_s * 1e3:.1f} ms",
+            f"{lora_call_s * 1e3:.1f} ms",
             f"{lora_bytes / mib:,.0f} MiB at {bandwidth / 1e9:.1f} GB/s read = {lora_floor * 1e3:.1f} ms;"
             f" steps: {steps['lora_step'] * 1e3:.1f} - base {steps['base_step'] * 1e3:.1f}"
             f" = {step_diff * 1e3:.1f} ms",
-            f"{lora_s / lora_floor:.2f}x of read time ({step_diff / lora_floor:.2f}x by steps)",
-            verdict(lora_s <= 1.2 * lora_floor, "<= 1.2x"),
+            f"{lora_call_s / lora_floor:.2f}x of read time ({step_diff / lora_floor:.2f}x by steps)",
+            verdict(lora_call_s <= 1.2 * lora_floor, "<= 1.2x"),
         ),
         (
             f"8. memory, {rss['resident']} r=16 all-linear adapters",

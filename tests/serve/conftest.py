@@ -1,7 +1,6 @@
 """Fixtures of the serving tests: random PEFT adapters for the tiny model, HF/PEFT reference outputs, and the
 compiled CPU kernels."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from loraforge.models.tiny_adapters import (  # noqa: F401 - the tests import th
     make_adapter_registry,
     write_random_adapter,
 )
-from loraforge.serve.kernels.loader import cpu_kernels, toolchain_missing
+from loraforge.serve.kernels.loader import cpu_kernels, kernels_unavailable
 
 
 @pytest.fixture(scope="session")
@@ -26,11 +25,9 @@ def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
 def kernels():
     """The compiled CPU kernels. Tests that need them skip only where no C++ toolchain exists or the run
     turned them off (LORAFORGE_NO_KERNELS); a compile error fails them (KernelBuildError)."""
-    if os.environ.get("LORAFORGE_NO_KERNELS"):
-        pytest.skip("LORAFORGE_NO_KERNELS is set: the engine runs its plain-PyTorch code only")
-    missing = toolchain_missing()
-    if missing is not None:
-        pytest.skip(f"{missing}: the engine runs its plain-PyTorch code only")
+    why = kernels_unavailable()
+    if why is not None:
+        pytest.skip(f"{why}: the engine runs its plain-PyTorch code only")
     return cpu_kernels()
 
 

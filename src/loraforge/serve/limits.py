@@ -10,7 +10,7 @@ SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # OpenAI's seed is a 64-bit integer
 MAX_ADAPTERS = 128
 MAX_ADAPTER_BYTES = 8 << 30  # counted at the padded rank
 # The base model's linear weights in memory (`--weights`, EngineConfig.weights; serve/model/quant.py says
-# what each means): auto keeps the activations' dtype.
+# what each means): auto holds 16 bits where the CPU kernels run (bf16 weights under fp32 activations).
 WEIGHT_FORMATS = ("auto", "fp32", "bf16", "int8", "int4")
 DEFAULT_WEIGHTS = "auto"
 MAX_LOGPROBS = 20  # most alternatives per position for `top_logprobs` / `logprobs` (OpenAI's: 20 / 5)

@@ -104,7 +104,7 @@ class ServerSettings(BaseModel):
             if folder is not None and not folder.is_dir():
                 raise ConfigError(f"{self.option_name(key)} {folder} is not a directory")
         try:  # a format this machine cannot run fails here, in one line, before the model loads
-            resolve_weights(self.weights, pick_dtype(self.precision), "cpu")
+            resolve_weights(self.weights, pick_dtype(self.precision), "cpu", self.precision)
         except ConfigError as exc:
             raise ConfigError(f"{self.option_name('weights')}: {exc}") from None
         limits = ServeLimits(

@@ -122,9 +122,14 @@ def _next_logits(engine: Engine, ids: list[int]) -> torch.Tensor:
     return engine.model.logits(hidden)[0].float()
 
 
-def test_the_weight_format_follows_the_setting_and_the_cpu():
+def test_the_weight_format_follows_the_setting_and_the_cpu(kernels, monkeypatch):
     f32, bf16 = torch.float32, torch.bfloat16
-    assert resolve_weights("auto", f32, "cpu") == "plain"  # no bf16 hardware: fp32 (quant_decode.py)
+    # fp32 activations by `precision auto` (no bf16 arithmetic): bf16 weights, widened in the kernels
+    assert resolve_weights("auto", f32, "cpu") == "bf16"
+    assert resolve_weights("auto", f32, "cpu", precision="fp32") == "plain"  # fp32 asked for
+    monkeypatch.setenv("LORAFORGE_NO_KERNELS", "1")
+    assert resolve_weights("auto", f32, "cpu") == "plain"  # nothing would widen them
+    monkeypatch.delenv("LORAFORGE_NO_KERNELS")
     assert resolve_weights("bf16", f32, "cpu") == "bf16"  # 16 bits in memory, widened in the kernels
     assert resolve_weights("auto", bf16, "cpu") == "plain"
     assert resolve_weights("bf16", bf16, "cpu") == "plain"

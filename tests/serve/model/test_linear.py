@@ -1,4 +1,5 @@
-"""A base-model linear layer gives torch's `F.linear` result in each of its forms (packed oneDNN, kernel)."""
+"""A base-model linear layer gives torch's `F.linear` result in each of its forms (packed oneDNN, kernel),
+also over bf16 weights under fp32 activations (`QuantLinear` with its packed fp32 copy)."""
 
 import os
 
@@ -6,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from loraforge.serve.kernels.ops import SMALL_BATCH_ROWS, KernelOps
+from loraforge.serve.kernels.ops import QUANT_KERNEL_ROWS, SMALL_BATCH_ROWS, KernelOps
 from loraforge.serve.model import linear as linear_mod
-from loraforge.serve.model.linear import Linear, keep_plain_copy, onednn_packs
+from loraforge.serve.model.linear import Linear, QuantLinear, keep_plain_copy, onednn_packs
+from loraforge.serve.model.quant import dequantize, quantize
 
 needs_bf16_packing = pytest.mark.skipif(
     not onednn_packs(torch.bfloat16),
@@ -121,3 +123,29 @@ def test_batches_are_padded_to_few_shapes_and_the_padding_is_cut_off():
     out = Linear(w, b)(x)
     assert out.shape == (37, 200)
     torch.testing.assert_close(out, F.linear(x, w, b), rtol=1e-5, atol=1e-4)
+
+
+def test_bf16_weights_keep_a_packed_fp32_copy_for_larger_batches(kernels, monkeypatch):
+    """bf16 weights under fp32 activations (`auto` on AVX2-only CPUs): the kernel reads the bf16 weight for
+    a few rows, oneDNN a packed fp32 copy of the same values for more, so every batch size computes with the
+    same weights; without the copy more rows widen the weight per call."""
+    x, w, b = _inputs(64, torch.float32, True)
+    qw = quantize(w, "bf16")
+    exact = dequantize(qw)  # the bf16 values, widened
+    calls = []
+
+    def spy_packed(x, packed, bias):
+        calls.append(x.shape[0])
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+    monkeypatch.setattr(linear_mod, "packed_linear", spy_packed)
+    ops = KernelOps(kernels)
+    layer, unpacked = QuantLinear(qw, b, ops, packed=True), QuantLinear(qw, b, ops)
+    assert layer.nbytes == w.numel() * (2 + 4) and unpacked.nbytes == w.numel() * 2
+    for rows in (1, QUANT_KERNEL_ROWS, QUANT_KERNEL_ROWS + 1, 64):
+        want = F.linear(x[:rows], exact, b)
+        torch.testing.assert_close(layer(x[:rows]), want, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(unpacked(x[:rows]), want, rtol=1e-5, atol=1e-4)
+    assert calls == [QUANT_KERNEL_ROWS + 1, 64]
+    with pytest.raises(ValueError, match="only bf16"):
+        QuantLinear(quantize(w, "int8"), b, ops, packed=True)

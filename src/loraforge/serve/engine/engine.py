@@ -52,7 +52,7 @@ class Engine:
         self.model_name = resolved.name
         self.tokenizer = load_tokenizer(resolved)
         self.dtype = pick_dtype(config.precision, config.device)  # the activations'; the weights' next
-        weights = resolve_weights(config.weights, self.dtype, config.device)
+        weights = resolve_weights(config.weights, self.dtype, config.device, config.precision)
         deltas = None
         if config.merged_adapter is not None:
             cfg = ModelConfig.from_hf(resolved.path)

@@ -176,6 +176,14 @@ def build(
             raise KernelBuildError(f"building the CPU kernels in {build_dir} failed: {exc}") from exc
 
 
+def kernels_unavailable() -> str | None:
+    """Why `cpu_kernels` will return None here (LORAFORGE_NO_KERNELS, or no toolchain), or None where it will
+    build them (or has): a check that builds nothing."""
+    if os.environ.get("LORAFORGE_NO_KERNELS"):
+        return "LORAFORGE_NO_KERNELS is set"
+    return toolchain_missing()
+
+
 @cache
 def cpu_kernels():
     """The compiled module, or None where it cannot be built (no toolchain, or LORAFORGE_NO_KERNELS=1).
@@ -196,5 +204,4 @@ def main() -> None:
     if cpu_kernels() is not None:
         print(f"CPU kernels: built for {' '.join(march_flags()) or 'the compiler default (portable)'}")
     else:
-        why = "LORAFORGE_NO_KERNELS is set" if os.environ.get("LORAFORGE_NO_KERNELS") else toolchain_missing()
-        print(f"CPU kernels: none ({why})")
+        print(f"CPU kernels: none ({kernels_unavailable()})")

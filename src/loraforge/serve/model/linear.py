@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from loraforge.serve.kernels.ops import DECODE_PLAIN, DECODE_QUANT, TORCH_OPS, TorchOps
-from loraforge.serve.model.quant import QuantWeight, format_for, quantize
+from loraforge.serve.model.quant import QuantWeight, dequantize, format_for, quantize
 
 ROW_BUCKET, LARGE_ROWS, ROW_BUCKET_LARGE = 16, 256, 64  # packed-path batch shapes, see padded_rows
 PLAIN_COPY_MAX_SHARE = 0.25  # of the machine's memory, for the linear weights when held in both forms
@@ -85,7 +85,13 @@ class DecodeForm:
 
 
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    """`x @ W^T (+ bias)` on oneDNN's packed form of W, the rows padded to a bucket (`padded_rows`)."""
+    rows = x.shape[0]
+    padded = padded_rows(rows)
+    if padded != rows:
+        x = F.pad(x, (0, 0, 0, padded - rows))
+    out = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    return out if padded == rows else out[:rows]
 
 
 class Linear(torch.nn.Module):
@@ -139,11 +145,7 @@ class Linear(torch.nn.Module):
             out = self.ops.small_linear(x, self.weight)
             return out if self.bias is None else out + self.bias
         if self.packed is not None:
-            rows = x.shape[0]
-            padded = padded_rows(rows)
-            if padded == rows:
-                return packed_linear(x, self.packed, self.bias)
-            return packed_linear(F.pad(x, (0, 0, 0, padded - rows)), self.packed, self.bias)[:rows]
+            return packed_linear(x, self.packed, self.bias)
         return F.linear(x, self.weight, self.bias)
 
 
@@ -152,20 +154,33 @@ class QuantLinear(torch.nn.Module):
     activations, int8, int4), run by `ops.quant_linear` up to `ops.quant_kernel_rows` rows (the weight read
     in its small form, widened in registers) and, for more rows, as `F.linear` on the weight widened to the
     activations' dtype: there the matmul's arithmetic, not the read, is the time, and it is shared by the
-    rows. The held tensors are not parameters: a quantized layer is built for its device and dtype and cannot
-    be moved or cast."""
+    rows. `packed=True` (bf16 only): more rows run oneDNN on a packed fp32 copy of the bf16 values instead,
+    made once (widening per call cost a batch-64 step ~15%, benchmarks/quant_decode.py), so every batch size
+    computes with the same weights. The held tensors are not parameters: a quantized layer is built for its
+    device and dtype and cannot be moved or cast."""
 
-    def __init__(self, qweight: QuantWeight, bias: torch.Tensor | None = None, ops: TorchOps = TORCH_OPS):
+    def __init__(
+        self,
+        qweight: QuantWeight,
+        bias: torch.Tensor | None = None,
+        ops: TorchOps = TORCH_OPS,
+        packed: bool = False,
+    ):
         super().__init__()
         self.qweight = qweight
         self.shape = torch.Size((qweight.out_features, qweight.in_features))
         self.ops = ops
         self.bias = frozen(bias)
+        if packed and qweight.fmt != "bf16":
+            raise ValueError(f"only bf16 weights keep a packed fp32 copy, not {qweight.fmt}")
+        self.packed = pack(dequantize(qweight)) if packed else None
 
     @classmethod
-    def quantize(cls, weight: torch.Tensor, bias: torch.Tensor | None, fmt: str, ops: TorchOps):
+    def quantize(
+        cls, weight: torch.Tensor, bias: torch.Tensor | None, fmt: str, ops: TorchOps, packed: bool = False
+    ):
         """The layer over `weight` `[out, in]` held in `fmt` (int8 where int4's group does not divide in)."""
-        return cls(quantize(weight, format_for(fmt, weight.shape[1])), bias, ops)
+        return cls(quantize(weight, format_for(fmt, weight.shape[1])), bias, ops, packed)
 
     @property
     def fmt(self) -> str:
@@ -173,7 +188,9 @@ class QuantLinear(torch.nn.Module):
 
     @property
     def nbytes(self) -> int:
-        return self.qweight.nbytes
+        """Memory of the weight's forms held (a packed copy counted as fp32)."""
+        packed = 0 if self.packed is None else self.shape.numel() * 4
+        return self.qweight.nbytes + packed
 
     def _apply(self, fn, recurse=True):
         raise RuntimeError(
@@ -188,6 +205,8 @@ class QuantLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] <= self.ops.quant_kernel_rows:
             out = self.ops.quant_linear(x, self.qweight)
+        elif self.packed is not None:
+            return packed_linear(x, self.packed, self.bias)
         else:
             out = F.linear(x, self.ops.dequantize(self.qweight, x.dtype))
         return out if self.bias is None else out + self.bias

@@ -138,20 +138,24 @@ class Llama(torch.nn.Module):
         self.embed = frozen(embed if weight_format == "plain" else embed.to(torch.bfloat16))
         self.final_norm = frozen(weights.pop("norm"))
         self.ops = ops = ops_for(self.embed.device, self.dtype)  # kernels or plain PyTorch, once
+        # On CPU each linear weight is held in the form the small-batch kernels read (plain, or bf16 under
+        # fp32 activations) and packed for oneDNN (larger batches). Where the linear weights take over a
+        # quarter of RAM only one form is kept: the packed one for plain weights, the bf16 one for bf16.
+        matrices = [w for name, w in weights.items() if name.split(".")[-1] in PROJECTIONS]
+        matrices += [weights["lm_head"]] if "lm_head" in weights else []
+        keep = keep_plain_copy(sum(w.numel() * w.element_size() for w in matrices))
         if weight_format == "plain":
-            # On CPU each linear weight is held plain (for the 1-2 row kernel) and packed (for oneDNN): twice
-            # the memory. Where the linear weights take over a quarter of RAM only the packed form is kept.
-            matrices = [w for name, w in weights.items() if name.split(".")[-1] in PROJECTIONS]
-            matrices += [weights["lm_head"]] if "lm_head" in weights else []
-            keep = keep_plain_copy(sum(w.numel() * w.element_size() for w in matrices))
             tied = "lm_head" not in weights  # the plain LM head is then the embedding table, needed anyway
             self.lm_head = Linear(weights.pop("lm_head", self.embed), ops=ops, keep_plain=keep or tied)
             self._build_layers(weights, lambda w, bias=None: Linear(w, bias, ops, keep))
         else:
             head_format = "bf16" if weight_format == "bf16" else "int8"  # int4's head stays int8 (quant.py)
             head = self.embed.data if weight_format == "bf16" else embed  # bf16: the table itself, shared
-            self.lm_head = QuantLinear.quantize(weights.pop("lm_head", head), None, head_format, ops)
-            self._build_layers(weights, lambda w, b=None: QuantLinear.quantize(w, b, weight_format, ops))
+            packed = weight_format == "bf16" and keep
+            self.lm_head = QuantLinear.quantize(weights.pop("lm_head", head), None, head_format, ops, packed)
+            self._build_layers(
+                weights, lambda w, b=None: QuantLinear.quantize(w, b, weight_format, ops, packed)
+            )
         if self.embed.device.type == "cpu":
             self._into_huge_pages()
 
@@ -175,14 +179,23 @@ class Llama(torch.nn.Module):
         )
         self.register_buffer("inv_freq", rope_inv_freq(cfg).to(self.embed.device), persistent=False)
 
+    def linears(self) -> list[Linear | QuantLinear]:
+        """The LM head and every decoder block's linear layers."""
+        blocks = [(ly.attn.qkv, ly.attn.o, ly.mlp.gate_up, ly.mlp.down) for ly in self.layers]
+        return [self.lm_head] + [lin for block in blocks for lin in block]
+
+    def decode_read_bytes(self) -> int:
+        """Bytes of linear weights a decode step of a few sequences reads: each layer's weight in the form
+        the kernels read (plain, or as held in the reduced format)."""
+        return sum(
+            lin.qweight.nbytes if isinstance(lin, QuantLinear) else lin.shape.numel() * lin.dtype.itemsize
+            for lin in self.linears()
+        )
+
     def _into_huge_pages(self) -> None:
         """Move the weights a decode step streams (model/huge_pages.py) into one huge-page arena: the plain
         weights of the linear layers (the LM head's too, which may be the embedding), or the reduced ones."""
-        linears = [self.lm_head] + [
-            lin
-            for layer in self.layers
-            for lin in (layer.attn.qkv, layer.attn.o, layer.mlp.gate_up, layer.mlp.down)
-        ]
+        linears = self.linears()
         if self.weight_format == "plain":
             params = list({id(lin.weight): lin.weight for lin in linears if lin.weight is not None}.values())
             for param, moved in zip(params, into_huge_pages([p.data for p in params]), strict=True):

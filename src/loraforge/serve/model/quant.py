@@ -2,11 +2,12 @@
 
 A decode step of a few sequences is nothing but reading the base model's linear weights, so the bytes they
 take are the step's time (benchmarks/quant_decode.py). The formats:
-- `auto` (the default, serve/limits.py): the activations' dtype, everywhere (see `resolve_weights` for why
-  not bf16 on CPUs without bf16 arithmetic);
+- `auto` (the default, serve/limits.py): 16-bit weights wherever the CPU kernels run (see `resolve_weights`):
+  the activations' dtype where that is bf16, else `bf16`;
 - `fp32`, `bf16`: plain; `bf16` under fp32 activations (AVX2-only CPUs, where `pick_dtype` runs fp32) holds
   the weights in bf16 and the kernels widen them to fp32 in registers (half the bytes of fp32; exact for
-  checkpoints stored in bf16);
+  checkpoints stored in bf16); batches past the kernel run oneDNN on a packed fp32 copy of those bf16
+  values (model/linear.py), as plain fp32 weights do;
 - `int8`: symmetric, one fp32 scale per output channel (`w = scale * q`, q in -127..127);
 - `int4`: asymmetric per group of INT4_GROUP inputs, bf16 scale and min (`w = scale * q + min`, q in 0..15),
   two per byte: 4.5 bits a weight. The LM head stays int8 (as llama.cpp keeps Q4_K_M's output in 6 bits: it
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from loraforge.errors import ConfigError
+from loraforge.serve.kernels.loader import kernels_unavailable
 from loraforge.serve.limits import WEIGHT_FORMATS
 
 INT4_GROUP = 32  # inputs per int4 scale/min; a multiple of 32 (the kernel's nibble block)
@@ -51,17 +53,21 @@ class QuantWeight:
         return self.data.numel() * self.data.element_size() + self.scales.numel() * self.scales.element_size()
 
 
-def resolve_weights(weights: str, dtype: torch.dtype, device: str) -> str:
-    """The base weights' format for activations of `dtype`: "plain" (the activations' dtype) or one of
-    QUANTIZED. Raises ConfigError for a combination that cannot run."""
+def resolve_weights(weights: str, dtype: torch.dtype, device: str, precision: str = "auto") -> str:
+    """The base weights' format for activations of `dtype` (from the `precision` setting): "plain" (the
+    activations' dtype) or one of QUANTIZED. Raises ConfigError for a combination that cannot run."""
     if weights not in WEIGHT_FORMATS:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, not '{weights}'")
     on_cpu = torch.device(device).type == "cpu"
     if weights == "auto":
-        # The activations' dtype, also on CPUs without bf16 arithmetic: there, bf16 weights widened in the
-        # kernels measured slower than fp32 ones (benchmarks/quant_decode.py, forced AVX2 path), so holding
-        # 16 bits is a choice (`bf16`), not the default.
-        return "plain"
+        # fp32 activations under `precision auto` mean a CPU without bf16 arithmetic (pick_dtype). There the
+        # weights (and adapters, `adapter_dtype`) are still held in bf16 where the kernels widen them: a
+        # decode step reads half the bytes, and on an AVX2-only Zen 3 batch-1 decode and a step over 32
+        # adapters ran faster, with batches past the kernel as fast (oneDNN's packed fp32 copy;
+        # benchmarks/quant_decode.py, serve_throughput.py). The same rounding the engine's bf16 activations
+        # apply on CPUs that have bf16. An explicit `precision fp32` keeps fp32 weights.
+        fp32_by_default = on_cpu and dtype == torch.float32 and precision == "auto"
+        return "bf16" if fp32_by_default and kernels_unavailable() is None else "plain"
     if weights in ("fp32", "bf16"):
         wanted = torch.float32 if weights == "fp32" else torch.bfloat16
         if wanted == dtype:

@@ -82,14 +82,24 @@ inline f32x16 load16(const float* p) {
   return v;
 }
 // bf16 widened to fp32, as many as F has lanes (U16 and U32: vectors of as many halves and words): a shift, as
-// in to_float.
+// in to_float. On AVX2 GCC 12 widens the vector type by 128-bit halves (two vpmovzxwd, a byte shift and an
+// insert per 8 lanes), which left bf16 weights compute-bound on a Zen 3; one vpmovzxwd from memory per 8
+// lanes is a third of the instructions (quant_decode.py, the bf16 rows).
 template <typename F, typename U16, typename U32>
 inline F widen_bf16(const c10::BFloat16* p) {
+  F v;
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  for (size_t i = 0; i < sizeof(F) / sizeof(__m256); ++i) {
+    const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8 * i));
+    const __m256i bits = _mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16);
+    std::memcpy(reinterpret_cast<char*>(&v) + sizeof(__m256) * i, &bits, sizeof(bits));
+  }
+#else
   U16 half;
   std::memcpy(&half, p, sizeof(half));
   const U32 bits = __builtin_convertvector(half, U32) << 16;
-  F v;
   std::memcpy(&v, &bits, sizeof(v));
+#endif
   return v;
 }
 inline f32x16 load16(const c10::BFloat16* p) { return widen_bf16<f32x16, u16x16, u32x16>(p); }
@@ -189,6 +199,26 @@ inline void storev(c10::BFloat16* p, f32xv v) {  // rounded to nearest even, as 
   const u16xv half = __builtin_convertvector(v != v ? u32xv{} + 0x7FC0u : rounded, u16xv);
   std::memcpy(p, &half, sizeof(half));
 }
+// The 32 values of one int4 block (16 bytes: byte i holds value i in its low nibble and value i + 16 in its
+// high one) as fp32 vectors of a register each, in order: 2 on AVX-512, 4 elsewhere.
+constexpr int kBlockVecs = 32 / kVec;
+inline void unpack_block(const uint8_t* p, f32xv (&q)[kBlockVecs]) {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), mask = _mm_set1_epi8(15);
+  const __m128i lo = _mm_and_si128(b, mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
+  const __m128i parts[4] = {lo, _mm_unpackhi_epi64(lo, lo), hi, _mm_unpackhi_epi64(hi, hi)};
+  for (int c = 0; c < 4; ++c) {
+    const __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[c]));
+    std::memcpy(&q[c], &v, sizeof(v));
+  }
+#else
+  f32x16 lo, hi;
+  unpack_nibbles(p, lo, hi);
+  std::memcpy(&q[0], &lo, sizeof(lo));
+  std::memcpy(&q[kBlockVecs / 2], &hi, sizeof(hi));
+#endif
+}
+
 inline float sumv(f32xv v) {  // the lanes' sum, pairwise
   float s[kVec];
   std::memcpy(s, &v, sizeof(v));

@@ -21,9 +21,10 @@
 namespace {
 
 using loraforge::dot_rows;
-using loraforge::f32x16;
-using loraforge::load16;
-using loraforge::sum16;
+using loraforge::f32xv;
+using loraforge::kBlockVecs;
+using loraforge::kVec;
+using loraforge::loadv;
 using loraforge::to_float;
 using loraforge::with_count;
 
@@ -44,20 +45,28 @@ inline float min_terms(const float* xsum, const uint16_t* qj, int64_t groups) {
   return (part[0] + part[1]) + (part[2] + part[3]);
 }
 
-// The same for int4: per group, scale * (x . q) as vectors plus min * sum(x) from the precomputed xsum.
-// Groups alternate between two accumulators and the min terms have four partial sums: with one of each,
-// every group waited on the previous group's multiply-add (latency-bound, not read-bound).
+// The same for int4: per group, scale * (x . q) plus min * sum(x) from the precomputed xsum. A block's
+// products are summed as a tree and the groups alternate between two accumulators, so the only chain of
+// dependent adds is one multiply-add per group and accumulator (latency-bound, not read-bound, otherwise).
+// Vectors of one register each: arrays of 64-byte vectors live on the stack on AVX2 (see f32xv).
 template <int ROWS>
 inline void dot_int4(const float* x, const float* xsum, int64_t K, int64_t G, const uint8_t* wj,
                      const uint16_t* qj, float* sums) {
   const int64_t groups = K / G;
-  f32x16 even[ROWS] = {}, odd[ROWS] = {};
-  const auto group = [&](int64_t g, f32x16* acc) {
-    f32x16 t[ROWS] = {};
+  f32xv even[ROWS] = {}, odd[ROWS] = {};
+  const auto group = [&](int64_t g, f32xv* acc) {
+    f32xv t[ROWS];
     for (int64_t k0 = g * G; k0 < (g + 1) * G; k0 += kBlock) {
-      f32x16 lo, hi;
-      loraforge::unpack_nibbles(wj + k0 / 2, lo, hi);
-      for (int r = 0; r < ROWS; ++r) t[r] += load16(x + r * K + k0) * lo + load16(x + r * K + k0 + 16) * hi;
+      f32xv q[kBlockVecs];
+      loraforge::unpack_block(wj + k0 / 2, q);
+      for (int r = 0; r < ROWS; ++r) {
+        const float* xr = x + r * K + k0;
+        f32xv p[kBlockVecs];
+        for (int c = 0; c < kBlockVecs; ++c) p[c] = loadv(xr + c * kVec) * q[c];
+        for (int n = kBlockVecs / 2; n >= 1; n /= 2)
+          for (int c = 0; c < n; ++c) p[c] += p[c + n];
+        t[r] = k0 == g * G ? p[0] : t[r] + p[0];
+      }
     }
     const float scale = bf16_bits(qj[2 * g]);
     for (int r = 0; r < ROWS; ++r) acc[r] += t[r] * scale;
@@ -65,7 +74,8 @@ inline void dot_int4(const float* x, const float* xsum, int64_t K, int64_t G, co
   int64_t g = 0;
   for (; g + 1 < groups; g += 2) group(g, even), group(g + 1, odd);
   if (g < groups) group(g, even);
-  for (int r = 0; r < ROWS; ++r) sums[r] = sum16(even[r] + odd[r]) + min_terms(xsum + r * groups, qj, groups);
+  for (int r = 0; r < ROWS; ++r)
+    sums[r] = loraforge::sumv(even[r] + odd[r]) + min_terms(xsum + r * groups, qj, groups);
 }
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
