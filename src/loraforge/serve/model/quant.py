@@ -62,8 +62,8 @@ def resolve_weights(weights: str, dtype: torch.dtype, device: str, precision: st
     if weights == "auto":
         # fp32 activations under `precision auto` mean a CPU without bf16 arithmetic (pick_dtype). There the
         # weights (and adapters, `adapter_dtype`) are still held in bf16 where the kernels widen them: a
-        # decode step reads half the bytes, and on an AVX2-only Zen 3 batch-1 decode and a step over 32
-        # adapters ran faster, with batches past the kernel as fast (oneDNN's packed fp32 copy;
+        # decode step reads half the bytes, and on an AVX2-only Zen 3 batch-1 decode and the LoRA of a step
+        # over 32 adapters took less time, with batches past the kernel as fast (oneDNN's packed fp32 copy;
         # benchmarks/quant_decode.py, serve_throughput.py). The same rounding the engine's bf16 activations
         # apply on CPUs that have bf16. An explicit `precision fp32` keeps fp32 weights.
         fp32_by_default = on_cpu and dtype == torch.float32 and precision == "auto"
