@@ -282,6 +282,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main() -> None:
+    global VALIDATION_PER_LABEL
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", default="banking77-5,banking77-10,banking77-25,viggo,gsm8k")
     parser.add_argument("--eval-on", choices=["test", "validation"], default="test")
@@ -289,10 +290,17 @@ def main() -> None:
     parser.add_argument(
         "--set", dest="sets", action="append", default=[], help="train override (experiments)"
     )
+    parser.add_argument(
+        "--validation-per-label",
+        type=int,
+        default=VALIDATION_PER_LABEL,
+        help="Banking77 rows per label carved from the rest of train for --eval-on validation",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/init-transfer"))
     parser.add_argument("--table", action="store_true", help="print the table of past rows and exit")
     parser.add_argument("--init-only", action="store_true", help="only build the data and run init")
     args = parser.parse_args()
+    VALIDATION_PER_LABEL = args.validation_per_label
     results = args.workdir / "results.jsonl"
     if not args.table:
         for setting in args.settings.split(","):

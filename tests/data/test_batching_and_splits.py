@@ -1,4 +1,5 @@
 import json
+from collections import Counter
 
 from loraforge.config.schema import DataConfig
 from loraforge.data.batching import collate, length_grouped_batches, padding_fraction
@@ -40,6 +41,25 @@ def test_splits_carve_validation_and_stratify(tmp_path):
         DataConfig(train=train_file, validation_fraction=0.1, max_train_examples=20, stratify_by="label")
     )
     assert again.train == splits.train
+
+
+def test_stratified_carve_takes_each_label_its_share(tmp_path):
+    # Few-shot: 10 rows for each of 30 labels, one label with a single row, one with 100.
+    rows = [{"text": f"{label}-{i}", "label": label} for label in range(30) for i in range(10)]
+    rows += [{"text": "lonely", "label": "lonely"}]
+    rows += [{"text": f"big-{i}", "label": "big"} for i in range(100)]
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = DataConfig(train=train_file, validation_fraction=0.1, stratify_by="label")
+    splits = load_splits(config)
+    carved = Counter(r["label"] for r in splits.validation)
+    assert carved == {**{label: 1 for label in range(30)}, "big": 10}  # 40 = int(401 * 0.1)
+    kept = Counter(r["label"] for r in splits.train)
+    assert kept["lonely"] == 1 and all(kept[label] == 9 for label in range(30)) and kept["big"] == 90
+    assert load_splits(config) == splits  # seeded
+    unstratified = load_splits(config.model_copy(update={"stratify_by": None}))
+    assert len(unstratified.validation) == 40
+    assert Counter(r["label"] for r in unstratified.validation) != carved
 
 
 def test_reads_csv_and_parquet(tmp_path):

@@ -86,6 +86,7 @@ def test_init_writes_a_config_train_accepts(monkeypatch, capsys, tmp_path, tiny_
     assert "system prompt 'Answer with the label.'" in printed
     assert json.loads(config.evaluation.labels.read_text()) == sorted(INTENTS)
     assert config.trainer.epochs == MAX_EPOCHS and config.evaluation.split == "validation"
+    assert config.data.stratify_by == "label" and "carved label by label" in printed
     assert config.evaluation.max_new_tokens >= max(len(i) for i in INTENTS) // 8  # tokens, not characters
     assert config.evaluation.fallback_label is None
     with_oos = tmp_path / "with-oos.jsonl"

@@ -22,7 +22,9 @@ class DataConfig(Section):
     validation_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Carved from train when no file.")
     max_train_examples: int | None = Field(None, gt=0)
     max_validation_examples: int | None = Field(200, gt=0)
-    stratify_by: str | None = Field(None, description="Column to balance when sampling max_train_examples.")
+    stratify_by: str | None = Field(
+        None, description="Column to balance when carving validation and sampling max_train_examples."
+    )
     seed: int = 42
 
 

@@ -15,6 +15,8 @@ The rules, in one place:
 - `max_seq_length` covers the longest prompt + target the data holds (rounded up, capped by the model).
 - the schedule scales with the data: about TARGET_STEPS optimizer steps, so small data gets more epochs
   (between MIN_EPOCHS and MAX_EPOCHS), with early stopping on a validation split guarding against overfitting.
+  For classification that split is stratified over the labels: with 10 examples a label, a random 10% carve
+  takes 2-3 of some labels' examples and none of others'; a stratified one takes one from each.
 """
 
 import json
@@ -182,6 +184,12 @@ def infer_config(
                 f" probability below {DEFAULT_FALLBACK_THRESHOLD} (evaluation.fallback_threshold)"
             )
     data: dict[str, Any] = {"train": str(train), "validation_fraction": VALIDATION_FRACTION, "seed": 42}
+    if labels is not None:
+        data["stratify_by"] = target_column
+        reasons.append(
+            f"validation: {VALIDATION_FRACTION:.0%} of train carved label by label (stratify_by"
+            f" '{target_column}'): no label gives up more than its share of examples"
+        )
     if test is not None:
         data["test"] = str(test)
     else:
