@@ -3,8 +3,9 @@ evaluates on our engine, labels constrained, at the end) and print one table row
 
 Settings (data from /work/shared/data, fixed seeds, so every row is reproducible):
 - banking77-K: K training examples per label (stratified sample of Banking77 train, seed 0); evaluated on the
-  full test split (3,080 rows), or with `--eval-on validation` on 3 rows per label carved from the *rest of
-  train* (231 rows) — the split the rules are tuned on; the test split is never used for tuning.
+  full test split (3,080 rows), or with `--eval-on validation` on 3 rows per label (`--validation-per-label`)
+  carved from the *rest of train* (231 rows) — the split the rules are tuned on; the test split is never used
+  for tuning.
 - viggo: utterance -> meaning representation (structured output), 300 train rows, 100 test MRs; slot F1.
 - gsm8k: question -> worked answer, 200 train rows, 50 test rows; final-answer accuracy.
 - banking77oos-K: Banking77 with 10 labels held out as `oos` (the shape of CLINC150's out-of-scope class),
@@ -54,7 +55,9 @@ def _save(folder: Path, eval_on: str, train: list[dict], held_out: list[dict], *
     return _write(folder / "train.jsonl", train), _write(folder / f"{eval_on}.jsonl", held_out), *columns
 
 
-def banking77(per_label: int, folder: Path, eval_on: str) -> tuple[Path, Path, str, str]:
+def banking77(
+    per_label: int, folder: Path, eval_on: str, validation_per_label: int = VALIDATION_PER_LABEL
+) -> tuple[Path, Path, str, str]:
     """K per label for training; validation from the rest of train; test as published."""
     by_label: dict[str, list[dict]] = defaultdict(list)
     for row in _read(DATA / "banking77/train.jsonl"):
@@ -62,7 +65,7 @@ def banking77(per_label: int, folder: Path, eval_on: str) -> tuple[Path, Path, s
     rng = random.Random(SEED)
     train, validation = [], []
     for label in sorted(by_label):
-        rows = rng.sample(by_label[label], per_label + VALIDATION_PER_LABEL)
+        rows = rng.sample(by_label[label], per_label + validation_per_label)
         train += rows[:per_label]
         validation += rows[per_label:]
     rng.shuffle(train)
@@ -75,7 +78,9 @@ def banking77(per_label: int, folder: Path, eval_on: str) -> tuple[Path, Path, s
     )
 
 
-def banking77_oos(per_label: int, folder: Path, eval_on: str) -> tuple[Path, Path, str, str]:
+def banking77_oos(
+    per_label: int, folder: Path, eval_on: str, validation_per_label: int = VALIDATION_PER_LABEL
+) -> tuple[Path, Path, str, str]:
     """An out-of-scope task made from Banking77 (the CLINC150 shape): OOS_LABELS labels held out, their rows
     relabeled `oos`. Training: K per kept label and K `oos` rows drawn from the held-out labels; validation (3
     per kept label, 3 per held-out one) from the rest of train; test: the test split, relabeled."""
@@ -86,7 +91,7 @@ def banking77_oos(per_label: int, folder: Path, eval_on: str) -> tuple[Path, Pat
     rng = random.Random(SEED)
     train, validation, unseen = [], [], []
     for label in sorted(by_label):
-        rows = rng.sample(by_label[label], per_label + VALIDATION_PER_LABEL)
+        rows = rng.sample(by_label[label], per_label + validation_per_label)
         relabel = [{**r, "label": "oos"} for r in rows] if label in held else rows
         (unseen if label in held else train).extend(relabel[:per_label])
         validation += relabel[per_label:]
@@ -197,17 +202,23 @@ def _loraforge(*args: str) -> list[str]:
 
 
 def run_setting(
-    setting: str, workdir: Path, eval_on: str, test_limit: int | None, sets: list[str], init_only: bool
+    setting: str,
+    workdir: Path,
+    eval_on: str,
+    test_limit: int | None,
+    sets: list[str],
+    init_only: bool,
+    validation_per_label: int = VALIDATION_PER_LABEL,
 ) -> dict | None:
     """Build the data, `init`, then (unless `init_only`) `train` + evaluate; the table row."""
     folder = workdir / eval_on / setting
     if setting.startswith("banking77oos-"):
         train, held_out, input_column, target = banking77_oos(
-            int(setting.split("-")[1]), folder / "data", eval_on
+            int(setting.split("-")[1]), folder / "data", eval_on, validation_per_label
         )
     elif setting.startswith("banking77-"):
         train, held_out, input_column, target = banking77(
-            int(setting.split("-")[1]), folder / "data", eval_on
+            int(setting.split("-")[1]), folder / "data", eval_on, validation_per_label
         )
     else:
         train, held_out, input_column, target = {"viggo": viggo, "gsm8k": gsm8k}[setting](
@@ -282,7 +293,6 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    global VALIDATION_PER_LABEL
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", default="banking77-5,banking77-10,banking77-25,viggo,gsm8k")
     parser.add_argument("--eval-on", choices=["test", "validation"], default="test")
@@ -300,11 +310,18 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print the table of past rows and exit")
     parser.add_argument("--init-only", action="store_true", help="only build the data and run init")
     args = parser.parse_args()
-    VALIDATION_PER_LABEL = args.validation_per_label
     results = args.workdir / "results.jsonl"
     if not args.table:
         for setting in args.settings.split(","):
-            row = run_setting(setting, args.workdir, args.eval_on, args.test_limit, args.sets, args.init_only)
+            row = run_setting(
+                setting,
+                args.workdir,
+                args.eval_on,
+                args.test_limit,
+                args.sets,
+                args.init_only,
+                args.validation_per_label,
+            )
             if row is None:
                 continue
             args.workdir.mkdir(parents=True, exist_ok=True)

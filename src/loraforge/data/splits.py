@@ -44,8 +44,9 @@ def stratified_split(
     records: list[dict], k: int, column: str, rng: random.Random
 ) -> tuple[list[dict], list[dict]]:
     """(k records, the rest), each value of `column` giving its share of the k (largest remainder) and
-    keeping at least one record in the rest. With few rows per label a random carve can take 3 of a label's
-    10 examples and none of another's: this takes one from each."""
+    keeping at least one record in the rest (so fewer than k when single-record values would be needed).
+    With few rows per label a random carve can take 3 of a label's 10 examples and none of another's: this
+    takes one from each."""
     groups = _groups(records, column)
     share = {value: len(group) * k / len(records) for value, group in groups.items()}
     quota = {value: min(int(share[value]), len(groups[value]) - 1) for value in groups}
