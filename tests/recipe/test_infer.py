@@ -7,10 +7,13 @@ import pytest
 
 from loraforge.config import load_config
 from loraforge.recipe.infer import (
+    FEW_PER_LABEL,
     MAX_EPOCHS,
     MIN_EPOCHS,
     SYSTEM_PROMPTS,
+    VALIDATION_FRACTION,
     fallback_label,
+    holdout,
     infer_task,
     make_prompt,
     new_tokens,
@@ -39,6 +42,17 @@ def test_small_data_gets_more_epochs_within_bounds():
     epochs = [schedule(rows)[0] for rows in (50, 400, 800, 2000, 10_000, 100_000)]
     assert epochs == sorted(epochs, reverse=True)
     assert epochs[0] == MAX_EPOCHS and epochs[-1] == MIN_EPOCHS
+
+
+def test_few_examples_a_label_all_train_when_a_test_file_evaluates():
+    labels = [f"intent_{i}" for i in range(10)]
+    few, some = 10 * FEW_PER_LABEL, 10 * FEW_PER_LABEL + 10
+    assert holdout(few, labels, has_test=True)[0] == 0.0
+    assert holdout(some, labels, has_test=True)[0] == VALIDATION_FRACTION  # enough to spare a few a label
+    assert holdout(few, labels, has_test=False)[0] == VALIDATION_FRACTION  # the evaluation's split
+    assert holdout(few, None, has_test=True)[0] == VALIDATION_FRACTION  # free text keeps early stopping
+    # the schedule counts the steps of the rows that train: 100 rows are 7 batches, 90 carved ones 6
+    assert "~70 steps" in schedule(few, 0.0)[2] and "~60 steps" in schedule(few)[2]
 
 
 def test_the_prompt_is_the_input_under_a_short_system_prompt():
@@ -96,6 +110,17 @@ def test_init_writes_a_config_train_accepts(monkeypatch, capsys, tmp_path, tiny_
     code, printed, _ = _cli(monkeypatch, capsys, *oos_args, str(oos_out), "--base-model", str(tiny_model_dir))
     assert code == 0 and "label 'oos' reads as out of scope" in printed
     assert load_config(oos_out).evaluation.fallback_label == "oos"
+    # with a test file, 10 examples a label all train: no carve, no early stopping
+    test_args = ["init", "--data", str(data), "--input", "text", "--target", "label", "--test", str(data)]
+    few_out = tmp_path / "cfg" / "few.yaml"
+    code, printed, _ = _cli(
+        monkeypatch, capsys, *test_args, "--out", str(few_out), "--base-model", str(tiny_model_dir)
+    )
+    few = load_config(few_out)
+    assert code == 0 and "validation: none, 10.0 examples a label all train" in printed
+    assert few.data.validation_fraction == 0 and few.trainer.eval_every is None
+    assert few.trainer.early_stopping_patience is None and few.evaluation.split == "test"
+    assert config.data.validation_fraction == VALIDATION_FRACTION and config.trainer.early_stopping_patience
     # mistakes: one line, exit 2
     code, _, err = _cli(monkeypatch, capsys, *base, "--base-model", str(tiny_model_dir))
     assert code == 2 and "exists" in err and len(err.strip().splitlines()) == 1

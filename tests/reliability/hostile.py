@@ -65,6 +65,7 @@ COMMON_FIELDS = [
     "guided_choice",
     "guided_json",
     "guided_regex",
+    "guided_choice_fallback",
 ]
 # OpenAI fields the servers do not implement (a 400 naming them is right; silently ignoring them is not).
 UNIMPLEMENTED = ["tools", "tool_choice", "functions"]

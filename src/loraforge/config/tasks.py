@@ -14,3 +14,9 @@ DEFAULT_METRICS: dict[str, list[str]] = {
 # Classification with a fallback label (out of scope): answer it when the chosen label's probability is below
 # this. Chosen on a Banking77 split with labels held out as out of scope (benchmarks/init_transfer.py).
 DEFAULT_FALLBACK_THRESHOLD = 0.5
+
+
+def fallback_or(label: str, probability: float, fallback: str, threshold: float) -> str:
+    """A classification's answer with a fallback label: the model's `label`, unless it gave it a
+    `probability` below `threshold` (evaluation and the serving API's `guided_choice_fallback` both)."""
+    return label if probability >= threshold else fallback

@@ -8,6 +8,7 @@ import torch
 from rich.progress import Progress
 
 from loraforge.config.schema import EvaluationConfig, FineTuneConfig
+from loraforge.config.tasks import fallback_or
 from loraforge.data.examples import ExampleBuilder
 from loraforge.data.labels import load_labels
 from loraforge.data.splits import Splits
@@ -146,7 +147,7 @@ def classify_with_fallback(
     outputs = {}
     for run, pairs in scored.items():
         outputs[run] = [
-            label if probability >= config.fallback_threshold else config.fallback_label
+            fallback_or(label, probability, config.fallback_label, config.fallback_threshold)
             for label, probability in pairs
         ]
         for sample, (label, probability) in zip(samples, pairs, strict=True):

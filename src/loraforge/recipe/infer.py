@@ -17,6 +17,9 @@ The rules, in one place:
   (between MIN_EPOCHS and MAX_EPOCHS), with early stopping on a validation split guarding against overfitting.
   For classification that split is stratified over the labels: with 10 examples a label, a random 10% carve
   takes 2-3 of some labels' examples and none of others'; a stratified one takes one from each.
+- few-shot classification (at most FEW_PER_LABEL examples a label, with a test file to evaluate on): no
+  validation split and no early stopping. Every example trains: the carve would take one of each label's
+  few, and a validation loss over one row a label is too noisy to stop on (`holdout`).
 """
 
 import json
@@ -40,6 +43,7 @@ TARGET_STEPS = 300
 MIN_EPOCHS, MAX_EPOCHS = 2, 10
 MAX_SEQ_CAP = 2048
 VALIDATION_FRACTION = 0.1  # carved from train for early stopping
+FEW_PER_LABEL = 10  # examples a label (on average) up to which a classification keeps all for training
 # Label names (lowercased, letters only) that mean "none of the other labels".
 FALLBACK_NAMES = {
     "oos",
@@ -115,16 +119,39 @@ def new_tokens(task: str, longest_target: int) -> int:
     return min(4096, longest_target + longest_target // 4 + 8)
 
 
-def steps_per_epoch(rows: int) -> int:
-    return math.ceil(rows * (1 - VALIDATION_FRACTION) / BATCH_SIZE)
+def steps_per_epoch(rows: int, validation_fraction: float = VALIDATION_FRACTION) -> int:
+    return math.ceil(rows * (1 - validation_fraction) / BATCH_SIZE)
 
 
-def schedule(rows: int) -> tuple[int, float, str]:
-    """(epochs, learning rate, why) for `rows` training examples."""
+def schedule(rows: int, validation_fraction: float = VALIDATION_FRACTION) -> tuple[int, float, str]:
+    """(epochs, learning rate, why) for `rows` examples, `validation_fraction` of which are carved off."""
     epochs = max(MIN_EPOCHS, min(MAX_EPOCHS, math.ceil(TARGET_STEPS * BATCH_SIZE / rows)))
     lr = 1e-3 if rows < 20_000 else 5e-4
-    steps = steps_per_epoch(rows) * epochs
+    steps = steps_per_epoch(rows, validation_fraction) * epochs
     return epochs, lr, f"{rows} rows: {epochs} epochs of batch {BATCH_SIZE} (~{steps} steps), lr {lr:g}"
+
+
+def holdout(rows: int, labels: list[str] | None, *, has_test: bool) -> tuple[float, str]:
+    """(validation_fraction, why): the share of train carved off for early stopping. A classification with
+    at most FEW_PER_LABEL examples a label keeps them all when a test file is there to evaluate on: on
+    Banking77 with 5 and 10 a label and on its variant with an out-of-scope label, training on everything for
+    the whole schedule scored higher on held-out validation rows than carving and stopping early, every time
+    (benchmarks/init_transfer.py --eval-on validation; the table is in the README, "Fine-tuning")."""
+    if labels is None:
+        return (
+            VALIDATION_FRACTION,
+            f"validation: {VALIDATION_FRACTION:.0%} of train carved for early stopping",
+        )
+    per_label = rows / len(labels)
+    if per_label <= FEW_PER_LABEL and has_test:
+        return 0.0, (
+            f"validation: none, {per_label:.1f} examples a label all train (at most {FEW_PER_LABEL}: a"
+            " carve would take one of each label's few, and one row a label is too few to stop early on)"
+        )
+    return VALIDATION_FRACTION, (
+        f"validation: {VALIDATION_FRACTION:.0%} of train carved label by label (stratify_by): no label"
+        " gives up more than its share of examples"
+    )
 
 
 def infer_config(
@@ -169,9 +196,10 @@ def infer_config(
     target_tokens = max(len(tokenizer(t, add_special_tokens=False).input_ids) for t in set(targets))
     max_new = new_tokens(task, target_tokens)
     reasons.append(f"max_new_tokens {max_new}: the longest target is {target_tokens} tokens")
-    epochs, lr, why = schedule(len(records))
-    reasons.append(why)
     labels = sorted(set(targets)) if task == "classification" else None
+    fraction, why_holdout = holdout(len(records), labels, has_test=test is not None)
+    epochs, lr, why = schedule(len(records), fraction)
+    reasons.append(why)
     evaluation: dict[str, Any] = {"task": task, "max_new_tokens": max_new}
     if labels is not None:
         evaluation |= {"labels": str(labels_path), "constrain_to_labels": True}
@@ -183,13 +211,10 @@ def infer_config(
                 f"label '{fallback}' reads as out of scope: answered when the model gives its own label a"
                 f" probability below {DEFAULT_FALLBACK_THRESHOLD} (evaluation.fallback_threshold)"
             )
-    data: dict[str, Any] = {"train": str(train), "validation_fraction": VALIDATION_FRACTION, "seed": 42}
+    data: dict[str, Any] = {"train": str(train), "validation_fraction": fraction, "seed": 42}
     if labels is not None:
-        data["stratify_by"] = target_column
-        reasons.append(
-            f"validation: {VALIDATION_FRACTION:.0%} of train carved label by label (stratify_by"
-            f" '{target_column}'): no label gives up more than its share of examples"
-        )
+        data["stratify_by"] = target_column  # also balances a max_train_examples sample
+    reasons.append(why_holdout)
     if test is not None:
         data["test"] = str(test)
     else:
@@ -208,10 +233,11 @@ def infer_config(
             "scheduler": "cosine",
             "warmup_ratio": 0.05,
             "max_seq_length": max_seq,
-            "eval_every": max(10, steps_per_epoch(len(records)) * epochs // 10),  # ~10 validations a run
-            "early_stopping_patience": 3,
             "seed": 42,
         },
         "evaluation": evaluation,
     }
+    if fraction:
+        every = max(10, steps_per_epoch(len(records), fraction) * epochs // 10)  # ~10 validations a run
+        config["trainer"] |= {"eval_every": every, "early_stopping_patience": 3}
     return Inferred(config, labels, reasons)

@@ -4,6 +4,7 @@ be enforced."""
 
 import asyncio
 import json
+import math
 import re
 
 import jsonschema
@@ -131,9 +132,84 @@ def test_guided_choice_regex_and_json_in_extra_body(client):
         jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
 
 
+def test_a_guided_choice_fallback_answers_its_label_below_the_threshold(client):
+    """The fallback label replaces the model's label exactly when the label's probability (its tokens'
+    logprobs, renormalized over the choices) is below the threshold; logprobs are listed only if asked."""
+    labels = ["card_arrival", "lost_or_stolen_card", "refund", "oos"]
+    kw = {"model": "ad00", "messages": MSG, "max_tokens": 20, "temperature": 0}
+    plain = client.chat.completions.create(logprobs=True, extra_body={"guided_choice": labels}, **kw)
+    chosen = plain.choices[0].message.content
+    probability = math.exp(sum(e.logprob for e in plain.choices[0].logprobs.content))
+    assert chosen in labels and 0 < probability < 1  # the tiny random model is unsure between 4 labels
+    fallback = next(label for label in labels if label != chosen)
+
+    def answer(threshold: float, **extra) -> str:
+        body = {
+            "guided_choice": labels,
+            "guided_choice_fallback": {"label": fallback, "threshold": threshold},
+        }
+        r = client.chat.completions.create(extra_body=body, **kw, **extra)
+        assert r.choices[0].finish_reason == "stop"
+        assert (r.choices[0].logprobs is not None) == bool(extra.get("logprobs"))
+        return r.choices[0].message.content
+
+    assert answer(probability * 0.9) == chosen
+    assert answer(probability + (1 - probability) * 0.1) == fallback
+    assert answer(probability + (1 - probability) * 0.1, logprobs=True) == fallback
+    done = client.completions.create(
+        model="ad00",
+        prompt="Label:",
+        max_tokens=20,
+        temperature=0,
+        n=2,
+        extra_body={
+            "guided_choice": labels,
+            "guided_choice_fallback": {"label": fallback, "threshold": 0.999},
+        },
+    )
+    assert [c.text for c in done.choices] == [fallback, fallback]
+
+
 @pytest.mark.parametrize(
     ("kw", "param", "words"),
     [
+        (
+            {"temperature": 0, "extra_body": {"guided_choice_fallback": {"label": "a"}}},
+            "guided_choice_fallback",
+            "needs guided_choice",
+        ),
+        (
+            {
+                "temperature": 0,
+                "extra_body": {"guided_choice": ["a"], "guided_choice_fallback": {"label": "b"}},
+            },
+            "guided_choice_fallback",
+            "not one of guided_choice",
+        ),
+        (
+            {
+                "temperature": 0,
+                "stream": True,
+                "extra_body": {"guided_choice": ["a"], "guided_choice_fallback": {"label": "a"}},
+            },
+            "guided_choice_fallback",
+            "cannot be combined with stream",
+        ),
+        (
+            {"extra_body": {"guided_choice": ["a"], "guided_choice_fallback": {"label": "a"}}},
+            "guided_choice_fallback",
+            "needs temperature 0",
+        ),
+        (
+            {
+                "extra_body": {
+                    "guided_choice": ["a"],
+                    "guided_choice_fallback": {"label": "a", "threshold": 1.5},
+                }
+            },
+            "guided_choice_fallback.threshold",
+            "less than 1",
+        ),
         ({"response_format": _schema_format({"type": "foo"})}, "response_format", "invalid JSON schema"),
         (
             {"response_format": _schema_format({"type": "integer", "minimum": 3, "maximum": 1})},

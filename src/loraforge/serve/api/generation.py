@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from loraforge.serve.api import choice_fallback
 from loraforge.serve.api import protocol as p
 from loraforge.serve.api.errors import APIError, from_engine_error
 from loraforge.serve.api.metrics import Metrics
@@ -68,7 +69,8 @@ def sampling(
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
         logit_bias=req.bias(),
-        logprobs=req.num_logprobs(),
+        # The fallback needs the label's probability (choice_fallback.py); answers list logprobs if asked.
+        logprobs=req.num_logprobs() if req.guided_choice_fallback is None else req.num_logprobs() or 0,
         prompt_logprobs=bool(getattr(req, "echo", False)) and req.num_logprobs() is not None,
     )
 
@@ -118,6 +120,7 @@ class Generation:
 
     async def respond(self, engine: AsyncEngine, metrics: Metrics, grammars: Grammars):
         req = self.req
+        choice_fallback.check(req)  # before an adapter is loaded for it
         adapter, model = await run_in_threadpool(resolve_model, engine, req)
         label = metrics.label(model, adapter is None or adapter.local)
         constraint = await constraint_for(req, grammars)  # compiled off the event loop
@@ -162,6 +165,11 @@ class Generation:
             finally:
                 await events.aclose()
             record("ok")
+            if req.guided_choice_fallback is not None:
+                for c in choices:
+                    c.text = choice_fallback.answer(
+                        req.guided_choice_fallback, c.text, c.logprobs, c.finish_reason
+                    )
             return JSONResponse(self.body(model, choices, usage()).dump())
 
         include_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from loraforge.serve.api.choice_fallback import ChoiceFallback
 from loraforge.serve.api.response_format import ResponseFormat
 from loraforge.serve.api.responses import *  # noqa: F403 - the routes use `protocol.X` for both
 from loraforge.serve.api.strict import NoTools, Unsupported
@@ -55,6 +56,7 @@ class _Request(_Strict):
     guided_choice: list[str] | None = None
     guided_json: dict[str, Any] | str | None = None
     guided_regex: str | None = None
+    guided_choice_fallback: ChoiceFallback | None = None  # extension: choice_fallback.py
     presence_penalty: float | None = Field(None, ge=-MAX_PENALTY, le=MAX_PENALTY)
     frequency_penalty: float | None = Field(None, ge=-MAX_PENALTY, le=MAX_PENALTY)
     # token id (a decimal string, as JSON keys are) -> bias; ids are checked against the vocabulary later

@@ -1,0 +1,56 @@
+"""Extension: a fallback label for `guided_choice` (`guided_choice_fallback`), the serving side of a
+fine-tuning config's `evaluation.fallback_label`. The answer is `label` whenever the model gave the choice it
+picked a probability below `threshold`, the same probability evaluation thresholds (evaluate/runner.py:
+`classify_with_fallback`): the product of the choice's token probabilities, each renormalized over the tokens
+the constraint allowed there. So an adapter serves what `loraforge evaluate` scored.
+
+    extra_body={"guided_choice": labels, "guided_choice_fallback": {"label": "oos", "threshold": 0.5}}
+
+The whole label must be known before anything is sent, so such a request cannot stream; the threshold is on
+the greedy label's probability, so it needs temperature 0. Logprobs, when asked for, stay those of the tokens
+the model chose: they show why it fell back."""
+
+import math
+
+from pydantic import Field
+
+from loraforge.config.tasks import DEFAULT_FALLBACK_THRESHOLD, fallback_or
+from loraforge.serve.api.errors import APIError
+from loraforge.serve.api.strict import Strict
+from loraforge.serve.model.logprobs import TokenLogprob
+
+PARAM = "guided_choice_fallback"
+
+
+class ChoiceFallback(Strict):
+    label: str = Field(min_length=1)
+    threshold: float = Field(DEFAULT_FALLBACK_THRESHOLD, gt=0.0, lt=1.0)
+
+
+def check(req) -> None:
+    """APIError 400 when `req`'s fallback cannot be applied as asked."""
+    fallback: ChoiceFallback | None = req.guided_choice_fallback
+    if fallback is None:
+        return
+    if req.guided_choice is None:
+        problem = "needs guided_choice (the labels the model chooses among)"
+    elif fallback.label not in req.guided_choice:
+        problem = f"label {fallback.label!r} is not one of guided_choice"
+    elif req.stream:
+        problem = "cannot be combined with stream (the answer is known only once the label is complete)"
+    elif req.temperature != 0:
+        problem = "needs temperature 0 (the threshold is on the greedy label's probability)"
+    else:
+        return
+    raise APIError(400, f"{PARAM}: {problem}", "invalid_request_error", PARAM)
+
+
+def answer(
+    fallback: ChoiceFallback, text: str, logprobs: list[TokenLogprob], finish_reason: str | None
+) -> str:
+    """The label to answer for a choice that generated `text` with these per-token `logprobs`. An output
+    cut by max_tokens is no label: it stays as it is."""
+    if finish_reason != "stop":
+        return text
+    probability = math.exp(sum(entry.logprob for entry in logprobs))
+    return fallback_or(text, probability, fallback.label, fallback.threshold)
