@@ -7,6 +7,7 @@ benchmarks/vs_llamacpp.py) are built only when asked for, and kept.
 """
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,12 @@ from loraforge.errors import LoraforgeError
 from loraforge.paths import loraforge_home
 
 LLAMA_CPP_PYTHON = "0.3.36"  # the llama-cpp-python release whose vendored llama.cpp we use
+# Built for this CPU (ggml's default -march=native) but without AMX: on an Intel Xeon with AMX, ggml's AMX
+# path for quantized weights crashed llama-simple (SIGSEGV) on a q4_k_m file of the tests' small model as
+# soon as a batch had more than one token (tests/export/test_gguf.py). GCC lets explicit -mno-* flags win
+# over -march=native whatever their order (checked with `gcc -dM -E`).
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+BUILD_DIR = "build-noamx"  # a new name, so that a tree built before with AMX is built again
 BUILD_TIMEOUT_S = 3600
 
 
@@ -64,15 +71,18 @@ def tools(*names: str) -> list[Path]:
     """Several llama.cpp programs; the missing ones are built together in one cmake run (they share most
     of their objects), the ones already built are reused."""
     tree = source_dir()
-    binaries = [tree / "build" / "bin" / name for name in names]
+    binaries = [tree / BUILD_DIR / "bin" / name for name in names]
     missing = [b.name for b in binaries if not b.is_file()]
     if not missing:
         return binaries
     if shutil.which("cmake") is None:
         raise LlamaCppError(f"building {', '.join(missing)} needs cmake (apt-get install cmake)")
-    configure = ["cmake", "-S", str(tree), "-B", str(tree / "build"), "-DCMAKE_BUILD_TYPE=Release"]
+    build_dir = tree / BUILD_DIR
+    configure = ["cmake", "-S", str(tree), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release"]
     configure += ["-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF"]
-    build = ["cmake", "--build", str(tree / "build"), "-j", str(os.cpu_count() or 2), "--target", *missing]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        configure += [f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}"]
+    build = ["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2), "--target", *missing]
     for step in (configure, build):
         _run(step, f"building llama.cpp's {', '.join(missing)}", timeout=BUILD_TIMEOUT_S)
     return binaries

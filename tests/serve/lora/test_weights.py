@@ -193,6 +193,9 @@ def test_the_entries_the_next_install_writes_are_backed_ahead_of_it(monkeypatch)
     from loraforge.serve.lora import weights as weights_module
 
     backed = []
+    # The backer is one worker shared by every LoRAWeights: let earlier tests' jobs finish first, or on a
+    # loaded machine they would run under the patch and record their own entries.
+    weights_module._backer().submit(lambda: None).result()
     monkeypatch.setattr(weights_module, "populate", lambda t: backed.append(t.data_ptr()))
     w = LoRAWeights(DIMS, num_layers=2, capacity=5, dtype=torch.float64, device="cpu")
     w.ensure_rank(2, [])
