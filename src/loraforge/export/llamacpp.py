@@ -71,13 +71,13 @@ def tools(*names: str) -> list[Path]:
     """Several llama.cpp programs; the missing ones are built together in one cmake run (they share most
     of their objects), the ones already built are reused."""
     tree = source_dir()
-    binaries = [tree / BUILD_DIR / "bin" / name for name in names]
+    build_dir = tree / BUILD_DIR
+    binaries = [build_dir / "bin" / name for name in names]
     missing = [b.name for b in binaries if not b.is_file()]
     if not missing:
         return binaries
     if shutil.which("cmake") is None:
         raise LlamaCppError(f"building {', '.join(missing)} needs cmake (apt-get install cmake)")
-    build_dir = tree / BUILD_DIR
     configure = ["cmake", "-S", str(tree), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release"]
     configure += ["-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF"]
     if platform.machine().lower() in ("x86_64", "amd64"):
