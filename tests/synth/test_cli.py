@@ -69,6 +69,19 @@ def test_generate_writes_rows_and_summary(monkeypatch, capsys, tmp_path, files, 
     body = teacher_server.log[0].body
     assert "Classify a bank customer's message into its intent." in body["messages"][1]["content"]
     assert (body["temperature"], body["max_tokens"]) == (0.8, 1024)
+    assert "response_format" not in body  # only with --structured-output: not every teacher takes it
+
+
+def test_generate_with_structured_output(monkeypatch, capsys, tmp_path, files, teacher_server):
+    examples = [{"input": "My card never came.", "output": "card_arrival"},
+                {"input": "Link a card to my account", "output": "card_linking"}]  # fmt: skip
+    teacher_server.push(Answer(json.dumps({"examples": examples})))
+    out = tmp_path / "out.jsonl"
+    args = generate_args(teacher_server.url, files, out, "--per-request", "2", "--structured-output")
+    code, _, _ = cli(monkeypatch, capsys, *args)
+    assert code == 0 and len(out.read_text().splitlines()) == 2
+    schema = teacher_server.log[0].body["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["examples"]["maxItems"] == 2
 
 
 def test_relabel_with_label_lines(monkeypatch, capsys, tmp_path, files, teacher_server):

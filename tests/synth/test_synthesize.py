@@ -6,11 +6,12 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from loraforge.errors import DataError
 from loraforge.synth.dedup import jaccard, normalize, shingles
-from loraforge.synth.prompts import GENERATE_VERSION, Seed
+from loraforge.synth.prompts import GENERATE_VERSION, Seed, generate_schema
 from loraforge.synth.records import load_seeds
 from loraforge.synth.synthesize import GenerateConfig, synthesize
 from loraforge.synth.validation import OutputSpec
@@ -200,6 +201,37 @@ def test_flat_format_and_json_schema_outputs(tmp_path, teacher_server):
     assert rows[0]["input"] == "My card is late, I fly soon!"
     assert rows[0]["teacher_model"] == MODEL and rows[0]["seed_ids"] == [] and "metadata" not in rows[0]
     assert "JSON Schema" in teacher_server.log[0].user
+
+
+def test_structured_output_asks_for_the_schema_of_the_examples(tmp_path, seeds, teacher_server):
+    answer = {"examples": [ex(A), ex(B)]}
+    teacher_server.push(Answer(json.dumps(answer)))
+    summary = run(
+        config_for(tmp_path, seeds, n=2, per_request=2, structured=True), make_client(teacher_server)
+    )
+    assert (summary.valid, summary.dropped, summary.duplicates) == (2, {}, {})
+    assert [pair_of(r) for r in read_rows(tmp_path / "out.jsonl")] == [A, B]
+    fmt = teacher_server.log[0].body["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+    schema = fmt["json_schema"]["schema"]
+    assert schema == generate_schema(OutputSpec(labels=LABELS), 2)
+    # The schema takes the answer it was built for and refuses a foreign label or a wrong count.
+    jsonschema.validate(answer, schema)
+    for bad in ({"examples": [ex(A), ex(("Refund?", "refund"))]}, {"examples": [ex(A)]}, [ex(A), ex(B)]):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+
+
+def test_structured_output_with_a_users_schema_is_not_strict(tmp_path, teacher_server):
+    schema = {"type": "object", "properties": {"intent": {"enum": LABELS}}}
+    teacher_server.push(
+        Answer(json.dumps({"examples": [{"input": "Card late", "output": {"intent": "card_arrival"}}]}))
+    )
+    config = config_for(tmp_path, [], n=1, per_request=1, spec=OutputSpec(schema=schema), structured=True)
+    assert run(config, make_client(teacher_server)).valid == 1
+    fmt = teacher_server.log[0].body["response_format"]["json_schema"]
+    assert fmt["strict"] is False
+    assert fmt["schema"]["properties"]["examples"]["items"]["properties"]["output"] == schema
 
 
 def test_resume_after_teacher_fails_hard(tmp_path, seeds, teacher_server):

@@ -168,6 +168,11 @@ def generate_cmd(
     fmt: str = FORMAT,
     input_field: str | None = INPUT_FIELD,
     seed: int = typer.Option(0, "--seed", help="Shuffles the seed-example rotation."),
+    structured_output: bool = typer.Option(
+        False,
+        "--structured-output",
+        help="Send a JSON Schema as response_format (for teachers with structured outputs).",
+    ),
     summary_json: Path | None = SUMMARY_JSON,
 ) -> None:
     """Generate N new, validated, deduplicated examples with a teacher model."""
@@ -189,6 +194,7 @@ def generate_cmd(
         near_dup_threshold=near_dup_threshold,
         max_requests=max_requests,
         shuffle_seed=seed,
+        structured=structured_output,
     )
     settings = teacher_settings(
         teacher_url,

@@ -88,6 +88,45 @@ def format_rule(spec: OutputSpec, k: int) -> str:
     return FORMAT_RULE.format(k=k, output=OUTPUT_PLACEHOLDERS[spec.kind])
 
 
+def generate_schema(spec: OutputSpec, k: int) -> dict[str, Any]:
+    """The JSON Schema of an answer holding `k` examples, for a teacher that takes structured outputs.
+
+    The root is an object (OpenAI's structured outputs require one), holding the list under "examples", a
+    wrapper `parse_batch` reads. A label output becomes an enum, so a constrained teacher cannot invent one.
+    """
+    if spec.labels:
+        output: dict[str, Any] = {"type": "string", "enum": list(spec.labels)}
+    elif spec.schema is not None:
+        output = spec.schema
+    else:
+        output = {"type": "string"}
+    example = {
+        "type": "object",
+        "properties": {"input": {"type": "string"}, "output": output},
+        "required": ["input", "output"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"examples": {"type": "array", "items": example, "minItems": k, "maxItems": k}},
+        "required": ["examples"],
+        "additionalProperties": False,
+    }
+
+
+def generate_response_format(spec: OutputSpec, k: int) -> dict[str, Any]:
+    """OpenAI's `response_format` asking for `generate_schema`; strict unless the task brings its own schema
+    (a user's schema need not meet strict mode's rules, e.g. every property required)."""
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "examples",
+            "schema": generate_schema(spec, k),
+            "strict": spec.schema is None,
+        },
+    }
+
+
 def generate_instruction_texts(description: str, spec: OutputSpec) -> list[str]:
     """Texts of the generation prompt other than seeds; a generated input resembling one is a prompt echo.
 

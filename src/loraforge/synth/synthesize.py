@@ -19,6 +19,7 @@ from loraforge.synth.prompts import (
     Seed,
     generate_instruction_texts,
     generate_messages,
+    generate_response_format,
     rotate,
 )
 from loraforge.synth.records import RowWriter, load_existing, make_row
@@ -46,6 +47,9 @@ class GenerateConfig:
     near_dup_threshold: float = 0.8
     max_requests: int | None = None
     shuffle_seed: int = 0
+    # Ask the teacher for JSON Schema-constrained answers (OpenAI structured outputs; also vLLM and
+    # `loraforge serve`): no malformed JSON and no invented labels, which matters most with a small teacher.
+    structured: bool = False
 
     def request_budget(self, missing: int) -> int:
         if self.max_requests is not None:
@@ -102,9 +106,14 @@ async def synthesize(
         seeds = rotate(seed_order, i, config.seeds_per_request)
         focus = rotate(config.spec.labels or [], i, config.per_request, repeat=True) or None
         messages = generate_messages(config.description, config.spec, seeds, config.per_request, focus)
+        fmt = generate_response_format(config.spec, config.per_request) if config.structured else None
 
         async def ask() -> tuple[int, list[Seed], TeacherReply]:
-            return i, seeds, await teacher.chat(messages, request_id=f"synth-generate-{i}")
+            return (
+                i,
+                seeds,
+                await teacher.chat(messages, request_id=f"synth-generate-{i}", response_format=fmt),
+            )
 
         return ask
 

@@ -125,15 +125,24 @@ class TeacherClient:
         delay = min(s.backoff_max_s, s.backoff_base_s * (2**attempt))
         return delay * (1 + s.jitter * self._rng.random())
 
-    async def chat(self, messages: list[dict[str, Any]], request_id: str | None = None) -> TeacherReply:
-        """One chat completion, retried on transient failures; raises TeacherError when retries run out."""
+    async def chat(
+        self,
+        messages: list[dict[str, Any]],
+        request_id: str | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> TeacherReply:
+        """One chat completion, retried on transient failures; raises TeacherError when retries run out.
+
+        `response_format` is sent as OpenAI's field of that name (structured outputs), when given."""
         s = self.settings
-        body = {
+        body: dict[str, Any] = {
             "model": s.model,
             "messages": messages,
             "temperature": s.temperature,
             "max_tokens": s.max_tokens,
         }
+        if response_format is not None:
+            body["response_format"] = response_format
         headers = {"X-Request-ID": request_id} if request_id else {}
         for attempt in range(s.max_retries + 1):
             retry_after: float | None = None
