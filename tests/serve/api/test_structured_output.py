@@ -156,6 +156,8 @@ def test_a_guided_choice_fallback_answers_its_label_below_the_threshold(client):
     assert answer(probability * 0.9) == chosen
     assert answer(probability + (1 - probability) * 0.1) == fallback
     assert answer(probability + (1 - probability) * 0.1, logprobs=True) == fallback
+    # A client's stop string that cuts the label short leaves no label to judge: the text stays as cut.
+    assert answer(0.999, stop=[chosen[1:3]]) == chosen[:1]
     done = client.completions.create(
         model="ad00",
         prompt="Label:",
@@ -168,6 +170,34 @@ def test_a_guided_choice_fallback_answers_its_label_below_the_threshold(client):
         },
     )
     assert [c.text for c in done.choices] == [fallback, fallback]
+
+
+def test_a_streamed_guided_choice_fallback_sends_the_settled_label(client):
+    """Streamed, each choice is held back until its label is complete and sent whole: the fallback label
+    when it applies, never a prefix of the label it replaced."""
+    labels = ["card_arrival", "lost_or_stolen_card", "refund", "oos"]
+    kw = {"model": "ad00", "max_tokens": 20, "temperature": 0, "stream": True}
+    plain = client.chat.completions.create(
+        logprobs=True, extra_body={"guided_choice": labels}, messages=MSG, **{**kw, "stream": False}
+    ).choices[0]
+    chosen, tokens = plain.message.content, [e.token for e in plain.logprobs.content]
+    fallback = next(label for label in labels if label != chosen)
+    for threshold, expected in ((1e-9, chosen), (0.999, fallback)):
+        extra = {
+            "guided_choice": labels,
+            "guided_choice_fallback": {"label": fallback, "threshold": threshold},
+        }
+        chunks = list(client.chat.completions.create(messages=MSG, logprobs=True, extra_body=extra, **kw))
+        deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+        assert deltas == [expected]
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        streamed = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+        assert [e.token for entries in streamed for e in entries.content] == tokens  # the model's own
+        texts: dict[int, str] = {}
+        for c in client.completions.create(prompt="Label:", n=2, extra_body=extra, **kw):
+            for choice in c.choices:
+                texts[choice.index] = texts.get(choice.index, "") + choice.text
+        assert set(texts.values()) <= set(labels) and len(texts) == 2
 
 
 @pytest.mark.parametrize(
@@ -185,15 +215,6 @@ def test_a_guided_choice_fallback_answers_its_label_below_the_threshold(client):
             },
             "guided_choice_fallback",
             "not one of guided_choice",
-        ),
-        (
-            {
-                "temperature": 0,
-                "stream": True,
-                "extra_body": {"guided_choice": ["a"], "guided_choice_fallback": {"label": "a"}},
-            },
-            "guided_choice_fallback",
-            "cannot be combined with stream",
         ),
         (
             {"extra_body": {"guided_choice": ["a"], "guided_choice_fallback": {"label": "a"}}},

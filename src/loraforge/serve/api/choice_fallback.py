@@ -6,9 +6,10 @@ the constraint allowed there. So an adapter serves what `loraforge evaluate` sco
 
     extra_body={"guided_choice": labels, "guided_choice_fallback": {"label": "oos", "threshold": 0.5}}
 
-The whole label must be known before anything is sent, so such a request cannot stream; the threshold is on
-the greedy label's probability, so it needs temperature 0. Logprobs, when asked for, stay those of the tokens
-the model chose: they show why it fell back."""
+The whole label must be known before it is sent: a streamed answer holds a choice back until its label is
+complete, then sends it in one chunk. The threshold is on the greedy label's probability, so it needs
+temperature 0. Logprobs, when asked for, stay those of the tokens the model chose: they show why it fell
+back."""
 
 import math
 
@@ -36,8 +37,6 @@ def check(req) -> None:
         problem = "needs guided_choice (the labels the model chooses among)"
     elif fallback.label not in req.guided_choice:
         problem = f"label {fallback.label!r} is not one of guided_choice"
-    elif req.stream:
-        problem = "cannot be combined with stream (the answer is known only once the label is complete)"
     elif req.temperature != 0:
         problem = "needs temperature 0 (the threshold is on the greedy label's probability)"
     else:
@@ -46,11 +45,15 @@ def check(req) -> None:
 
 
 def answer(
-    fallback: ChoiceFallback, text: str, logprobs: list[TokenLogprob], finish_reason: str | None
+    fallback: ChoiceFallback,
+    choices: list[str],
+    text: str,
+    logprobs: list[TokenLogprob],
+    finish_reason: str | None,
 ) -> str:
     """The label to answer for a choice that generated `text` with these per-token `logprobs`. An output
-    cut by max_tokens is no label: it stays as it is."""
-    if finish_reason != "stop":
+    cut by max_tokens or by one of the client's `stop` strings is no label: it stays as it is."""
+    if finish_reason != "stop" or text not in choices:
         return text
     probability = math.exp(sum(entry.logprob for entry in logprobs))
     return fallback_or(text, probability, fallback.label, fallback.threshold)

@@ -154,6 +154,12 @@ class Generation:
         def usage() -> p.Usage:
             return p.Usage.of(len(self.prompt_ids), sum(c.completion_tokens for c in choices))
 
+        fallback = req.guided_choice_fallback
+
+        def settle(c: Choice) -> None:
+            """Replace a finished choice's label by the fallback when its probability is too low."""
+            c.text = choice_fallback.answer(fallback, req.guided_choice, c.text, c.logprobs, c.finish_reason)
+
         events = _merged(firsts, streams)
         if not req.stream:
             try:
@@ -165,11 +171,9 @@ class Generation:
             finally:
                 await events.aclose()
             record("ok")
-            if req.guided_choice_fallback is not None:
+            if fallback is not None:
                 for c in choices:
-                    c.text = choice_fallback.answer(
-                        req.guided_choice_fallback, c.text, c.logprobs, c.finish_reason
-                    )
+                    settle(c)
             return JSONResponse(self.body(model, choices, usage()).dump())
 
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -185,6 +189,12 @@ class Generation:
                         yield f"data: {json.dumps(err.body)}\n\n"
                         return
                     choices[i].take(event)
+                    if fallback is not None:
+                        # The label may still be replaced: held back, then sent whole in one event.
+                        if not event.finished:
+                            continue
+                        settle(choices[i])
+                        event = _whole(choices[i], event.prompt_tokens)
                     for chunk in self.chunks(model, choices[i], event):
                         yield f"data: {json.dumps(chunk.dump())}\n\n"
                 if include_usage:
@@ -199,6 +209,19 @@ class Generation:
                 record(status)
 
         return StreamingResponse(sse(), media_type="text/event-stream")
+
+
+def _whole(choice: Choice, prompt_tokens: int) -> Event:
+    """One finished event carrying everything `choice` has produced."""
+    return Event(
+        choice.text,
+        prompt_tokens,
+        choice.completion_tokens,
+        finished=True,
+        finish_reason=choice.finish_reason,
+        logprobs=choice.logprobs,
+        prompt_logprobs=choice.prompt_logprobs,
+    )
 
 
 async def _close(streams: list[AsyncIterator[Event]]) -> None:
