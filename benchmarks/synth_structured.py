@@ -21,6 +21,7 @@ from pathlib import Path
 
 from loraforge.demo.processes import Children, free_port
 from loraforge.hardware import describe
+from loraforge.synth.prompts import Seed
 from loraforge.synth.records import load_seeds, load_texts
 from loraforge.synth.report import Summary
 from loraforge.synth.synthesize import GenerateConfig, synthesize
@@ -36,24 +37,35 @@ DESCRIPTION = (
 )
 
 
-def run_once(url: str, tmp: Path, args: argparse.Namespace, structured: bool, rotation: int, temp: float):
-    labels = load_labels(BANKING / "labels.json")[: args.labels]
-    spec = OutputSpec(labels=labels)
+def task(tmp: Path, labels: int) -> tuple[OutputSpec, list[Seed], list[str]]:
+    """The first `labels` intents, two real seed examples each, and the test texts (kept out of the data)."""
+    names = load_labels(BANKING / "labels.json")[:labels]
+    spec = OutputSpec(labels=names)
     train = [json.loads(line) for line in (BANKING / "train.jsonl").read_text().splitlines()]
     seeds = tmp / "seeds.jsonl"
     seeds.write_text(
-        "".join(
-            json.dumps(r) + "\n" for label in labels for r in [r for r in train if r["label"] == label][:2]
-        )
+        "".join(json.dumps(r) + "\n" for name in names for r in [r for r in train if r["label"] == name][:2])
     )
-    out = tmp / f"out-{structured}-{rotation}-{temp}.jsonl"
+    return spec, load_seeds(seeds, spec), load_texts(BANKING / "test.jsonl", "test set")
+
+
+def run_once(
+    url: str,
+    tmp: Path,
+    task_data: tuple[OutputSpec, list[Seed], list[str]],
+    args: argparse.Namespace,
+    structured: bool,
+    rotation: int,
+    temp: float,
+) -> Summary:
+    spec, seeds, test_texts = task_data
     config = GenerateConfig(
         description=DESCRIPTION,
         spec=spec,
         n=10_000,  # never reached: every run spends its whole request budget
-        out=out,
-        seeds=load_seeds(seeds, spec),
-        test_texts=load_texts(BANKING / "test.jsonl", "test set"),
+        out=tmp / f"out-{structured}-{rotation}-{temp}.jsonl",
+        seeds=seeds,
+        test_texts=test_texts,
         per_request=args.per_request,
         seeds_per_request=4,
         concurrency=4,
@@ -85,11 +97,12 @@ def main() -> None:
     totals: dict[bool, Counter] = {False: Counter(), True: Counter()}
     with tempfile.TemporaryDirectory() as tmp, Children(Path(tmp) / "logs") as children:
         url = children.start("serve", ["serve", "--model", TEACHER], free_port()) + "/v1"
+        task_data = task(Path(tmp), args.labels)
         for temp in args.temperatures:
             for rotation in range(args.rotations):
                 for structured in (False, True):
                     started = time.monotonic()
-                    s = run_once(url, Path(tmp), args, structured, rotation, temp)
+                    s = run_once(url, Path(tmp), task_data, args, structured, rotation, temp)
                     seconds = time.monotonic() - started
                     dups = sum(s.duplicates.values())
                     print(

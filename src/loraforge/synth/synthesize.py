@@ -101,12 +101,13 @@ async def synthesize(
     budget = config.request_budget(config.n - len(existing))
     model = teacher.settings.model
     retries_before = teacher.stats.retries.copy()
+    # The same for every request: it depends only on the task and the number of examples asked for.
+    fmt = generate_response_format(config.spec, config.per_request) if config.structured else None
 
     def job(i: int) -> Callable[[], Any]:
         seeds = rotate(seed_order, i, config.seeds_per_request)
         focus = rotate(config.spec.labels or [], i, config.per_request, repeat=True) or None
         messages = generate_messages(config.description, config.spec, seeds, config.per_request, focus)
-        fmt = generate_response_format(config.spec, config.per_request) if config.structured else None
 
         async def ask() -> tuple[int, list[Seed], TeacherReply]:
             return (
