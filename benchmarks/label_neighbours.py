@@ -1,0 +1,118 @@
+"""Nearest training example vs constrained decoding: which labels a fine-tuned classifier's own representation
+gives, on a run that `loraforge train` already evaluated (issue 18: the few-shot accuracy target).
+
+Both answers come from the same adapter. Decoding: the run's `predictions.jsonl` (labels constrained, the
+config's fallback label below its threshold). Nearest neighbour: the adapter's last hidden state at the
+answer position (the vector its first label token is predicted from), for every training row and every
+evaluated row; each evaluated row takes the label of the most similar training row (cosine). The fallback
+label's own training rows are a class like any other there; a row is also answered with it where decoding's
+probability for its label is under the config's threshold (the same rule as decoding, so the two differ
+only in the label chosen). Also printed: how well each score separates the fallback label's rows from the
+rest (AUROC: decoding's probability, the best cosine to a training row of another label).
+
+    python benchmarks/init_transfer.py --settings banking77oos-10 --eval-on validation \
+        --validation-per-label 20 --workdir /tmp/it
+    python benchmarks/label_neighbours.py /tmp/it/validation/banking77oos-10
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from loraforge.config import load_config
+from loraforge.data.examples import ExampleBuilder
+from loraforge.data.labels import load_labels
+from loraforge.hardware import describe
+from loraforge.inference.hf import GenerationModel
+
+BATCH = 32
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@torch.inference_mode()
+def answer_states(model, tokenizer, prompts: list[str]) -> torch.Tensor:
+    """`[rows, hidden]`: what the LM head reads at each prompt's last token, L2-normalized."""
+    out = []
+    for start in range(0, len(prompts), BATCH):
+        chunk = prompts[start : start + BATCH]
+        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in chunk]
+        width = max(map(len, encoded))
+        ids = torch.tensor([e + [0] * (width - len(e)) for e in encoded])  # right-padded: causal, unseen
+        mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded])
+        states = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        last = torch.tensor([len(e) - 1 for e in encoded])
+        out.append(states[torch.arange(len(encoded)), last].float())
+    return F.normalize(torch.cat(out), dim=1)
+
+
+def auroc(score: torch.Tensor, negative: torch.Tensor) -> float:
+    """P(score of a random positive > score of a random negative), ties half."""
+    pos, neg = score[~negative], score[negative]
+    wins = (pos[:, None] > neg[None, :]).double().mean()
+    return (wins + 0.5 * (pos[:, None] == neg[None, :]).double().mean()).item()
+
+
+def scores(answers: list[str], references: list[str], fallback: str | None) -> str:
+    hits = torch.tensor([a == r for a, r in zip(answers, references, strict=True)], dtype=torch.float)
+    line = f"accuracy {hits.mean():.1%}"
+    if fallback is not None:
+        out = torch.tensor([r == fallback for r in references])
+        line += f" (in scope {hits[~out].mean():.1%}, {fallback} recall {hits[out].mean():.1%})"
+    return line
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path, help="init_transfer's folder: config.yaml and run/")
+    args = parser.parse_args()
+    config = load_config(args.folder / "config.yaml")
+    evaluation = config.evaluation
+    labels = load_labels(evaluation.labels)
+    fallback, threshold = evaluation.fallback_label, evaluation.fallback_threshold
+    generator = GenerationModel.load(config.base_model, args.folder / "run" / "adapter", precision="fp32")
+    model = generator.model.merge_and_unload().eval()
+    builder = ExampleBuilder(config.prompt, config.target, generator.tokenizer)
+    train = [builder.build(r) for r in _read(Path(config.data.train))]
+    decoded = _read(args.folder / "run" / "predictions.jsonl")
+    references = [d["reference"] for d in decoded]
+
+    train_states = answer_states(model, generator.tokenizer, [e.prompt for e in train])
+    states = answer_states(model, generator.tokenizer, [d["prompt"] for d in decoded])
+    similarity = states @ train_states.T  # [rows, train]
+    train_label = torch.tensor([labels.index(e.completion) for e in train])
+    by_label = torch.full((len(decoded), len(labels)), -2.0)
+    for j in train_label.unique().tolist():
+        by_label[:, j] = similarity[:, train_label == j].max(1).values
+    nearest = [labels[j] for j in by_label.argmax(1).tolist()]
+
+    print(f"CPU: {describe()}")
+    print(f"{len(train)} training rows, {len(decoded)} evaluated rows, {len(labels)} labels")
+    if fallback is None:
+        print("decoding:          ", scores([d["adapter"] for d in decoded], references, None))
+        print("nearest neighbour: ", scores(nearest, references, None))
+        return
+    probability = torch.tensor([d["adapter_probability"] for d in decoded])
+    kept = probability >= threshold
+    print(f"fallback '{fallback}' below probability {threshold}:")
+    print("decoding:          ", scores([d["adapter"] for d in decoded], references, fallback))
+    answers = [label if keep else fallback for label, keep in zip(nearest, kept.tolist(), strict=True)]
+    print("nearest neighbour: ", scores(answers, references, fallback))
+    print("no fallback: decoding", scores([d["adapter_label"] for d in decoded], references, fallback))
+    print("no fallback: nearest ", scores(nearest, references, fallback))
+    out = torch.tensor([r == fallback for r in references])
+    others = by_label.clone()
+    others[:, labels.index(fallback)] = -2.0
+    print(
+        f"AUROC, {fallback} vs the rest: decoding's probability {auroc(probability, out):.3f},"
+        f" best cosine to another label's row {auroc(others.max(1).values, out):.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
