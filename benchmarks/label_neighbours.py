@@ -16,23 +16,20 @@ rest (AUROC: decoding's probability, the best cosine to a training row of anothe
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from loraforge.config import load_config
+from loraforge.config.tasks import fallback_or
 from loraforge.data.examples import ExampleBuilder
 from loraforge.data.labels import load_labels
+from loraforge.data.sources import read_records
 from loraforge.hardware import describe
 from loraforge.inference.hf import GenerationModel
 
 BATCH = 32
-
-
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @torch.inference_mode()
@@ -71,6 +68,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="init_transfer's folder: config.yaml and run/")
     args = parser.parse_args()
+    if not (args.folder / "run" / "predictions.jsonl").is_file():
+        parser.error(f"{args.folder} holds no finished run (run/predictions.jsonl): see the usage above")
     config = load_config(args.folder / "config.yaml")
     evaluation = config.evaluation
     labels = load_labels(evaluation.labels)
@@ -78,8 +77,8 @@ def main() -> None:
     generator = GenerationModel.load(config.base_model, args.folder / "run" / "adapter", precision="fp32")
     model = generator.model.merge_and_unload().eval()
     builder = ExampleBuilder(config.prompt, config.target, generator.tokenizer)
-    train = [builder.build(r) for r in _read(Path(config.data.train))]
-    decoded = _read(args.folder / "run" / "predictions.jsonl")
+    train = [builder.build(r) for r in read_records(config.data.train)]
+    decoded = read_records(args.folder / "run" / "predictions.jsonl")
     references = [d["reference"] for d in decoded]
 
     train_states = answer_states(model, generator.tokenizer, [e.prompt for e in train])
@@ -98,10 +97,12 @@ def main() -> None:
         print("nearest neighbour: ", scores(nearest, references, None))
         return
     probability = torch.tensor([d["adapter_probability"] for d in decoded])
-    kept = probability >= threshold
     print(f"fallback '{fallback}' below probability {threshold}:")
     print("decoding:          ", scores([d["adapter"] for d in decoded], references, fallback))
-    answers = [label if keep else fallback for label, keep in zip(nearest, kept.tolist(), strict=True)]
+    answers = [
+        fallback_or(label, p, fallback, threshold)
+        for label, p in zip(nearest, probability.tolist(), strict=True)
+    ]
     print("nearest neighbour: ", scores(answers, references, fallback))
     print("no fallback: decoding", scores([d["adapter_label"] for d in decoded], references, fallback))
     print("no fallback: nearest ", scores(nearest, references, fallback))
