@@ -1,5 +1,6 @@
 """Nothing acknowledged is lost: under SIGKILL mid-burst, and while the store is down (spool, then replay)."""
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -48,7 +49,20 @@ def burst_worker(url: str, worker: int, stop: threading.Event, acked: dict[str, 
             acked[raw.headers["x-loraforge-call-id"]] = text
 
 
+def held_call(url: str, message: str) -> None:
+    """A call the upstream holds until the test releases it; the gateway dies first, so it fails."""
+    client = OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0, timeout=10)
+    with contextlib.suppress(Exception):
+        client.chat.completions.create(model="stub-model", messages=[{"role": "user", "content": message}])
+
+
+def received(upstream, message: str) -> bool:
+    """Whether the upstream has been sent a chat call whose last message is `message`."""
+    return any(r["messages"][-1]["content"] == message for r in list(upstream.requests))
+
+
 def test_sigkill_mid_burst_loses_no_acknowledged_call(tmp_path, store_url, upstream):
+    upstream.hold = "held until the kill"
     upstream.chunk_delay_s = 0.02  # a stream takes ~0.1 s: the kill lands inside some (0.002 missed 2 in 11)
     spool = tmp_path / "spool.jsonl"
     port = free_port()
@@ -61,24 +75,33 @@ def test_sigkill_mid_burst_loses_no_acknowledged_call(tmp_path, store_url, upstr
         threading.Thread(target=burst_worker, args=(f"http://127.0.0.1:{port}", w, stop, acked, lock))
         for w in range(WORKERS)
     ]
+    # One call the upstream holds: certainly in flight at the kill, however the cores schedule the others
+    # (under load, the burst's in-flight calls could all finish between the check below and the kill).
+    held = threading.Thread(target=held_call, args=(f"http://127.0.0.1:{port}", upstream.hold))
     try:
         for t in threads:
             t.start()
         deadline = time.monotonic() + 30
         while len(acked) < 60 and time.monotonic() < deadline:
             time.sleep(0.01)
+        held.start()
+        while not received(upstream, upstream.hold) and time.monotonic() < deadline:
+            time.sleep(0.001)
         # Kill while calls are between the upstream and their client (sent, not yet acknowledged): the
-        # moment that can lose an acknowledged call if recording came after the answer.
-        while len(upstream.requests) - len(acked) < 2 and time.monotonic() < deadline:
+        # moment that can lose an acknowledged call if recording came after the answer. The held call
+        # counts as one: wait for two of the burst's, as before it.
+        while len(upstream.requests) - len(acked) < 3 and time.monotonic() < deadline:
             time.sleep(0.0005)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
         stop.set()
+        upstream.released.set()
         if proc.poll() is None:
             proc.kill()
-        for t in threads:
-            t.join(30)
+        for t in [*threads, held]:
+            if t.ident is not None:  # started
+                t.join(30)
     assert len(acked) >= 60
     sent = len(upstream.requests)
     assert sent > len(acked)  # some calls were in flight when the gateway died

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ class UpstreamControl:
     delay_s: float = 0.0
     chunk_delay_s: float = 0.0
     reply: str | Callable[[str], str] | None = None  # answer this (or reply(last message)), not an echo
+    hold: str | None = None  # a chat request whose last message is this waits for `released` (30 s at most)
+    released: threading.Event = field(default_factory=threading.Event)
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
 
@@ -71,6 +74,10 @@ def create_upstream(control: UpstreamControl) -> FastAPI:
             messages = body["messages"]
             prompt = " ".join(str(m.get("content", "")) for m in messages)
             last = str(messages[-1].get("content", ""))
+            if control.hold is not None and last == control.hold:
+                deadline = time.monotonic() + 30
+                while not control.released.is_set() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
             reply = "echo: " + last if control.reply is None else control.reply
             reply = reply(last) if callable(reply) else reply
             return _respond(body, "chat.completion", reply, words(prompt), control)
