@@ -1,5 +1,7 @@
 """Nearest training example vs constrained decoding: which labels a fine-tuned classifier's own representation
-gives, on a run that `loraforge train` already evaluated (issue 18: the few-shot accuracy target).
+gives, on a run that `loraforge train` already evaluated (issue 18: the few-shot accuracy target). The product
+does this on the engine (`evaluation.classifier: nearest`, classify/label_index.py); this script recomputes it
+independently with transformers (fp32, merged adapter) and adds the out-of-scope AUROCs.
 
 Both answers come from the same adapter. Decoding: the run's `predictions.jsonl` (labels constrained, the
 config's fallback label below its threshold). Nearest neighbour: the adapter's last hidden state at the

@@ -172,12 +172,13 @@ def test_label_probabilities_are_the_models_over_what_the_labels_allow(engine_ba
     from loraforge.serve.engine.constraints import ChoiceConstraint
 
     scored = engine_backend.classify_runs(prompts, [ADAPTER], LABELS, max_new_tokens=8)[ADAPTER]
-    assert [label for label, _ in scored] == engine_backend.generate_runs(
+    assert [row.label for row in scored] == engine_backend.generate_runs(
         prompts, [ADAPTER], max_new_tokens=8, allowed_outputs=LABELS
     )[ADAPTER]
     tokenizer, model = hf_backend.tokenizer, hf_backend.model
     constraint = ChoiceConstraint.from_strings(LABELS, tokenizer)
-    for prompt, (label, probability) in zip(prompts, scored, strict=True):
+    for prompt, row in zip(prompts, scored, strict=True):
+        label, probability = row.label, row.probability
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         label_ids = [*tokenizer(label, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
         with torch.no_grad():
@@ -188,7 +189,7 @@ def test_label_probabilities_are_the_models_over_what_the_labels_allow(engine_ba
             row = logits[len(prompt_ids) - 1 + step, allowed].softmax(-1)
             expected *= row[allowed.index(token)].item()
         assert probability == pytest.approx(expected, rel=1e-4, abs=1e-6), label
-    assert len({round(p, 4) for _, p in scored}) > 1  # not a constant
+    assert len({round(row.probability, 4) for row in scored}) > 1  # not a constant
 
 
 def test_a_fallback_label_replaces_labels_the_model_is_unsure_of(engine_backend, tmp_path):
@@ -198,7 +199,7 @@ def test_a_fallback_label_replaces_labels_the_model_is_unsure_of(engine_backend,
     records = [{"text": text, "label": "exchange_rate"} for text in TEXTS]
     prompts = [builder.build(record).prompt for record in records]
     scored = engine_backend.classify_runs(prompts, [ADAPTER], LABELS, max_new_tokens=8)[ADAPTER]
-    probabilities = sorted(p for _, p in scored)
+    probabilities = sorted(row.probability for row in scored)
     threshold = (probabilities[1] + probabilities[2]) / 2  # two rows below it
     config = EvaluationConfig(
         task="classification",
@@ -210,7 +211,8 @@ def test_a_fallback_label_replaces_labels_the_model_is_unsure_of(engine_backend,
     )
     report = evaluate_records(engine_backend, builder, records, config, show_progress=False)
     samples = report["samples"]
-    for sample, (label, probability) in zip(samples, scored, strict=True):
+    for sample, row in zip(samples, scored, strict=True):
+        label, probability = row.label, row.probability
         assert sample[f"{ADAPTER}_label"] == label
         assert sample[f"{ADAPTER}_probability"] == pytest.approx(probability, abs=1e-6)
         assert sample[ADAPTER] == (label if probability >= threshold else "exchange_rate")
@@ -228,3 +230,71 @@ def test_a_fallback_label_must_be_a_label_and_needs_the_engine(tmp_path):
         EvaluationConfig(**common)
     with pytest.raises(ValueError, match="fallback_label needs constrain_to_labels"):
         EvaluationConfig(**common, constrain_to_labels=True, backend="hf")
+
+
+def test_answer_states_are_what_the_lm_head_reads_at_the_prompts_last_token(
+    engine_backend, hf_backend, prompts
+):
+    """The engine's answer state under an adapter: the HF model's final (normed) hidden state at the
+    prompt's last position, the row its logits for the first output token come from; the same from a
+    constrained classification pass, and again when the prompt's start comes from the prefix cache."""
+    import torch
+
+    states = engine_backend.answer_states(prompts, ADAPTER)
+    tokenizer, model = hf_backend.tokenizer, hf_backend.model
+    for prompt, state in zip(prompts, states, strict=True):
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0, -1]
+        assert torch.allclose(state, hidden.float(), atol=1e-4), prompt
+    scored = engine_backend.classify_runs(prompts, [ADAPTER], LABELS, 8, with_states=True)[ADAPTER]
+    assert torch.allclose(torch.stack([row.state for row in scored]), states, atol=1e-5)
+    assert torch.allclose(engine_backend.answer_states(prompts, ADAPTER), states, atol=1e-5)
+    assert not torch.allclose(engine_backend.answer_states(prompts, "beta"), states, atol=1e-3)
+
+
+def test_the_nearest_classifier_answers_with_the_label_of_the_closest_training_row(engine_backend, tmp_path):
+    """Indexed on the evaluated rows themselves, each row's nearest training row is itself: every answer is
+    its reference (cosine 1), whatever the random model decodes; the decoded label is kept beside it."""
+    from loraforge.classify.label_index import LabelIndex
+
+    (tmp_path / "labels.json").write_text(json.dumps(LABELS))
+    builder = ExampleBuilder(
+        PromptConfig(template="{text}", chat_template=True),
+        TargetConfig(column="label"),
+        engine_backend.tokenizer,
+    )
+    records = [{"text": text, "label": LABELS[i % len(LABELS)]} for i, text in enumerate(TEXTS)]
+    prompts = [builder.build(record).prompt for record in records]
+    index = LabelIndex.build(
+        engine_backend.answer_states(prompts, "beta"), [r["label"] for r in records], LABELS
+    )
+    config = EvaluationConfig(
+        task="classification",
+        labels=tmp_path / "labels.json",
+        constrain_to_labels=True,
+        max_new_tokens=8,
+        classifier="nearest",
+    )
+    report = evaluate_records(
+        engine_backend,
+        builder,
+        records,
+        config,
+        adapters=("beta",),
+        indexes={"beta": index},
+        show_progress=False,
+    )
+    assert report["classifier"] == "nearest"
+    assert report["results"]["beta"]["accuracy"] == 1.0
+    decoded = engine_backend.generate_runs(prompts, ["beta"], max_new_tokens=8, allowed_outputs=LABELS)[
+        "beta"
+    ]
+    for sample, label in zip(report["samples"], decoded, strict=True):
+        assert sample["beta"] == sample["beta_nearest"] == sample["reference"]
+        assert sample["beta_similarity"] == pytest.approx(1.0, abs=1e-5)
+        assert sample["beta_label"] == label
+    with pytest.raises(ConfigError, match="no label index for beta"):
+        evaluate_records(engine_backend, builder, records, config, adapters=("beta",), show_progress=False)
+    with pytest.raises(ValueError, match="classifier 'nearest' needs constrain_to_labels"):
+        EvaluationConfig(task="classification", labels=tmp_path / "labels.json", classifier="nearest")

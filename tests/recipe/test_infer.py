@@ -96,6 +96,7 @@ def test_init_writes_a_config_train_accepts(monkeypatch, capsys, tmp_path, tiny_
     assert "task classification: 4 distinct targets in 40 rows" in printed
     config = load_config(out)
     assert config.evaluation.task == "classification" and config.evaluation.constrain_to_labels
+    assert config.evaluation.classifier == "nearest" and "classifier nearest" in printed
     assert config.prompt.system == SYSTEM_PROMPTS["classification"] and config.prompt.chat_template
     assert "system prompt 'Answer with the label.'" in printed
     assert json.loads(config.evaluation.labels.read_text()) == sorted(INTENTS)

@@ -66,6 +66,7 @@ COMMON_FIELDS = [
     "guided_json",
     "guided_regex",
     "guided_choice_fallback",
+    "guided_choice_classifier",
 ]
 # OpenAI fields the servers do not implement (a 400 naming them is right; silently ignoring them is not).
 UNIMPLEMENTED = ["tools", "tool_choice", "functions"]

@@ -1,4 +1,5 @@
 import json
+import sys
 
 import pytest
 import torch
@@ -130,3 +131,55 @@ def test_saved_adapter_loads_in_plain_peft_with_identical_logits(make_config, tm
     # and the adapter actually changes the model
     with torch.no_grad(), theirs.disable_adapter():
         assert not torch.allclose(theirs(input_ids=ids).logits, got)
+
+
+def test_a_nearest_classifier_writes_its_label_index_beside_the_adapter(make_config, tmp_path, monkeypatch):
+    """`evaluation.classifier: nearest`: train indexes its training rows in the adapter's folder and the
+    evaluation answers with it: a training row's nearest row is itself. `loraforge evaluate` reads the index
+    back; for an adapter without one it builds one from the config's training split."""
+    from loraforge.classify.label_index import INDEX_FILE, LabelIndex
+    from loraforge.cli.main import main
+    from loraforge.config import dump_config
+    from loraforge.data.splits import load_splits
+
+    config = make_config(max_steps=6)
+    labels = tmp_path / "labels.json"
+    labels.write_text(
+        json.dumps(sorted({"card_arrival", "activate_my_card", "transfer_failed", "exchange_rate"}))
+    )
+    update = {"labels": labels, "constrain_to_labels": True, "classifier": "nearest", "limit": None}
+    config = config.model_copy(update={"evaluation": config.evaluation.model_copy(update=update)})
+    out = tmp_path / "run"
+    report = run_training(config, out, show_progress=False).eval_report
+    index = LabelIndex.load(out / "adapter")
+    splits = load_splits(config.data)
+    assert len(index.states) == len(splits.train) == 48
+    assert report["classifier"] == "nearest"
+    train_texts = [f"Message: {row['text']}\n" for row in splits.train]
+    # All 64 rows are evaluated: a `limit` sample, seeded as the validation carve is, picks the carve's rows.
+    seen = [s for s in report["samples"] if any(text in s["prompt"] for text in train_texts)]
+    assert len(seen) == 48 and all(
+        s["adapter"] == s["reference"] and s["adapter_similarity"] > 0.9999 for s in seen
+    )
+    assert json.loads((out / "eval.json").read_text())["results"]["adapter"] == report["results"]["adapter"]
+
+    (tmp_path / "config.yaml").write_text(dump_config(config))
+    for removed in (False, True):
+        if removed:
+            (out / "adapter" / INDEX_FILE).unlink()
+        output = tmp_path / f"eval-{removed}.json"
+        args = [
+            "evaluate",
+            str(tmp_path / "config.yaml"),
+            "--adapter",
+            str(out / "adapter"),
+            "--output",
+            str(output),
+        ]
+        monkeypatch.setattr(sys, "argv", ["loraforge", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        assert exit_info.value.code == 0
+        again = json.loads(output.read_text())
+        assert again["results"]["adapter"] == report["results"]["adapter"]
+    assert not (out / "adapter" / INDEX_FILE).exists()  # built in memory, not written by evaluate

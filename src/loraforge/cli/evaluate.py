@@ -51,11 +51,19 @@ def evaluate(
             overrides = [*overrides, f"evaluation.{key}={value}"]
     config = load_config(config_path, overrides)
     named = adapter_names(adapters) if adapters else {}
-    rows = evaluation_rows(config, load_splits(config.data))
+    splits = load_splits(config.data)
+    rows = evaluation_rows(config, splits)
     if not rows:
         raise ConfigError(f"evaluation.split '{config.evaluation.split}': the config gives no such data")
     generator = open_backend(config, named, baseline=baseline)
-    report = evaluate_config(config, generator, rows, adapters=tuple(named), baseline=baseline)
+    indexes = {}
+    if config.evaluation.classifier == "nearest" and named:
+        from loraforge.classify.build import adapter_indexes
+
+        indexes = adapter_indexes(config, generator, named, splits.train)
+    report = evaluate_config(
+        config, generator, rows, adapters=tuple(named), baseline=baseline, indexes=indexes
+    )
     if named:
         report["adapters"] = {name: str(path) for name, path in named.items()}
     first = adapters[0] if len(adapters) == 1 else None  # one adapter: beside it; several: here

@@ -111,6 +111,12 @@ class EvaluationConfig(Section):
     fallback_threshold: float = Field(
         DEFAULT_FALLBACK_THRESHOLD, gt=0.0, lt=1.0, description="See `fallback_label`."
     )
+    classifier: Literal["decode", "nearest"] = Field(
+        "decode",
+        description="Classification: decode the label (constrained), or answer with the label of the nearest "
+        "training example in the adapter's representation (a label index beside the adapter, built by "
+        "`loraforge train`; needs constrain_to_labels and the engine backend).",
+    )
     split: Literal["test", "validation"] = "test"
     limit: int | None = Field(
         None, gt=0, description="Evaluate only the first N rows (after a seeded shuffle)."
@@ -122,6 +128,8 @@ class EvaluationConfig(Section):
             raise ValueError("constrain_to_labels needs task 'classification' and a `labels` file")
         if self.fallback_label is not None and not (self.constrain_to_labels and self.backend == "engine"):
             raise ValueError("fallback_label needs constrain_to_labels and evaluation.backend 'engine'")
+        if self.classifier == "nearest" and not (self.constrain_to_labels and self.backend == "engine"):
+            raise ValueError("classifier 'nearest' needs constrain_to_labels and evaluation.backend 'engine'")
         allowed = METRICS_BY_TASK[self.task]
         for name in self.metrics or []:
             if name not in allowed:

@@ -13,12 +13,28 @@ start, which is a block of 16 tokens or less; a label is complete as soon as its
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from loraforge.serve.engine import Engine, EngineConfig, SamplingParams
 from loraforge.serve.engine.constraints import ChoiceConstraint
+from loraforge.serve.engine.sequence import Sequence
 
 BASE = None  # the run without an adapter
+
+
+@dataclass(frozen=True)
+class Classified:
+    """A label decoded under the label constraint, the probability the model gave it, and (when asked) the
+    answer state it was predicted from."""
+
+    label: str
+    probability: float
+    state: torch.Tensor | None = None
+
+
 # KV-cache block size: the prefix cache shares whole blocks, and an init config's shared start (system prompt
 # and the template up to the input) is ~14 tokens: 12 of them shared in blocks of 4, none in blocks of 16.
 BLOCK_SIZE = 4
@@ -65,8 +81,10 @@ class EngineBackend:
         """Completions of `prompts` (already templated) for each adapter name (None: the base model), all in
         one batch stream; special tokens removed and whitespace stripped, as the HF backend does.
         `batch_size` is the HF backend's padded batch; the engine batches continuously and needs none."""
-        runs = self._runs(prompts, adapters, max_new_tokens, on_done, allowed_outputs, with_logprobs=False)
-        return {adapter: [text for text, _ in outputs] for adapter, outputs in runs.items()}
+        constraint = self._choice(allowed_outputs)
+        params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, constraint=constraint)
+        runs = self._runs(prompts, adapters, params, on_done)
+        return {adapter: [self._text(s) for s in seqs] for adapter, seqs in runs.items()}
 
     def classify_runs(
         self,
@@ -75,43 +93,63 @@ class EngineBackend:
         labels: list[str],
         max_new_tokens: int,
         on_done: Callable[[int], None] | None = None,
-    ) -> dict[str | None, list[tuple[str, float]]]:
+        *,
+        with_states: bool = False,
+    ) -> dict[str | None, list[Classified]]:
         """As `generate_runs` constrained to `labels`, each output with the probability the model gave it:
         the product of its tokens' probabilities, each renormalized over the tokens the label set allowed
-        there (what the constraint let the model choose from; model/logprobs.py)."""
-        return self._runs(prompts, adapters, max_new_tokens, on_done, labels, with_logprobs=True)
+        there (what the constraint let the model choose from; model/logprobs.py); `with_states`: and the
+        answer state a label index compares (classify/label_index.py)."""
+        params = SamplingParams(
+            max_tokens=max_new_tokens,
+            temperature=0.0,
+            constraint=self._choice(labels),
+            logprobs=0,
+            answer_state=with_states,
+        )
+        runs = self._runs(prompts, adapters, params, on_done)
+        return {
+            adapter: [
+                Classified(self._text(s), math.exp(sum(e.logprob for e in s.logprobs)), s.answer_state)
+                for s in seqs
+            ]
+            for adapter, seqs in runs.items()
+        }
 
-    def _runs(self, prompts, adapters, max_new_tokens, on_done, allowed_outputs, *, with_logprobs: bool):
+    def answer_states(self, prompts: list[str], adapter: str | None) -> torch.Tensor:
+        """`[prompts, hidden]`: the state each prompt's first output token is predicted from (one prefill
+        each, nothing decoded): what a label index holds for its training rows."""
+        params = SamplingParams(max_tokens=1, temperature=0.0, answer_state=True)
+        (seqs,) = self._runs(prompts, [adapter], params, None).values()
+        return torch.stack([s.answer_state for s in seqs])
+
+    def _choice(self, allowed: list[str] | None) -> ChoiceConstraint | None:
+        return ChoiceConstraint.from_strings(allowed, self.tokenizer) if allowed else None
+
+    def _text(self, seq: Sequence) -> str:
+        return self.tokenizer.decode(seq.output_ids, skip_special_tokens=True).strip()
+
+    def _runs(
+        self,
+        prompts: list[str],
+        adapters: list[str | None],
+        params: SamplingParams,
+        on_done: Callable[[int], None] | None,
+    ) -> dict[str | None, list[Sequence]]:
+        """Every prompt under every adapter in one `Engine.generate`; the finished sequences by adapter."""
         if self.merged is not None and BASE in adapters:
             raise ValueError("this engine holds its adapter merged into the base: the base model is gone")
         encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        constraint = (
-            ChoiceConstraint.from_strings(allowed_outputs, self.tokenizer) if allowed_outputs else None
-        )
-        params = [
-            SamplingParams(
-                max_tokens=max_new_tokens,
-                temperature=0.0,
-                constraint=constraint,
-                logprobs=0 if with_logprobs else None,
-            )
-            for _ in adapters
-            for _ in encoded
-        ]
         names = [None if adapter == self.merged else adapter for adapter in adapters for _ in encoded]
         seqs = self.engine.generate(
-            encoded * len(adapters), params, names, on_finish=(lambda _: on_done(1)) if on_done else None
+            encoded * len(adapters),
+            params,  # copied per request: the engine fits max_tokens to each prompt
+            names,
+            on_finish=(lambda _: on_done(1)) if on_done else None,
         )
         failed = next((s.error for s in seqs if s.error is not None), None)
         if failed is not None:  # an adapter that did not load: no partial report
             raise failed
-        outputs = [
-            (
-                self.tokenizer.decode(s.output_ids, skip_special_tokens=True).strip(),
-                math.exp(sum(entry.logprob for entry in s.logprobs)) if with_logprobs else 1.0,
-            )
-            for s in seqs
-        ]
         return {
-            adapter: outputs[i * len(encoded) : (i + 1) * len(encoded)] for i, adapter in enumerate(adapters)
+            adapter: seqs[i * len(encoded) : (i + 1) * len(encoded)] for i, adapter in enumerate(adapters)
         }

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from loraforge.classify.build import build_label_index
 from loraforge.config.loading import dump_config
 from loraforge.config.schema import FineTuneConfig
 from loraforge.data.examples import ExampleBuilder
@@ -114,8 +115,9 @@ def _run(config, output_dir, context, resume, evaluate, baseline, show_progress,
     if not main:
         return TrainingRun(summary=None, eval_report=None, model=model)
 
-    model.save_pretrained(output_dir / "adapter", safe_serialization=True, state_dict=weights)
-    tokenizer.save_pretrained(output_dir / "adapter")
+    adapter_dir = output_dir / "adapter"
+    model.save_pretrained(adapter_dir, safe_serialization=True, state_dict=weights)
+    tokenizer.save_pretrained(adapter_dir)
     plot_losses(metrics.read(), output_dir / "loss.png")
     summary = RunSummary(
         base_model=config.base_model,
@@ -128,15 +130,21 @@ def _run(config, output_dir, context, resume, evaluate, baseline, show_progress,
     )
     (output_dir / "summary.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
 
-    report = None
-    rows = evaluation_rows(config, splits)
-    if evaluate and rows:
-        if config.evaluation.backend == "hf":  # the trained model as it is in memory
+    rows = evaluation_rows(config, splits) if evaluate else []
+    nearest = config.evaluation.classifier == "nearest"
+    report, indexes = None, {}
+    if rows or nearest:
+        if config.evaluation.backend == "hf":  # the trained model as it is in memory (never `nearest`)
             generator = GenerationModel(model, tokenizer, placement.device)
         else:
-            adapters = {ADAPTER: output_dir / "adapter"}
-            generator = open_backend(config, adapters, placement.device, baseline=baseline)
-        report = evaluate_config(config, generator, rows, baseline=baseline, show_progress=show_progress)
+            generator = open_backend(config, {ADAPTER: adapter_dir}, placement.device, baseline=baseline)
+    if nearest:  # the label index is part of the classifier: serving answers with it too
+        indexes[ADAPTER] = build_label_index(config, generator, ADAPTER, splits.train)
+        indexes[ADAPTER].save(adapter_dir)
+    if rows:
+        report = evaluate_config(
+            config, generator, rows, baseline=baseline, show_progress=show_progress, indexes=indexes
+        )
         write_report(report, output_dir / "eval.json")
     (output_dir / "README.md").write_text(write_model_card(config, summary, report))
     return TrainingRun(summary=summary, eval_report=report, model=model)

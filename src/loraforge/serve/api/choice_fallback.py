@@ -1,7 +1,7 @@
 """Extension: a fallback label for `guided_choice` (`guided_choice_fallback`), the serving side of a
 fine-tuning config's `evaluation.fallback_label`. The answer is `label` whenever the model gave the choice it
 picked a probability below `threshold`, the same probability evaluation thresholds (evaluate/runner.py:
-`classify_with_fallback`): the product of the choice's token probabilities, each renormalized over the tokens
+`classify`): the product of the choice's token probabilities, each renormalized over the tokens
 the constraint allowed there. So an adapter serves what `loraforge evaluate` scored.
 
     extra_body={"guided_choice": labels, "guided_choice_fallback": {"label": "oos", "threshold": 0.5}}
@@ -50,10 +50,14 @@ def answer(
     text: str,
     logprobs: list[TokenLogprob],
     finish_reason: str | None,
+    label: str | None = None,
 ) -> str:
-    """The label to answer for a choice that generated `text` with these per-token `logprobs`. An output
-    cut by max_tokens or by one of the client's `stop` strings is no label: it stays as it is."""
+    """The answer of a choice that generated `text` with these per-token `logprobs`: `label` (default: the
+    text itself; the nearest label with choice_nearest.py), or the fallback when the model gave `text` a
+    probability below the threshold. An output cut by max_tokens or by one of the client's `stop` strings is
+    no label: it has no probability to judge."""
+    label = text if label is None else label
     if finish_reason != "stop" or text not in choices:
-        return text
+        return label
     probability = math.exp(sum(entry.logprob for entry in logprobs))
-    return fallback_or(text, probability, fallback.label, fallback.threshold)
+    return fallback_or(label, probability, fallback.label, fallback.threshold)

@@ -12,10 +12,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import torch
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from loraforge.serve.api import choice_fallback
+from loraforge.serve.api import choice_fallback, choice_nearest
 from loraforge.serve.api import protocol as p
 from loraforge.serve.api.errors import APIError, from_engine_error
 from loraforge.serve.api.metrics import Metrics
@@ -72,6 +73,7 @@ def sampling(
         # The fallback needs the label's probability (choice_fallback.py); answers list logprobs if asked.
         logprobs=req.num_logprobs() if req.guided_choice_fallback is None else req.num_logprobs() or 0,
         prompt_logprobs=bool(getattr(req, "echo", False)) and req.num_logprobs() is not None,
+        answer_state=req.guided_choice_classifier == choice_nearest.NEAREST,
     )
 
 
@@ -93,6 +95,7 @@ class Choice:
     completion_tokens: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob] | None = None
+    answer_state: torch.Tensor | None = None  # guided_choice_classifier "nearest" (choice_nearest.py)
 
     def take(self, event: Event) -> None:
         self.text += event.text
@@ -102,6 +105,7 @@ class Choice:
             self.prompt_logprobs = event.prompt_logprobs
         if event.finished:
             self.finish_reason = event.finish_reason
+            self.answer_state = event.answer_state
 
 
 @dataclass
@@ -121,7 +125,11 @@ class Generation:
     async def respond(self, engine: AsyncEngine, metrics: Metrics, grammars: Grammars):
         req = self.req
         choice_fallback.check(req)  # before an adapter is loaded for it
+        choice_nearest.check(req)
         adapter, model = await run_in_threadpool(resolve_model, engine, req)
+        index = None  # a label index answers instead of decoding (choice_nearest.py)
+        if req.guided_choice_classifier == choice_nearest.NEAREST:
+            index = await run_in_threadpool(choice_nearest.index_for, engine, adapter, req)
         label = metrics.label(model, adapter is None or adapter.local)
         constraint = await constraint_for(req, grammars)  # compiled off the event loop
         params = sampling(engine, req, len(self.prompt_ids), self.max_tokens, constraint)
@@ -155,10 +163,18 @@ class Generation:
             return p.Usage.of(len(self.prompt_ids), sum(c.completion_tokens for c in choices))
 
         fallback = req.guided_choice_fallback
+        held = fallback is not None or index is not None  # the label may still change: sent whole at the end
 
         def settle(c: Choice) -> None:
-            """Replace a finished choice's label by the fallback when its probability is too low."""
-            c.text = choice_fallback.answer(fallback, req.guided_choice, c.text, c.logprobs, c.finish_reason)
+            """A finished choice's answer: the nearest label instead of the decoded one (with an index), and
+            the fallback when the model gave the decoded label too low a probability."""
+            decoded, finish_reason = c.text, c.finish_reason
+            if index is not None and c.answer_state is not None:
+                c.text, c.finish_reason = choice_nearest.answer(index, c.answer_state), "stop"
+            if fallback is not None:
+                c.text = choice_fallback.answer(
+                    fallback, req.guided_choice, decoded, c.logprobs, finish_reason, label=c.text
+                )
 
         events = _merged(firsts, streams)
         if not req.stream:
@@ -171,7 +187,7 @@ class Generation:
             finally:
                 await events.aclose()
             record("ok")
-            if fallback is not None:
+            if held:
                 for c in choices:
                     settle(c)
             return JSONResponse(self.body(model, choices, usage()).dump())
@@ -189,7 +205,7 @@ class Generation:
                         yield f"data: {json.dumps(err.body)}\n\n"
                         return
                     choices[i].take(event)
-                    if fallback is not None:
+                    if held:
                         # The label may still be replaced: held back, then sent whole in one event.
                         if not event.finished:
                             continue

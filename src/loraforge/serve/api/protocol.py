@@ -57,6 +57,7 @@ class _Request(_Strict):
     guided_json: dict[str, Any] | str | None = None
     guided_regex: str | None = None
     guided_choice_fallback: ChoiceFallback | None = None  # extension: choice_fallback.py
+    guided_choice_classifier: Literal["decode", "nearest"] = "decode"  # extension: choice_nearest.py
     presence_penalty: float | None = Field(None, ge=-MAX_PENALTY, le=MAX_PENALTY)
     frequency_penalty: float | None = Field(None, ge=-MAX_PENALTY, le=MAX_PENALTY)
     # token id (a decimal string, as JSON keys are) -> bias; ids are checked against the vocabulary later

@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from loraforge.serve.engine.async_adapters import AdapterCommands
 from loraforge.serve.engine.config import EngineConfig
@@ -200,6 +201,7 @@ class AsyncEngine(AdapterCommands):
         if out.finished:
             event.finish_reason = seq.finish_reason.value if seq.finish_reason else None
             event.error = seq.error
+            event.answer_state = seq.answer_state
             del self._streams[seq.seq_id]
         if event.text or out.finished:
             stream.loop.call_soon_threadsafe(stream.queue.put_nowait, event)
@@ -229,6 +231,10 @@ class AsyncEngine(AdapterCommands):
         """The adapter `model` names (None: the base model), checked once; raises ModelNotFoundError. Reads
         the file system: call it in the thread pool, then pass the result to `generate`."""
         return self.engine.resolve(model)
+
+    def adapter_folder(self, name: str) -> Path | None:
+        """The local folder adapter `name` is read from (None: a hub id). Reads the file system."""
+        return self.engine.adapters.locate(name)
 
     async def generate(
         self, prompt_ids: list[int], params: SamplingParams, adapter: str | AdapterRef | None = None

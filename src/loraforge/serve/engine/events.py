@@ -3,6 +3,8 @@
 import asyncio
 from dataclasses import dataclass, field
 
+import torch
+
 from loraforge.errors import LoraforgeError
 from loraforge.serve.model.logprobs import TokenLogprob
 
@@ -38,6 +40,7 @@ class Event:
     error: Exception | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)  # of the tokens since the previous event
     prompt_logprobs: list[TokenLogprob] | None = None  # on the first event, when the request asked
+    answer_state: torch.Tensor | None = None  # on the last event, when the request asked (answer_state)
 
 
 @dataclass

@@ -137,6 +137,8 @@ class ModelRunner:
         )
         if scored:
             hidden = self._take_prompt_logprobs(batch, hidden)
+        if is_prefill:
+            self._keep_answer_states(batch, hidden)
         logits = self.model.logits(hidden).cpu()  # model dtype: the sampler converts only what it samples
         for seq in batch:
             seq.num_cached = len(seq)
@@ -145,6 +147,14 @@ class ModelRunner:
         for pos, i in enumerate(order):
             out[i] = tokens[pos]
         return out
+
+    @staticmethod
+    def _keep_answer_states(batch: list[Sequence], hidden: torch.Tensor) -> None:
+        """The state at the prompt's last token, for a sequence that asked for it. Only at its first prefill:
+        a preempted sequence prefills again with its output, whose last token is no longer the prompt's."""
+        for row, seq in enumerate(batch):
+            if seq.params.answer_state and seq.answer_state is None and not seq.output_ids:
+                seq.answer_state = hidden[row].float().cpu()
 
     @staticmethod
     def _with_prompt_rows(batch: list[Sequence], last: list[int]) -> list[int]:

@@ -28,6 +28,9 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit
     logprobs: int | None = None  # None: none; k: the chosen token's log-probability and the k most likely
     prompt_logprobs: bool = False  # also each prompt token's (echo); needs `logprobs`
+    # Keep the final hidden state the first output token is predicted from (`Sequence.answer_state`): what
+    # a classifier's label index compares (classify/label_index.py).
+    answer_state: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -93,6 +96,7 @@ class Sequence:
         # An entry per output token (`logprobs`), and per prompt token after the first (`prompt_logprobs`).
         self.logprobs: list[TokenLogprob] = []
         self.prompt_logprobs: list[TokenLogprob] | None = None
+        self.answer_state: torch.Tensor | None = None  # `[hidden]` fp32 on the CPU, with params.answer_state
         self.logprobs_sent = 0  # entries of `logprobs` handed out (AsyncEngine's events)
         # Set once, read by the sampler every step: off, the row stays on its plain path (sampler._extras).
         self.sampling_extras = params.processed or params.logprobs is not None

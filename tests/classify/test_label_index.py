@@ -1,0 +1,50 @@
+"""The label index: nearest training row by cosine, saved beside an adapter and read back."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from loraforge.classify.label_index import INDEX_FILE, LabelIndex
+from loraforge.errors import ConfigError
+
+LABELS = ["card_arrival", "exchange_rate", "oos"]
+
+
+def _index() -> LabelIndex:
+    states = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0], [1.0, 1.0, 0.0]])
+    return LabelIndex.build(states, ["card_arrival", "exchange_rate", "oos", "exchange_rate"], LABELS)
+
+
+def test_each_row_takes_the_label_of_the_most_similar_training_row():
+    index = _index()
+    assert torch.allclose(index.states.norm(dim=1), torch.ones(4))  # unit rows: a dot product is a cosine
+    found = index.nearest(torch.tensor([[5.0, 0.1, 0.0], [0.9, 1.1, 0.0], [0.0, -1.0, 0.2]]))
+    assert [n.label for n in found] == ["card_arrival", "exchange_rate", "oos"]
+    assert found[0].similarity == pytest.approx(5.0 / (5.0**2 + 0.1**2) ** 0.5, abs=1e-6)
+    assert found[1].similarity == pytest.approx((0.9 + 1.1) / (2**0.5 * (0.81 + 1.21) ** 0.5), abs=1e-6)
+
+
+def test_an_index_round_trips_through_the_adapter_folder(tmp_path):
+    assert LabelIndex.load(tmp_path) is None  # an adapter trained without one
+    index = _index()
+    assert index.save(tmp_path) == tmp_path / INDEX_FILE
+    loaded = LabelIndex.load(tmp_path)
+    assert loaded.labels == LABELS
+    assert torch.equal(loaded.states, index.states) and torch.equal(loaded.label_ids, index.label_ids)
+
+
+def test_labels_outside_the_label_set_and_foreign_files_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="outside the label set: \\['refund'\\]"):
+        LabelIndex.build(torch.ones(1, 3), ["refund"], LABELS)
+    with pytest.raises(ConfigError, match="one state per training row"):
+        LabelIndex.build(torch.ones(2, 3), ["oos"], LABELS)
+    save_file({"weight": torch.ones(2)}, str(tmp_path / INDEX_FILE))
+    with pytest.raises(ConfigError, match="is not a label index"):
+        LabelIndex.load(tmp_path)
+    save_file(
+        {"states": torch.ones(1, 3), "label_ids": torch.tensor([5])},
+        str(tmp_path / INDEX_FILE),
+        metadata={"labels": '["a"]'},
+    )
+    with pytest.raises(ConfigError, match="rows and labels do not match"):
+        LabelIndex.load(tmp_path)
