@@ -53,6 +53,7 @@ def main() -> None:
     overrides = [
         f"evaluation.limit={args.rows}",
         f"evaluation.constrain_to_labels={str(args.constrain).lower()}",
+        "evaluation.classifier=decode",  # what both backends do: the hf backend has no label index
     ]
     config = load_config(args.config, overrides)
     rows = select_rows(load_splits(config.data).test, config.evaluation.limit, config.data.seed)

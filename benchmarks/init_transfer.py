@@ -118,7 +118,12 @@ def oos_thresholds(config_path: Path, run_dir: Path, validation: Path) -> dict:
     )
 
     def scores(samples: list[dict], threshold: float) -> dict:
-        answers = [s["adapter_label"] if s["adapter_probability"] >= threshold else "oos" for s in samples]
+        # The label the config's classifier chose (nearest or decoded); the threshold is on the decoded one's.
+        chosen = [s.get("adapter_nearest", s["adapter_label"]) for s in samples]
+        answers = [
+            c if s["adapter_probability"] >= threshold else "oos"
+            for c, s in zip(chosen, samples, strict=True)
+        ]
         hits = [a == s["reference"] for a, s in zip(answers, samples, strict=True)]
         oos = [h for h, s in zip(hits, samples, strict=True) if s["reference"] == "oos"]
         kept = [h for h, s in zip(hits, samples, strict=True) if s["reference"] != "oos"]

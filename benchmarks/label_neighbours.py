@@ -82,6 +82,8 @@ def main() -> None:
     train = [builder.build(r) for r in read_records(config.data.train)]
     decoded = read_records(args.folder / "run" / "predictions.jsonl")
     references = [d["reference"] for d in decoded]
+    # The decoded label (`adapter_label` when the run answered with its label index, else the answer).
+    labels_decoded = [d.get("adapter_label", d["adapter"]) for d in decoded]
 
     train_states = answer_states(model, generator.tokenizer, [e.prompt for e in train])
     states = answer_states(model, generator.tokenizer, [d["prompt"] for d in decoded])
@@ -95,18 +97,21 @@ def main() -> None:
     print(f"CPU: {describe()}")
     print(f"{len(train)} training rows, {len(decoded)} evaluated rows, {len(labels)} labels")
     if fallback is None:
-        print("decoding:          ", scores([d["adapter"] for d in decoded], references, None))
+        print("decoding:          ", scores(labels_decoded, references, None))
         print("nearest neighbour: ", scores(nearest, references, None))
         return
     probability = torch.tensor([d["adapter_probability"] for d in decoded])
     print(f"fallback '{fallback}' below probability {threshold}:")
-    print("decoding:          ", scores([d["adapter"] for d in decoded], references, fallback))
-    answers = [
-        fallback_or(label, p, fallback, threshold)
-        for label, p in zip(nearest, probability.tolist(), strict=True)
-    ]
-    print("nearest neighbour: ", scores(answers, references, fallback))
-    print("no fallback: decoding", scores([d["adapter_label"] for d in decoded], references, fallback))
+
+    def with_fallback(chosen: list[str]) -> list[str]:
+        return [
+            fallback_or(label, p, fallback, threshold)
+            for label, p in zip(chosen, probability.tolist(), strict=True)
+        ]
+
+    print("decoding:          ", scores(with_fallback(labels_decoded), references, fallback))
+    print("nearest neighbour: ", scores(with_fallback(nearest), references, fallback))
+    print("no fallback: decoding", scores(labels_decoded, references, fallback))
     print("no fallback: nearest ", scores(nearest, references, fallback))
     out = torch.tensor([r == fallback for r in references])
     others = by_label.clone()

@@ -65,7 +65,8 @@ def banking77(engine, run: Path, rows: int) -> tuple[float, int]:
     from loraforge.evaluate.engine_backend import EngineBackend
     from loraforge.evaluate.runner import evaluate_records, select_rows
 
-    config = load_config(run / "config.yaml", [f"evaluation.limit={rows}"])
+    # Decoded labels: what the weight format changes directly (a label index was built on the run's weights).
+    config = load_config(run / "config.yaml", [f"evaluation.limit={rows}", "evaluation.classifier=decode"])
     records = select_rows(load_splits(config.data).test, rows, config.data.seed)
     engine.adapters.register("b77", run / "adapter")
     backend = EngineBackend(engine)

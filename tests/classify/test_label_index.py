@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from loraforge.classify.label_index import INDEX_FILE, LabelIndex
-from loraforge.errors import ConfigError
+from loraforge.errors import ConfigError, DataError
 
 LABELS = ["card_arrival", "exchange_rate", "oos"]
 
@@ -34,9 +34,9 @@ def test_an_index_round_trips_through_the_adapter_folder(tmp_path):
 
 
 def test_labels_outside_the_label_set_and_foreign_files_are_clear_errors(tmp_path):
-    with pytest.raises(ConfigError, match="outside the label set: \\['refund'\\]"):
+    with pytest.raises(DataError, match="outside the label set: \\['refund'\\]"):
         LabelIndex.build(torch.ones(1, 3), ["refund"], LABELS)
-    with pytest.raises(ConfigError, match="one state per training row"):
+    with pytest.raises(DataError, match="one state per training row"):
         LabelIndex.build(torch.ones(2, 3), ["oos"], LABELS)
     save_file({"weight": torch.ones(2)}, str(tmp_path / INDEX_FILE))
     with pytest.raises(ConfigError, match="is not a label index"):
@@ -48,3 +48,15 @@ def test_labels_outside_the_label_set_and_foreign_files_are_clear_errors(tmp_pat
     )
     with pytest.raises(ConfigError, match="rows and labels do not match"):
         LabelIndex.load(tmp_path)
+    (tmp_path / INDEX_FILE).write_bytes(b"not safetensors at all")
+    with pytest.raises(ConfigError, match="is not a readable label index"):
+        LabelIndex.load(tmp_path)
+
+
+def test_an_index_fits_a_model_and_a_label_set_or_says_why_not():
+    index = _index()
+    index.check_fits(3, LABELS, "guided_choice")
+    with pytest.raises(ConfigError, match="3-dimensional states, the model's are 576"):
+        index.check_fits(576, LABELS, "guided_choice")
+    with pytest.raises(ConfigError, match="outside guided_choice: \\['oos'\\]"):
+        index.check_fits(3, LABELS[:2], "guided_choice")

@@ -290,6 +290,9 @@ def test_the_nearest_classifier_answers_with_the_label_of_the_closest_training_r
     decoded = engine_backend.generate_runs(prompts, ["beta"], max_new_tokens=8, allowed_outputs=LABELS)[
         "beta"
     ]
+    assert any(
+        label != record["label"] for label, record in zip(decoded, records, strict=True)
+    )  # not decoding
     for sample, label in zip(report["samples"], decoded, strict=True):
         assert sample["beta"] == sample["beta_nearest"] == sample["reference"]
         assert sample["beta_similarity"] == pytest.approx(1.0, abs=1e-5)

@@ -164,10 +164,13 @@ def test_a_nearest_classifier_writes_its_label_index_beside_the_adapter(make_con
     assert json.loads((out / "eval.json").read_text())["results"]["adapter"] == report["results"]["adapter"]
 
     (tmp_path / "config.yaml").write_text(dump_config(config))
-    for removed in (False, True):
-        if removed:
+    results = {}
+    for case in ("stored", "relabelled", "removed"):
+        if case == "relabelled":  # the stored index is what answers: every row now says one label
+            LabelIndex(index.states, torch.zeros_like(index.label_ids), index.labels).save(out / "adapter")
+        if case == "removed":
             (out / "adapter" / INDEX_FILE).unlink()
-        output = tmp_path / f"eval-{removed}.json"
+        output = tmp_path / f"eval-{case}.json"
         args = [
             "evaluate",
             str(tmp_path / "config.yaml"),
@@ -180,6 +183,7 @@ def test_a_nearest_classifier_writes_its_label_index_beside_the_adapter(make_con
         with pytest.raises(SystemExit) as exit_info:
             main()
         assert exit_info.value.code == 0
-        again = json.loads(output.read_text())
-        assert again["results"]["adapter"] == report["results"]["adapter"]
+        results[case] = json.loads(output.read_text())["results"]["adapter"]
+    assert results["stored"] == results["removed"] == report["results"]["adapter"]
+    assert results["relabelled"]["accuracy"] == 0.25  # 16 of the 64 rows carry the first label
     assert not (out / "adapter" / INDEX_FILE).exists()  # built in memory, not written by evaluate

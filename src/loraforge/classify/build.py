@@ -6,6 +6,7 @@ from loraforge.classify.label_index import LabelIndex
 from loraforge.config.schema import FineTuneConfig
 from loraforge.data.examples import ExampleBuilder
 from loraforge.data.labels import load_labels
+from loraforge.errors import ConfigError
 from loraforge.evaluate.engine_backend import EngineBackend
 
 
@@ -26,8 +27,14 @@ def adapter_indexes(
 ) -> dict[str, LabelIndex]:
     """Each adapter's index (by the generator's name for it): the one in its folder, or for an adapter
     trained without one, built here from `records` (the config's training split) and not written."""
+    labels = load_labels(config.evaluation.labels)
     indexes = {}
     for name, folder in adapters.items():
         index = LabelIndex.load(folder)
+        if index is not None:
+            try:
+                index.check_fits(generator.hidden_size, labels, "evaluation.labels")
+            except ConfigError as exc:
+                raise ConfigError(f"adapter {folder}: {exc}") from None
         indexes[name] = index or build_label_index(config, generator, name, records)
     return indexes

@@ -10,17 +10,19 @@ The index lives beside the adapter's weights, as safetensors, and is read only f
 """
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
-from loraforge.errors import ConfigError
+from loraforge.errors import ConfigError, DataError
 
 INDEX_FILE = "label_index.safetensors"
+CHUNK = 1024  # evaluated rows compared at once: `[CHUNK, training rows]` similarities in memory
 
 
 @dataclass(frozen=True)
@@ -38,41 +40,82 @@ class LabelIndex:
     @classmethod
     def build(cls, states: torch.Tensor, row_labels: list[str], labels: list[str]) -> "LabelIndex":
         """From the training rows' answer states and labels; `labels` is the label set, in its order."""
-        unknown = sorted(set(row_labels) - set(labels))
-        if unknown:
-            raise ConfigError(f"label index: training rows carry labels outside the label set: {unknown[:5]}")
+        check_labels(row_labels, labels)
         if len(row_labels) != len(states) or not len(states):
-            raise ConfigError("label index: needs one state per training row, and at least one row")
+            raise DataError("label index: needs one state per training row, and at least one row")
         ids = torch.tensor([labels.index(label) for label in row_labels])
         return cls(F.normalize(states.float(), dim=1), ids, list(labels))
 
+    @property
+    def hidden_size(self) -> int:
+        return self.states.shape[1]
+
+    def answered(self) -> set[str]:
+        """The labels this index can answer: those of its rows."""
+        return {self.labels[i] for i in self.label_ids.unique().tolist()}
+
+    def check_fits(self, hidden_size: int, labels: list[str], labels_name: str) -> None:
+        """ConfigError when this index cannot answer for a model of `hidden_size` among `labels` (an index of
+        another base model, or of another label set)."""
+        if self.hidden_size != hidden_size:
+            raise ConfigError(
+                f"the label index holds {self.hidden_size}-dimensional states, the model's are {hidden_size}"
+                " (an index of another base model)"
+            )
+        outside = sorted(self.answered() - set(labels))
+        if outside:
+            raise ConfigError(f"the label index answers labels outside {labels_name}: {outside[:5]}")
+
     def nearest(self, states: torch.Tensor) -> list[Neighbour]:
         """Each row's label: that of the most similar training row."""
-        similarity = F.normalize(states.float(), dim=1) @ self.states.T  # [rows, train]
-        best, at = similarity.max(dim=1)
-        return [
-            Neighbour(self.labels[self.label_ids[i]], s)
-            for i, s in zip(at.tolist(), best.tolist(), strict=True)
-        ]
+        found = []
+        for chunk in F.normalize(states.float(), dim=1).split(CHUNK):
+            best, at = (chunk @ self.states.T).max(dim=1)  # [chunk, train] -> the best row of each
+            found += [
+                Neighbour(self.labels[self.label_ids[i]], s)
+                for i, s in zip(at.tolist(), best.tolist(), strict=True)
+            ]
+        return found
 
     def save(self, adapter_dir: Path) -> Path:
+        """Write the index beside the adapter's weights; written whole, then renamed into place, so a server
+        reading the folder never sees half a file."""
         path = adapter_dir / INDEX_FILE
+        partial = path.with_suffix(".partial")
         tensors = {"states": self.states.contiguous(), "label_ids": self.label_ids.contiguous()}
-        save_file(tensors, str(path), metadata={"labels": json.dumps(self.labels, ensure_ascii=False)})
+        save_file(tensors, str(partial), metadata={"labels": json.dumps(self.labels, ensure_ascii=False)})
+        os.replace(partial, path)
         return path
 
     @classmethod
     def load(cls, adapter_dir: Path) -> "LabelIndex | None":
-        """The index in `adapter_dir`, or None where the adapter has none."""
+        """The index in `adapter_dir`, or None where the adapter has none; a file that is not a well-formed
+        index is a ConfigError naming it."""
         path = adapter_dir / INDEX_FILE
-        if not path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+            labels = json.loads(metadata.get("labels", "null"))
+        except FileNotFoundError:
             return None
-        with safe_open(str(path), framework="pt") as handle:
-            labels = json.loads((handle.metadata() or {}).get("labels", "null"))
-        tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ConfigError(f"{path} is not a readable label index ({exc})") from None
         if not isinstance(labels, list) or set(tensors) != {"states", "label_ids"}:
             raise ConfigError(f"{path} is not a label index (states, label_ids and the labels' metadata)")
-        index = cls(tensors["states"].float(), tensors["label_ids"].long(), [str(label) for label in labels])
-        if len(index.states) != len(index.label_ids) or int(index.label_ids.max()) >= len(labels):
+        states, ids = tensors["states"].float(), tensors["label_ids"].long()
+        if (
+            states.dim() != 2
+            or ids.shape != (len(states),)
+            or not len(ids)
+            or not 0 <= ids.min() <= ids.max() < len(labels)
+        ):
             raise ConfigError(f"{path}: its rows and labels do not match")
-        return index
+        return cls(states, ids, [str(label) for label in labels])
+
+
+def check_labels(row_labels: list[str], labels: list[str]) -> None:
+    """DataError when a training row's label is not in the label set (checked before training, not after)."""
+    unknown = sorted(set(row_labels) - set(labels))
+    if unknown:
+        raise DataError(f"label index: training rows carry labels outside the label set: {unknown[:5]}")

@@ -129,7 +129,10 @@ class EvaluationConfig(Section):
         if self.fallback_label is not None and not (self.constrain_to_labels and self.backend == "engine"):
             raise ValueError("fallback_label needs constrain_to_labels and evaluation.backend 'engine'")
         if self.classifier == "nearest" and not (self.constrain_to_labels and self.backend == "engine"):
-            raise ValueError("classifier 'nearest' needs constrain_to_labels and evaluation.backend 'engine'")
+            raise ValueError(
+                "classifier 'nearest' needs constrain_to_labels and evaluation.backend 'engine'"
+                " (or set evaluation.classifier: decode)"
+            )
         allowed = METRICS_BY_TASK[self.task]
         for name in self.metrics or []:
             if name not in allowed:

@@ -69,6 +69,11 @@ class EngineBackend:
             engine.adapters.register(name, path)
         return cls(engine)
 
+    @property
+    def hidden_size(self) -> int:
+        """The size of the model's answer states (`answer_states`)."""
+        return self.engine.model.cfg.hidden_size
+
     def generate_runs(
         self,
         prompts: list[str],

@@ -7,9 +7,11 @@ from pathlib import Path
 import torch
 
 from loraforge.classify.build import build_label_index
+from loraforge.classify.label_index import INDEX_FILE, check_labels
 from loraforge.config.loading import dump_config
 from loraforge.config.schema import FineTuneConfig
 from loraforge.data.examples import ExampleBuilder
+from loraforge.data.labels import load_labels
 from loraforge.data.splits import load_splits
 from loraforge.data.tokenize import tokenize_example
 from loraforge.errors import ConfigError
@@ -84,6 +86,10 @@ def _run(config, output_dir, context, resume, evaluate, baseline, show_progress,
         placement = Placement(device=device, dtype=placement.dtype)
     splits = load_splits(config.data)
     builder = ExampleBuilder(config.prompt, config.target, tokenizer)
+    if config.evaluation.classifier == "nearest":  # before training: its index needs every row's label known
+        check_labels(
+            [builder.build(r).completion for r in splits.train], load_labels(config.evaluation.labels)
+        )
     max_length = config.trainer.max_seq_length
     train = [tokenize_example(builder.build(r), tokenizer, max_length) for r in splits.train]
     validation = [tokenize_example(builder.build(r), tokenizer, max_length) for r in splits.validation]
@@ -118,6 +124,7 @@ def _run(config, output_dir, context, resume, evaluate, baseline, show_progress,
     adapter_dir = output_dir / "adapter"
     model.save_pretrained(adapter_dir, safe_serialization=True, state_dict=weights)
     tokenizer.save_pretrained(adapter_dir)
+    (adapter_dir / INDEX_FILE).unlink(missing_ok=True)  # an earlier run's index belongs to other weights
     plot_losses(metrics.read(), output_dir / "loss.png")
     summary = RunSummary(
         base_model=config.base_model,

@@ -1,12 +1,13 @@
 """`guided_choice_classifier: "nearest"`: an adapter with a label index answers a `guided_choice` with the
 label of the nearest training row, as `evaluation.classifier: nearest` scores it; 400s where it cannot."""
 
+import json
 import shutil
 
 import httpx
 import pytest
 
-from loraforge.classify.label_index import LabelIndex
+from loraforge.classify.label_index import INDEX_FILE, LabelIndex
 from loraforge.evaluate.engine_backend import EngineBackend
 from tests.serve.api.test_errors import ADMIN, AUTH, assert_error
 
@@ -71,8 +72,6 @@ def test_a_streamed_answer_sends_the_label_whole(live, classifier):
     body |= {"stream": True, "guided_choice": LABELS, "guided_choice_classifier": "nearest"}
     with httpx.stream("POST", live.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=60) as r:
         lines = [line[6:] for line in r.iter_lines() if line.startswith("data: ") and line != "data: [DONE]"]
-    import json
-
     deltas = [c["choices"][0]["delta"].get("content") for c in map(json.loads, lines) if c["choices"]]
     assert [d for d in deltas if d] == [classifier[0]]
 
@@ -107,3 +106,30 @@ def test_what_cannot_be_answered_by_nearest_label_is_a_400(live, classifier, bod
     assert words in err["message"]
     r = _chat(live.url, "hi", guided_choice=LABELS, guided_choice_classifier="closest")
     assert r.status_code == 400
+
+
+def test_an_unusable_index_file_is_a_400_that_says_why(live, many_adapters_dir, tmp_path):
+    """A file that is not an index, and an index of another base model (other state size): 400s naming the
+    field, and the server goes on answering."""
+    import torch
+
+    for name, write, words in (
+        ("broken", lambda f: (f / INDEX_FILE).write_bytes(b"not safetensors"), "not a readable label index"),
+        (
+            "foreign",
+            lambda f: LabelIndex.build(torch.randn(2, 576), LABELS[:2], LABELS).save(f),
+            "576-dimensional states",
+        ),
+    ):
+        folder = tmp_path / name
+        shutil.copytree(many_adapters_dir / "ad05", folder)
+        write(folder)
+        r = httpx.post(live.url + "/v1/adapters", json={"name": name, "path": str(folder)}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        err = assert_error(
+            _chat(live.url, "hi", model=name, guided_choice=LABELS, guided_choice_classifier="nearest"),
+            400,
+            "guided_choice_classifier",
+        )
+        assert words in err["message"]
+    assert _chat(live.url, "hi", model="ad05", max_tokens=2).status_code == 200

@@ -12,19 +12,20 @@ directory), never from a hub download or a merge. The label is still decoded (it
 are the ones reported), and `guided_choice_fallback` applies to the decoded label's probability, as in
 evaluation; like the fallback, a streamed answer holds the choice back and sends the label in one chunk."""
 
-from functools import lru_cache
+import threading
 from pathlib import Path
 
 import torch
 
 from loraforge.classify.label_index import INDEX_FILE, LabelIndex
-from loraforge.errors import LoraforgeError
+from loraforge.errors import LoraforgeError, ModelNotFoundError
 from loraforge.serve.api.errors import APIError
 from loraforge.serve.engine.async_engine import AsyncEngine
 from loraforge.serve.lora.manager import AdapterRef
 
 PARAM = "guided_choice_classifier"
 NEAREST = "nearest"
+CACHED = 64  # indexes kept in memory, one per adapter folder (the latest version of its file)
 
 
 def _error(problem: str) -> APIError:
@@ -38,29 +39,58 @@ def check(req) -> None:
 
 
 def index_for(engine: AsyncEngine, adapter: AdapterRef | None, req) -> LabelIndex:
-    """The label index a nearest-label request answers with. Runs in the thread pool: reads the file."""
-    folder = engine.adapter_folder(adapter.name) if adapter is not None and adapter.local else None
-    path = folder / INDEX_FILE if folder is not None else None
-    if path is None or not path.is_file():
+    """The label index a nearest-label request answers with; APIError 400 when there is none it can use.
+    Runs in the thread pool: reads the file system."""
+    index = None
+    if adapter is not None and adapter.local:
+        try:
+            folder = engine.adapter_folder(adapter.name)
+            index = _cache.get(folder) if folder is not None else None
+        except ModelNotFoundError:  # unregistered since it was resolved: nothing to read any more
+            pass
+        except LoraforgeError as exc:
+            raise _error(f"the model '{req.model}': {exc}") from None
+    if index is None:
         raise _error(
             f"the model '{req.model}' has no label index: an adapter the server provides, trained with "
             f"evaluation.classifier 'nearest' ({INDEX_FILE} beside its weights)"
         )
-    stat = path.stat()
     try:
-        index = _read(path.parent, stat.st_mtime_ns, stat.st_size)
+        index.check_fits(engine.hidden_size, req.guided_choice, "guided_choice")
     except LoraforgeError as exc:
-        raise _error(str(exc)) from None
-    outside = sorted({index.labels[i] for i in index.label_ids.unique().tolist()} - set(req.guided_choice))
-    if outside:
-        raise _error(f"the label index of '{req.model}' answers labels outside guided_choice: {outside[:5]}")
+        raise _error(f"the model '{req.model}': {exc}") from None
     return index
 
 
-@lru_cache(maxsize=32)
-def _read(folder: Path, mtime_ns: int, size: int) -> LabelIndex:
-    """One read per version of the file (keyed by its time and size: a retrained adapter is read again)."""
-    return LabelIndex.load(folder)
+class _IndexCache:
+    """The index of each adapter folder, read again when its file changes (a retrained adapter): one entry
+    a folder, at most CACHED of them."""
+
+    def __init__(self) -> None:
+        self.entries: dict[Path, tuple[tuple[int, int], LabelIndex]] = {}
+        self.lock = threading.Lock()
+
+    def get(self, folder: Path) -> LabelIndex | None:
+        try:
+            stat = (folder / INDEX_FILE).stat()
+        except FileNotFoundError:
+            return None
+        version = (stat.st_mtime_ns, stat.st_size)
+        with self.lock:
+            hit = self.entries.get(folder)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        index = LabelIndex.load(folder)
+        if index is not None:
+            with self.lock:
+                self.entries.pop(folder, None)
+                self.entries[folder] = (version, index)
+                while len(self.entries) > CACHED:
+                    self.entries.pop(next(iter(self.entries)))
+        return index
+
+
+_cache = _IndexCache()
 
 
 def answer(index: LabelIndex, state: torch.Tensor) -> str:

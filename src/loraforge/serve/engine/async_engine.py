@@ -91,6 +91,11 @@ class AsyncEngine(AdapterCommands):
         return self.engine.vocab_size
 
     @property
+    def hidden_size(self) -> int:
+        """The size of an answer state (SamplingParams.answer_state)."""
+        return self.engine.model.cfg.hidden_size
+
+    @property
     def eos_ids(self) -> set[int]:
         return self.engine.eos_ids
 

@@ -152,9 +152,14 @@ class ModelRunner:
     def _keep_answer_states(batch: list[Sequence], hidden: torch.Tensor) -> None:
         """The state at the prompt's last token, for a sequence that asked for it. Only at its first prefill:
         a preempted sequence prefills again with its output, whose last token is no longer the prompt's."""
-        for row, seq in enumerate(batch):
-            if seq.params.answer_state and seq.answer_state is None and not seq.output_ids:
-                seq.answer_state = hidden[row].float().cpu()
+        rows = [
+            row
+            for row, seq in enumerate(batch)
+            if seq.params.answer_state and seq.answer_state is None and not seq.output_ids
+        ]
+        if rows:  # one gather and one copy to the CPU for all of them, not a view of the whole batch each
+            for row, state in zip(rows, hidden[rows].float().cpu(), strict=True):
+                batch[row].answer_state = state
 
     @staticmethod
     def _with_prompt_rows(batch: list[Sequence], last: list[int]) -> list[int]:
