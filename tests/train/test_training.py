@@ -133,7 +133,9 @@ def test_saved_adapter_loads_in_plain_peft_with_identical_logits(make_config, tm
         assert not torch.allclose(theirs(input_ids=ids).logits, got)
 
 
-def test_a_nearest_classifier_writes_its_label_index_beside_the_adapter(make_config, tmp_path, monkeypatch):
+def test_a_nearest_classifier_writes_its_label_index_beside_the_adapter(
+    make_config, tmp_path, monkeypatch, capsys
+):
     """`evaluation.classifier: nearest`: train indexes its training rows in the adapter's folder and the
     evaluation answers with it: a training row's nearest row is itself. `loraforge evaluate` reads the index
     back; for an adapter without one it builds one from the config's training split."""
@@ -184,6 +186,7 @@ def test_a_nearest_classifier_writes_its_label_index_beside_the_adapter(make_con
             main()
         assert exit_info.value.code == 0
         results[case] = json.loads(output.read_text())["results"]["adapter"]
+        assert ("indexing the config's training rows" in capsys.readouterr().err) == (case == "removed")
     assert results["stored"] == results["removed"] == report["results"]["adapter"]
     assert results["relabelled"]["accuracy"] == 0.25  # 16 of the 64 rows carry the first label
     assert not (out / "adapter" / INDEX_FILE).exists()  # built in memory, not written by evaluate

@@ -6,8 +6,9 @@ The rules, in one place:
 - classification: the label set is written beside the config and decoding is constrained to it (free
   decoding invents labels that do not exist); `max_new_tokens` fits the longest tokenized target
   (free text: a quarter more, `new_tokens`). The answer is the label of the nearest training example in
-  the adapter's representation (`classifier: nearest`, classify/label_index.py): on Banking77 it beats
-  decoding the label at 5, 10 and 25 examples a label (README "Fine-tuning"; `benchmarks/init_transfer.py`).
+  the adapter's representation (`classifier: nearest`, classify/label_index.py): on Banking77 validation rows
+  it beats decoding the label at 5, 10 and 25 examples a label (README "Fine-tuning": `init_transfer.py
+  --eval-on validation` records both answers).
   A label that means "none of the others" (`oos`, `other`...) becomes the fallback answered when the
   model's probability for its own (decoded) label is low (`fallback_label`).
 - prompt: the input column alone, in the model's chat template under a one-line system prompt that names
