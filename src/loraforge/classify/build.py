@@ -1,5 +1,6 @@
 """Build or find the label index of each adapter a classification config evaluates."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 from loraforge.classify.label_index import LabelIndex
@@ -23,10 +24,15 @@ def build_label_index(
 
 
 def adapter_indexes(
-    config: FineTuneConfig, generator: EngineBackend, adapters: dict[str, Path], records: list[dict]
+    config: FineTuneConfig,
+    generator: EngineBackend,
+    adapters: dict[str, Path],
+    records: list[dict],
+    on_build: Callable[[Path], None] | None = None,
 ) -> dict[str, LabelIndex]:
     """Each adapter's index (by the generator's name for it): the one in its folder, or for an adapter
-    trained without one, built here from `records` (the config's training split) and not written."""
+    trained without one, built here from `records` (the config's training split) and not written; `on_build`
+    hears of each such folder first."""
     labels = load_labels(config.evaluation.labels)
     indexes = {}
     for name, folder in adapters.items():
@@ -36,5 +42,9 @@ def adapter_indexes(
                 index.check_fits(generator.hidden_size, labels, "evaluation.labels")
             except ConfigError as exc:
                 raise ConfigError(f"adapter {folder}: {exc}") from None
-        indexes[name] = index or build_label_index(config, generator, name, records)
+        if index is None:
+            if on_build is not None:
+                on_build(folder)
+            index = build_label_index(config, generator, name, records)
+        indexes[name] = index
     return indexes

@@ -61,12 +61,12 @@ def evaluate(
         from loraforge.classify.build import adapter_indexes
         from loraforge.classify.label_index import INDEX_FILE
 
-        for path in named.values():
-            if not (path / INDEX_FILE).is_file():
-                typer.echo(
-                    f"{path} has no {INDEX_FILE}: indexing the config's training rows (not saved)", err=True
-                )
-        indexes = adapter_indexes(config, generator, named, splits.train)
+        def say(path: Path) -> None:
+            typer.echo(
+                f"{path} has no {INDEX_FILE}: indexing the config's training rows (not saved)", err=True
+            )
+
+        indexes = adapter_indexes(config, generator, named, splits.train, on_build=say)
     report = evaluate_config(
         config, generator, rows, adapters=tuple(named), baseline=baseline, indexes=indexes
     )

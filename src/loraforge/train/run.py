@@ -86,12 +86,11 @@ def _run(config, output_dir, context, resume, evaluate, baseline, show_progress,
         placement = Placement(device=device, dtype=placement.dtype)
     splits = load_splits(config.data)
     builder = ExampleBuilder(config.prompt, config.target, tokenizer)
+    examples = [builder.build(r) for r in splits.train]
     if config.evaluation.classifier == "nearest":  # before training: its index needs every row's label known
-        check_labels(
-            [builder.build(r).completion for r in splits.train], load_labels(config.evaluation.labels)
-        )
+        check_labels([e.completion for e in examples], load_labels(config.evaluation.labels))
     max_length = config.trainer.max_seq_length
-    train = [tokenize_example(builder.build(r), tokenizer, max_length) for r in splits.train]
+    train = [tokenize_example(e, tokenizer, max_length) for e in examples]
     validation = [tokenize_example(builder.build(r), tokenizer, max_length) for r in splits.validation]
 
     # FSDP moves the base to the device one shard at a time: loaded whole, it might not fit there.

@@ -44,20 +44,19 @@ def check(req) -> None:
     raise APIError(400, f"{PARAM}: {problem}", "invalid_request_error", PARAM)
 
 
-def answer(
-    fallback: ChoiceFallback,
-    choices: list[str],
-    text: str,
-    logprobs: list[TokenLogprob],
-    finish_reason: str | None,
-    label: str | None = None,
-) -> str:
-    """The answer of a choice that generated `text` with these per-token `logprobs`: `label` (default: the
-    text itself; the nearest label with choice_nearest.py), or the fallback when the model gave `text` a
-    probability below the threshold. An output cut by max_tokens or by one of the client's `stop` strings is
-    no label: it has no probability to judge."""
-    label = text if label is None else label
+def decoded_probability(
+    choices: list[str], text: str, logprobs: list[TokenLogprob], finish_reason: str | None
+) -> float | None:
+    """The probability the model gave the choice it decoded as `text`, from its per-token `logprobs`; None
+    for an output cut by max_tokens or by one of the client's `stop` strings: no label, nothing to judge."""
     if finish_reason != "stop" or text not in choices:
+        return None
+    return math.exp(sum(entry.logprob for entry in logprobs))
+
+
+def answer(fallback: ChoiceFallback, label: str, probability: float | None) -> str:
+    """`label` (the decoded choice, or the nearest label with choice_nearest.py), or the fallback when the
+    decoded choice's probability is below the threshold."""
+    if probability is None:
         return label
-    probability = math.exp(sum(entry.logprob for entry in logprobs))
     return fallback_or(label, probability, fallback.label, fallback.threshold)
