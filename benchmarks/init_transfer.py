@@ -10,9 +10,9 @@ Settings (data from /work/shared/data, fixed seeds, so every row is reproducible
 - gsm8k: question -> worked answer, 200 train rows, 50 test rows; final-answer accuracy.
 - banking77oos-K: Banking77 with 10 labels held out as `oos` (the shape of CLINC150's out-of-scope class),
   K per label; `init` makes `oos` the fallback label. With `--eval-on test`, the adapter is also evaluated
-  on the validation rows and the fallback threshold chosen there is applied to the test predictions
+  on the validation rows and the fallback's cut chosen there is applied to the test predictions
   (run/fallback.json): accuracy, in-scope accuracy and out-of-scope recall at 0 (no fallback), at init's
-  default and at the chosen threshold.
+  default and at the chosen cut.
 
     python benchmarks/init_transfer.py --settings banking77-5,banking77-10 [--eval-on validation]
         [--test-limit N] [--set trainer.epochs=3 ...] [--workdir /tmp/init-transfer]
@@ -99,7 +99,7 @@ def banking77_oos(
     rng.shuffle(train)
     test = [{**r, "label": "oos"} if r["label"] in held else r for r in _read(DATA / "banking77/test.jsonl")]
     held_out = validation if eval_on == "validation" else test
-    _write(folder / "validation.jsonl", validation)  # for choosing the fallback threshold
+    _write(folder / "validation.jsonl", validation)  # for choosing the fallback's cut
     return (
         _write(folder / "train.jsonl", train),
         _write(folder / f"{eval_on}.jsonl", held_out),
@@ -108,23 +108,28 @@ def banking77_oos(
     )
 
 
-def oos_thresholds(config_path: Path, run_dir: Path, validation: Path) -> dict:
-    """The fallback threshold chosen on the validation rows (the adapter evaluated there), applied to the
-    test predictions: accuracy, in-scope accuracy and out-of-scope recall at init's default and at it."""
+def fallback_sweep(config_path: Path, run_dir: Path, validation: Path) -> dict:
+    """The fallback's cut chosen on the validation rows (the adapter evaluated there), applied to the test
+    predictions: accuracy, in-scope accuracy and out-of-scope recall at 0 (no fallback), at init's default and
+    at the chosen cut. The cut is the config classifier's (evaluate/runner.py `classify`): for the nearest
+    example, the margin by which a row must be nearer its label's example than an `oos` one; for the decoded
+    label, its probability."""
     out = run_dir / "validation" / "eval.json"
     evaluate = ["evaluate", str(config_path), "--adapter", str(run_dir / "adapter")]
     subprocess.run(
         _loraforge(*evaluate, "--set", f"data.test={validation}", "--output", str(out)), check=True
     )
+    report = json.loads((run_dir / "eval.json").read_text())
+    nearest = report["classifier"] == "nearest"
 
-    def scores(samples: list[dict], threshold: float) -> dict:
-        # The label the config's classifier chose (nearest or decoded); the threshold is on the decoded one's.
-        chosen = [s.get("adapter_nearest", s["adapter_label"]) for s in samples]
-        answers = [
-            c if s["adapter_probability"] >= threshold else "oos"
-            for c, s in zip(chosen, samples, strict=True)
-        ]
-        hits = [a == s["reference"] for a, s in zip(answers, samples, strict=True)]
+    def answer(sample: dict, cut: float) -> str:
+        if nearest:  # no `oos` rows in the index: nothing to be nearer than
+            gap = sample["adapter_similarity"] - sample.get("adapter_fallback_similarity", -2.0)
+            return sample["adapter_nearest"] if gap >= cut else "oos"
+        return sample["adapter_label"] if sample["adapter_probability"] >= cut else "oos"
+
+    def scores(samples: list[dict], cut: float) -> dict:
+        hits = [answer(s, cut) == s["reference"] for s in samples]
         oos = [h for h, s in zip(hits, samples, strict=True) if s["reference"] == "oos"]
         kept = [h for h, s in zip(hits, samples, strict=True) if s["reference"] != "oos"]
         return {
@@ -133,15 +138,18 @@ def oos_thresholds(config_path: Path, run_dir: Path, validation: Path) -> dict:
             "oos_recall": sum(oos) / len(oos),
         }
 
-    candidates = [round(0.05 * i, 2) for i in range(20)]  # 0 = no fallback
+    name = "margin" if nearest else "threshold"
+    step, count = (0.01, 21) if nearest else (0.05, 20)
+    candidates = [round(step * i, 2) for i in range(count)]  # 0 = no fallback
     on_validation = _read(out.with_name("predictions.jsonl"))
     chosen = max(candidates, key=lambda t: (scores(on_validation, t)["accuracy"], -t))
     test = _read(run_dir / "predictions.jsonl")
-    default = json.loads((run_dir / "eval.json").read_text())["fallback"]["threshold"]
+    default = report["fallback"][name]
     return {
+        "cut": name,
         "chosen_on_validation": chosen,
         **{f"test_at_{t}": scores(test, t) for t in sorted({0.0, default, chosen})},
-        "validation_by_threshold": {t: round(scores(on_validation, t)["accuracy"], 4) for t in candidates},
+        "validation_by_cut": {t: round(scores(on_validation, t)["accuracy"], 4) for t in candidates},
     }
 
 
@@ -256,7 +264,7 @@ def run_setting(
     results = next(v for k, v in report["results"].items() if k != "base")
     trainer, adapter = config["trainer"], config["adapter"]
     if setting.startswith("banking77oos-") and eval_on == "test":
-        fallback = oos_thresholds(config_path, run_dir, folder / "data" / "validation.jsonl")
+        fallback = fallback_sweep(config_path, run_dir, folder / "data" / "validation.jsonl")
         (run_dir / "fallback.json").write_text(json.dumps(fallback, indent=2) + "\n")
         print(json.dumps(fallback, indent=2))
     return {

@@ -7,9 +7,9 @@ Both answers come from the same adapter. Decoding: the run's `predictions.jsonl`
 config's fallback label below its threshold). Nearest neighbour: the adapter's last hidden state at the
 answer position (the vector its first label token is predicted from), for every training row and every
 evaluated row; each evaluated row takes the label of the most similar training row (cosine). The fallback
-label's own training rows are a class like any other there; a row is also answered with it where decoding's
-probability for its label is under the config's threshold (the same rule as decoding, so the two differ
-only in the label chosen). Also printed: how well each score separates the fallback label's rows from the
+label's own training rows are a class like any other there, and a row is also answered with it where it is
+not at least the config's `fallback_margin` more similar to its nearest row than to the fallback label's
+(the product's rule, classify/label_index.py `Neighbour.or_fallback`). Also printed: how well each score separates the fallback label's rows from the
 rest (AUROC: decoding's probability, the best cosine to a training row of another label).
 
     python benchmarks/init_transfer.py --settings banking77oos-10 --eval-on validation \
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from loraforge.config import load_config
-from loraforge.config.tasks import fallback_or
+from loraforge.config.tasks import fallback_or, fallback_rule
 from loraforge.data.examples import ExampleBuilder
 from loraforge.data.labels import load_labels
 from loraforge.data.sources import read_records
@@ -75,7 +75,7 @@ def main() -> None:
     config = load_config(args.folder / "config.yaml")
     evaluation = config.evaluation
     labels = load_labels(evaluation.labels)
-    fallback, threshold = evaluation.fallback_label, evaluation.fallback_threshold
+    fallback = evaluation.fallback_label
     generator = GenerationModel.load(config.base_model, args.folder / "run" / "adapter", precision="fp32")
     model = generator.model.merge_and_unload().eval()
     builder = ExampleBuilder(config.prompt, config.target, generator.tokenizer)
@@ -101,16 +101,18 @@ def main() -> None:
         print("nearest neighbour: ", scores(nearest, references, None))
         return
     probability = torch.tensor([d["adapter_probability"] for d in decoded])
-    print(f"fallback '{fallback}' below probability {threshold}:")
-
-    def with_fallback(chosen: list[str]) -> list[str]:
-        return [
-            fallback_or(label, p, fallback, threshold)
-            for label, p in zip(chosen, probability.tolist(), strict=True)
-        ]
-
-    print("decoding:          ", scores(with_fallback(labels_decoded), references, fallback))
-    print("nearest neighbour: ", scores(with_fallback(nearest), references, fallback))
+    threshold, _ = fallback_rule("decode", evaluation.fallback_threshold, None)
+    _, margin = fallback_rule("nearest", None, evaluation.fallback_margin)
+    print(f"fallback '{fallback}': decoding below probability {threshold}; nearest within margin {margin}:")
+    decoded_or = [
+        fallback_or(label, p, fallback, threshold)
+        for label, p in zip(labels_decoded, probability.tolist(), strict=True)
+    ]
+    favoured = by_label.clone()
+    favoured[:, labels.index(fallback)] += margin  # Neighbour.or_fallback's rule
+    nearest_or = [labels[j] for j in favoured.argmax(1).tolist()]
+    print("decoding:          ", scores(decoded_or, references, fallback))
+    print("nearest neighbour: ", scores(nearest_or, references, fallback))
     print("no fallback: decoding", scores(labels_decoded, references, fallback))
     print("no fallback: nearest ", scores(nearest, references, fallback))
     out = torch.tensor([r == fallback for r in references])

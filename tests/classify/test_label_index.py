@@ -24,6 +24,25 @@ def test_each_row_takes_the_label_of_the_most_similar_training_row():
     assert found[1].similarity == pytest.approx((0.9 + 1.1) / (2**0.5 * (0.81 + 1.21) ** 0.5), abs=1e-6)
 
 
+def test_the_fallback_label_answers_a_row_not_clearly_nearer_another_labels_rows():
+    """With a fallback label, a row keeps its nearest label only when at least `margin` more similar to it
+    than to the fallback label's nearest row; a row nearest a fallback row is the fallback at any margin."""
+    index = _index()
+    near_card, near_oos = index.nearest(torch.tensor([[1.0, 0.0, 0.5], [0.1, 0.0, 1.0]]), "oos")
+    assert near_card.label == "card_arrival" and near_oos.label == "oos"
+    assert near_card.similarity == pytest.approx(1 / 1.25**0.5, abs=1e-6)
+    assert near_card.fallback_similarity == pytest.approx(0.5 / 1.25**0.5, abs=1e-6)  # gap 0.447
+    assert near_card.or_fallback("oos", 0.0) == near_card.or_fallback("oos", 0.44) == "card_arrival"
+    assert near_card.or_fallback("oos", 0.45) == "oos"
+    assert near_oos.or_fallback("oos", 0.0) == near_oos.or_fallback("oos", 0.9) == "oos"
+    assert index.nearest(torch.tensor([[1.0, 0.0, 0.5]]))[0].fallback_similarity is None  # none asked
+    index.check_fallback("oos")
+    without = LabelIndex.build(torch.eye(2), ["card_arrival", "exchange_rate"], LABELS)
+    assert without.nearest(torch.tensor([[1.0, 0.0]]), "oos")[0].or_fallback("oos", 0.9) == "card_arrival"
+    with pytest.raises(ConfigError, match="no training rows of the fallback label 'oos'"):
+        without.check_fallback("oos")
+
+
 def test_an_index_round_trips_through_the_adapter_folder(tmp_path):
     assert LabelIndex.load(tmp_path) is None  # an adapter trained without one
     index = _index()

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from loraforge.config.schema import EvaluationConfig, PromptConfig, TargetConfig
+from loraforge.config.tasks import DEFAULT_FALLBACK_MARGIN, DEFAULT_FALLBACK_THRESHOLD
 from loraforge.data.examples import ExampleBuilder
 from loraforge.errors import ConfigError
 from loraforge.evaluate.engine_backend import EngineBackend
@@ -216,7 +217,7 @@ def test_a_fallback_label_replaces_labels_the_model_is_unsure_of(engine_backend,
         assert sample[f"{ADAPTER}_label"] == label
         assert sample[f"{ADAPTER}_probability"] == pytest.approx(probability, abs=1e-6)
         assert sample[ADAPTER] == (label if probability >= threshold else "exchange_rate")
-    assert report["fallback"] == {"label": "exchange_rate", "threshold": threshold}
+    assert report["fallback"] == {"label": "exchange_rate", "threshold": threshold, "margin": None}
     assert report["results"][ADAPTER]["accuracy"] == sum(s[ADAPTER] == "exchange_rate" for s in samples) / 6
     with pytest.raises(ConfigError, match="'oos' is not in the label set"):
         unknown = config.model_copy(update={"fallback_label": "oos"})
@@ -230,6 +231,14 @@ def test_a_fallback_label_must_be_a_label_and_needs_the_engine(tmp_path):
         EvaluationConfig(**common)
     with pytest.raises(ValueError, match="fallback_label needs constrain_to_labels"):
         EvaluationConfig(**common, constrain_to_labels=True, backend="hf")
+    decoded = EvaluationConfig(**common, constrain_to_labels=True)
+    assert decoded.fallback_rule() == (DEFAULT_FALLBACK_THRESHOLD, None)
+    with pytest.raises(ValueError, match="fallback_margin needs classifier 'nearest'"):
+        EvaluationConfig(**common, constrain_to_labels=True, fallback_margin=0.1)
+    nearest = EvaluationConfig(**common, constrain_to_labels=True, classifier="nearest")
+    assert nearest.fallback_rule() == (None, DEFAULT_FALLBACK_MARGIN)  # the probability only where asked
+    both = nearest.model_copy(update={"fallback_threshold": 0.3, "fallback_margin": 0.2})
+    assert both.fallback_rule() == (0.3, 0.2)
 
 
 def test_answer_states_are_what_the_lm_head_reads_at_the_prompts_last_token(
@@ -299,5 +308,43 @@ def test_the_nearest_classifier_answers_with_the_label_of_the_closest_training_r
         assert sample["beta_label"] == label
     with pytest.raises(ConfigError, match="no label index for beta"):
         evaluate_records(engine_backend, builder, records, config, adapters=("beta",), show_progress=False)
+
+    # A fallback label: a row keeps its own label (cosine 1) only when at least the margin more similar to it
+    # than to the fallback label's nearest row; a margin between the rows' gaps sends some rows each way.
+    fallback = LABELS[0]
+    found = index.nearest(engine_backend.answer_states(prompts, "beta"), fallback)
+    gaps = sorted({round(1.0 - n.fallback_similarity, 4) for n in found if n.label != fallback})
+    assert len(gaps) > 1
+    margin = (gaps[0] + gaps[1]) / 2
+    with_fallback = config.model_copy(update={"fallback_label": fallback, "fallback_margin": margin})
+    report = evaluate_records(
+        engine_backend,
+        builder,
+        records,
+        with_fallback,
+        adapters=("beta",),
+        indexes={"beta": index},
+        show_progress=False,
+    )
+    assert report["fallback"] == {"label": fallback, "threshold": None, "margin": margin}
+    answers = [s["beta"] for s in report["samples"]]
+    for sample, neighbour in zip(report["samples"], found, strict=True):
+        assert sample["beta_fallback_similarity"] == pytest.approx(neighbour.fallback_similarity, abs=1e-5)
+        gap = sample["beta_similarity"] - sample["beta_fallback_similarity"]
+        assert sample["beta"] == (sample["reference"] if gap >= margin else fallback)
+    assert answers.count(fallback) > sum(r["label"] == fallback for r in records)
+    assert set(answers) != {fallback}
+    no_rows = config.model_copy(update={"fallback_label": LABELS[-1]})
+    only_some = LabelIndex.build(index.states[:2], [r["label"] for r in records[:2]], LABELS)
+    with pytest.raises(ConfigError, match="no training rows of the fallback label"):
+        evaluate_records(
+            engine_backend,
+            builder,
+            records,
+            no_rows,
+            adapters=("beta",),
+            indexes={"beta": only_some},
+            show_progress=False,
+        )
     with pytest.raises(ValueError, match="classifier 'nearest' needs constrain_to_labels"):
         EvaluationConfig(task="classification", labels=tmp_path / "labels.json", classifier="nearest")

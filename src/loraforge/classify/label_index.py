@@ -29,6 +29,14 @@ CHUNK = 1024  # evaluated rows compared at once: `[CHUNK, training rows]` simila
 class Neighbour:
     label: str
     similarity: float  # cosine to the nearest training row of that label, in [-1, 1]
+    fallback_similarity: float | None = None  # cosine to the nearest row of the fallback label asked about
+
+    def or_fallback(self, fallback: str, margin: float) -> str:
+        """`label`, unless the row is not at least `margin` nearer it than the fallback label's nearest row
+        (an out-of-scope row sits between the labels; the fallback's few rows cannot surround it)."""
+        if self.fallback_similarity is None or self.similarity - self.fallback_similarity >= margin:
+            return self.label
+        return fallback
 
 
 @dataclass
@@ -66,14 +74,30 @@ class LabelIndex:
         if outside:
             raise ConfigError(f"the label index answers labels outside {labels_name}: {outside[:5]}")
 
-    def nearest(self, states: torch.Tensor) -> list[Neighbour]:
-        """Each row's label: that of the most similar training row."""
+    def check_fallback(self, fallback: str) -> None:
+        """ConfigError when the index has no training rows of `fallback`: the nearest-example classifier's
+        fallback compares each row with them (`Neighbour.or_fallback`)."""
+        if fallback not in self.answered():
+            raise ConfigError(
+                f"the label index has no training rows of the fallback label {fallback!r}: the"
+                " nearest-example classifier answers it by comparing with them (train on some, or decode the"
+                " label instead)"
+            )
+
+    def nearest(self, states: torch.Tensor, fallback: str | None = None) -> list[Neighbour]:
+        """Each row's label: that of the most similar training row; with a `fallback` label the index has rows
+        of, also the cosine to its nearest one (for `Neighbour.or_fallback`)."""
         found = []
+        rows = self.label_ids == self.labels.index(fallback) if fallback in self.labels else None
         for chunk in F.normalize(states.float(), dim=1).split(CHUNK):
-            best, at = (chunk @ self.states.T).max(dim=1)  # [chunk, train] -> the best row of each
+            similarity = chunk @ self.states.T  # [chunk, train]
+            best, at = similarity.max(dim=1)
+            to_fallback = [None] * len(chunk)
+            if rows is not None and rows.any():
+                to_fallback = similarity[:, rows].max(dim=1).values.tolist()
             found += [
-                Neighbour(self.labels[self.label_ids[i]], s)
-                for i, s in zip(at.tolist(), best.tolist(), strict=True)
+                Neighbour(self.labels[self.label_ids[i]], s, f)
+                for i, s, f in zip(at.tolist(), best.tolist(), to_fallback, strict=True)
             ]
         return found
 

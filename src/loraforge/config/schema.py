@@ -5,7 +5,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from loraforge.config.tasks import DEFAULT_FALLBACK_THRESHOLD, METRICS_BY_TASK
+from loraforge.config.tasks import (
+    DEFAULT_FALLBACK_MARGIN,
+    DEFAULT_FALLBACK_THRESHOLD,
+    METRICS_BY_TASK,
+    fallback_rule,
+)
 from loraforge.models.aliases import DEFAULT_MODEL
 
 
@@ -104,12 +109,24 @@ class EvaluationConfig(Section):
     )
     fallback_label: str | None = Field(
         None,
-        description="Classification: the label answered instead when the model gives its chosen label a "
-        "probability below `fallback_threshold` (an out-of-scope or 'other' label). Needs "
+        description="Classification: the label answered instead when the classifier is unsure (an "
+        "out-of-scope or 'other' label): see `fallback_threshold` and `fallback_margin`. Needs "
         "constrain_to_labels and the engine backend.",
     )
-    fallback_threshold: float = Field(
-        DEFAULT_FALLBACK_THRESHOLD, gt=0.0, lt=1.0, description="See `fallback_label`."
+    fallback_threshold: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="The fallback answers when the decoded label's probability is below this (classifier "
+        f"decode: default {DEFAULT_FALLBACK_THRESHOLD}; nearest: only where set).",
+    )
+    fallback_margin: float | None = Field(
+        None,
+        ge=0.0,
+        le=2.0,
+        description="Classifier nearest: the fallback label's training rows count this much more similar "
+        "(cosine), so a row takes another label only when clearly nearer its examples "
+        f"(default {DEFAULT_FALLBACK_MARGIN}).",
     )
     classifier: Literal["decode", "nearest"] = Field(
         "decode",
@@ -128,6 +145,8 @@ class EvaluationConfig(Section):
             raise ValueError("constrain_to_labels needs task 'classification' and a `labels` file")
         if self.fallback_label is not None and not (self.constrain_to_labels and self.backend == "engine"):
             raise ValueError("fallback_label needs constrain_to_labels and evaluation.backend 'engine'")
+        if self.fallback_margin is not None and self.classifier != "nearest":
+            raise ValueError("fallback_margin needs classifier 'nearest' (decode uses fallback_threshold)")
         if self.classifier == "nearest" and not (self.constrain_to_labels and self.backend == "engine"):
             raise ValueError(
                 "classifier 'nearest' needs constrain_to_labels and evaluation.backend 'engine'"
@@ -140,6 +159,10 @@ class EvaluationConfig(Section):
                     f"metric '{name}' is not available for task '{self.task}' (choose from {allowed})"
                 )
         return self
+
+    def fallback_rule(self) -> tuple[float | None, float | None]:
+        """The fallback's (probability threshold, margin) as the classifier applies them (config/tasks.py)."""
+        return fallback_rule(self.classifier, self.fallback_threshold, self.fallback_margin)
 
 
 class FloatRange(Section):

@@ -11,12 +11,33 @@ DEFAULT_METRICS: dict[str, list[str]] = {
     "generation": ["exact_match", "rouge_l"],
     "json": ["valid_json_rate", "field_accuracy"],
 }
-# Classification with a fallback label (out of scope): answer it when the chosen label's probability is below
-# this. Chosen on a Banking77 split with labels held out as out of scope (benchmarks/init_transfer.py).
+# Classification with a fallback label (out of scope), decoded labels: answer it when the chosen label's
+# probability is below this. Chosen on a Banking77 split with labels held out as out of scope
+# (benchmarks/init_transfer.py).
 DEFAULT_FALLBACK_THRESHOLD = 0.5
+# The same with the nearest-example classifier: the fallback label's training rows count this much more
+# similar (cosine), so a row takes another label only when it is clearly nearer that label's examples.
+# Chosen on validation rows of that split (the middle of the plateau of accuracy from 0.05 to 0.10; README
+# "Fine-tuning"); it separates out-of-scope rows better than the decoded probability does.
+DEFAULT_FALLBACK_MARGIN = 0.07
 
 
 def fallback_or(label: str, probability: float, fallback: str, threshold: float) -> str:
     """A classification's answer with a fallback label: the model's `label`, unless it gave it a
     `probability` below `threshold` (evaluation and the serving API's `guided_choice_fallback` both)."""
     return label if probability >= threshold else fallback
+
+
+def fallback_rule(
+    classifier: str, threshold: float | None, margin: float | None
+) -> tuple[float | None, float | None]:
+    """The fallback's (probability threshold, margin) as a classifier applies them, from what was asked
+    (None: not given). `decode` judges the decoded label's probability (by default under
+    DEFAULT_FALLBACK_THRESHOLD) and has no margin; `nearest` judges the margin (default
+    DEFAULT_FALLBACK_MARGIN), and the decoded probability too only where a threshold is given. ValueError for
+    a margin asked of `decode`."""
+    if classifier == "decode":
+        if margin is not None:
+            raise ValueError("a fallback margin needs the nearest-example classifier")
+        return (DEFAULT_FALLBACK_THRESHOLD if threshold is None else threshold), None
+    return threshold, (DEFAULT_FALLBACK_MARGIN if margin is None else margin)

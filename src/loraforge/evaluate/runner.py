@@ -9,7 +9,7 @@ from rich.progress import Progress
 
 from loraforge.classify.label_index import LabelIndex
 from loraforge.config.schema import EvaluationConfig, FineTuneConfig
-from loraforge.config.tasks import fallback_or
+from loraforge.config.tasks import fallback_or, fallback_rule
 from loraforge.data.examples import ExampleBuilder
 from loraforge.data.labels import load_labels
 from loraforge.data.splits import Splits
@@ -129,7 +129,8 @@ def evaluate_records(
         "samples": samples,
     }
     if config.fallback_label is not None:
-        report["fallback"] = {"label": config.fallback_label, "threshold": config.fallback_threshold}
+        threshold, margin = config.fallback_rule()
+        report["fallback"] = {"label": config.fallback_label, "threshold": threshold, "margin": margin}
     return report
 
 
@@ -144,33 +145,45 @@ def classify(
     indexes: dict[str, LabelIndex],
 ) -> dict[str | None, list[str]]:
     """Each run's labels: decoded, or with `classifier: nearest` the label of the nearest training row in the
-    run's label index (the base model has none: it decodes); then `fallback_label` wherever the model gave
-    its decoded label a probability below `fallback_threshold`. Each sample also records the decoded label
-    and its probability (`<run>_label`, `<run>_probability`) and the nearest row's label and cosine
-    (`<run>_nearest`, `<run>_similarity`), so that a rule can be chosen afterwards on a validation split."""
-    if config.fallback_label is not None and config.fallback_label not in labels:
-        raise ConfigError(f"evaluation.fallback_label {config.fallback_label!r} is not in the label set")
+    run's label index (the base model has none: it decodes); then, with a `fallback_label`, the fallback
+    wherever the classifier is unsure (`EvaluationConfig.fallback_rule`: the decoded label's probability under
+    the threshold; for the nearest row, a margin over the fallback label's nearest row). Each sample also
+    records the decoded label and its probability (`<run>_label`, `<run>_probability`) and the nearest row's
+    label and cosine (`<run>_nearest`, `<run>_similarity`, and the fallback label's nearest row's,
+    `<run>_fallback_similarity`), so that a rule can be chosen afterwards on a validation split."""
+    fallback = config.fallback_label
+    if fallback is not None and fallback not in labels:
+        raise ConfigError(f"evaluation.fallback_label {fallback!r} is not in the label set")
     if not isinstance(generator, EngineBackend):
         raise ConfigError("fallback_label and classifier 'nearest' need evaluation.backend 'engine'")
     nearest = config.classifier == "nearest"
     if nearest and (missing := [run for run in runs if run is not None and run not in indexes]):
         raise ConfigError(f"evaluation.classifier 'nearest': no label index for {', '.join(missing)}")
+    if nearest and fallback is not None:
+        for run in runs:
+            if run is not None:
+                indexes[run].check_fallback(fallback)
     scored = generator.classify_runs(
         prompts, runs, labels, config.max_new_tokens, on_done, with_states=nearest
     )
+    threshold, margin = config.fallback_rule()
+    decoded_threshold, _ = fallback_rule("decode", config.fallback_threshold, None)  # runs without an index
     outputs = {}
     for run, rows in scored.items():
         name = run or "base"
-        chosen = [row.label for row in rows]
+        chosen, cut = [row.label for row in rows], decoded_threshold
         if nearest and run is not None:
-            found = indexes[run].nearest(torch.stack([row.state for row in rows]))
-            chosen = [neighbour.label for neighbour in found]
+            cut = threshold
+            found = indexes[run].nearest(torch.stack([row.state for row in rows]), fallback)
+            chosen = [n.label if fallback is None else n.or_fallback(fallback, margin) for n in found]
             for sample, neighbour in zip(samples, found, strict=True):
                 sample[f"{name}_nearest"] = neighbour.label
                 sample[f"{name}_similarity"] = round(neighbour.similarity, 6)
+                if neighbour.fallback_similarity is not None:
+                    sample[f"{name}_fallback_similarity"] = round(neighbour.fallback_similarity, 6)
         outputs[run] = [
-            fallback_or(label, row.probability, config.fallback_label, config.fallback_threshold)
-            if config.fallback_label is not None
+            fallback_or(label, row.probability, fallback, cut)
+            if fallback is not None and cut is not None
             else label
             for label, row in zip(chosen, rows, strict=True)
         ]

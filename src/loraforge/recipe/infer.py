@@ -9,8 +9,9 @@ The rules, in one place:
   the adapter's representation (`classifier: nearest`, classify/label_index.py): on Banking77 validation rows
   it beats decoding the label at 5, 10 and 25 examples a label (README "Fine-tuning": `init_transfer.py
   --eval-on validation` records both answers).
-  A label that means "none of the others" (`oos`, `other`...) becomes the fallback answered when the
-  model's probability for its own (decoded) label is low (`fallback_label`).
+  A label that means "none of the others" (`oos`, `other`...) becomes the fallback (`fallback_label`),
+  answered unless a row is clearly nearer another label's examples than the fallback's (`fallback_margin`;
+  on the Banking77 out-of-scope split it beat thresholding the decoded label's probability).
 - prompt: the input column alone, in the model's chat template under a one-line system prompt that names
   only the answer's form (SYSTEM_PROMPTS). Without one, SmolLM2's template injects its own identity prompt
   ("You are a helpful AI assistant named SmolLM...", 11 more tokens a row: 22% of a Banking77 row, paid in
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from loraforge.config.schema import PromptConfig, TargetConfig
-from loraforge.config.tasks import DEFAULT_FALLBACK_THRESHOLD
+from loraforge.config.tasks import DEFAULT_FALLBACK_MARGIN
 from loraforge.data.examples import ExampleBuilder
 from loraforge.data.sources import read_records
 from loraforge.errors import DataError
@@ -216,8 +217,9 @@ def infer_config(
         if fallback is not None:
             evaluation["fallback_label"] = fallback
             reasons.append(
-                f"label '{fallback}' reads as out of scope: answered when the model gives its own label a"
-                f" probability below {DEFAULT_FALLBACK_THRESHOLD} (evaluation.fallback_threshold)"
+                f"label '{fallback}' reads as out of scope: a row takes another label only when it is at"
+                f" least {DEFAULT_FALLBACK_MARGIN} more similar (cosine) to that label's nearest example than"
+                f" to a '{fallback}' one (evaluation.fallback_margin)"
             )
     data: dict[str, Any] = {"train": str(train), "validation_fraction": fraction, "seed": 42}
     if labels is not None:

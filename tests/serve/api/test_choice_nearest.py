@@ -8,11 +8,13 @@ import httpx
 import pytest
 
 from loraforge.classify.label_index import INDEX_FILE, LabelIndex
+from loraforge.config.tasks import DEFAULT_FALLBACK_MARGIN
 from loraforge.evaluate.engine_backend import EngineBackend
 from tests.serve.api.test_errors import ADMIN, AUTH, assert_error
 
 LABELS = ["card_arrival", "lost_or_stolen_card", "refund", "oos"]
 TEXTS = ["where is my card?", "someone stole my wallet", "I want my money back"]
+OUT_OF_SCOPE = "tell me a joke about the weather"
 
 
 def _chat(url: str, text: str, **body) -> httpx.Response:
@@ -20,10 +22,16 @@ def _chat(url: str, text: str, **body) -> httpx.Response:
     return httpx.post(url + "/v1/chat/completions", json=body, headers=AUTH, timeout=60)
 
 
+def _content(r: httpx.Response) -> str:
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["message"]["content"]
+
+
 @pytest.fixture(scope="module")
 def classifier(live, tiny_model_dir, many_adapters_dir, tmp_path_factory):
     """Adapter `classifier` (ad03's weights) with an index of TEXTS, each labelled with a label its greedy
-    decoding does not give, so that every nearest answer differs from the decoded one. Returns the labels."""
+    decoding does not give, so that every nearest answer differs from the decoded one, and of OUT_OF_SCOPE
+    labelled `oos`. Returns the labels of TEXTS."""
     folder = tmp_path_factory.mktemp("classifier") / "adapter"
     shutil.copytree(many_adapters_dir / "ad03", folder)
     decoded = [
@@ -34,14 +42,22 @@ def classifier(live, tiny_model_dir, many_adapters_dir, tmp_path_factory):
     ]
     labels = [next(label for label in LABELS if label != d["content"]) for d in decoded]
     backend = EngineBackend.load(str(tiny_model_dir), {"classifier": folder}, precision="fp32")
-    messages = [[{"role": "user", "content": text}] for text in TEXTS]
+    messages = [[{"role": "user", "content": text}] for text in [*TEXTS, OUT_OF_SCOPE]]
     prompts = [
         backend.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages
     ]
-    LabelIndex.build(backend.answer_states(prompts, "classifier"), labels, LABELS).save(folder)
+    states = backend.answer_states(prompts, "classifier")
+    LabelIndex.build(states, [*labels, "oos"], LABELS).save(folder)
     r = httpx.post(live.url + "/v1/adapters", json={"name": "classifier", "path": str(folder)}, headers=ADMIN)
     assert r.status_code == 200, r.text
     return labels
+
+
+@pytest.fixture(scope="module")
+def gaps(classifier, live) -> list[float]:
+    """How much more similar each of TEXTS is to its own index row than to the `oos` row."""
+    index = LabelIndex.load(live.engine.adapter_folder("classifier"))
+    return [1.0 - (index.states[i] @ index.states[len(TEXTS)]).item() for i in range(len(TEXTS))]
 
 
 def test_each_request_gets_the_label_of_its_nearest_training_row(live, classifier):
@@ -76,12 +92,50 @@ def test_a_streamed_answer_sends_the_label_whole(live, classifier):
     assert [d for d in deltas if d] == [classifier[0]]
 
 
-def test_the_fallback_still_judges_the_decoded_labels_probability(live, classifier):
+def test_the_fallback_answers_a_request_not_clearly_nearer_another_labels_rows(live, classifier, gaps):
+    """With the nearest classifier the fallback judges the margin, as `evaluation.fallback_margin` does: the
+    request keeps its label only when at least `margin` (default DEFAULT_FALLBACK_MARGIN) more similar to
+    its nearest row than to the fallback label's; at any temperature (the state comes from the prompt)."""
+    extra = {"guided_choice": LABELS, "guided_choice_classifier": "nearest", "temperature": 1}
+    for text, label, gap in zip(TEXTS, classifier, gaps, strict=True):
+        assert 0.02 < gap < 1.98, gap  # room either side for the server's own rounding
+        below = _chat(live.url, text, guided_choice_fallback={"label": "oos", "margin": gap - 0.01}, **extra)
+        assert _content(below) == label, below.text
+        above = _chat(live.url, text, guided_choice_fallback={"label": "oos", "margin": gap + 0.01}, **extra)
+        assert _content(above) == "oos"
+        default = _chat(live.url, text, guided_choice_fallback={"label": "oos"}, **extra)
+        expected = label if gap >= DEFAULT_FALLBACK_MARGIN + 0.01 else "oos"
+        if abs(gap - DEFAULT_FALLBACK_MARGIN) > 0.01:
+            assert _content(default) == expected
+    unrelated = _chat(live.url, OUT_OF_SCOPE, guided_choice_fallback={"label": "oos", "margin": 0}, **extra)
+    assert _content(unrelated) == "oos"  # its nearest row is the fallback's own
+
+
+def test_a_threshold_given_also_judges_the_decoded_labels_probability(live, classifier):
     extra = {"guided_choice": LABELS, "guided_choice_classifier": "nearest", "temperature": 0}
-    low = _chat(live.url, TEXTS[1], guided_choice_fallback={"label": "oos", "threshold": 1e-9}, **extra)
-    assert low.json()["choices"][0]["message"]["content"] == classifier[1]
-    high = _chat(live.url, TEXTS[1], guided_choice_fallback={"label": "oos", "threshold": 0.999}, **extra)
-    assert high.json()["choices"][0]["message"]["content"] == "oos"
+    kept = {"label": "oos", "threshold": 1e-9, "margin": 0}
+    assert _content(_chat(live.url, TEXTS[1], guided_choice_fallback=kept, **extra)) == classifier[1]
+    low = {"label": "oos", "threshold": 0.999, "margin": 0}
+    high = _chat(live.url, TEXTS[1], guided_choice_fallback=low, **extra)
+    assert _content(high) == "oos"
+    hot = _chat(live.url, TEXTS[1], guided_choice_fallback=low, **(extra | {"temperature": 1}))
+    assert "temperature 0" in assert_error(hot, 400, "guided_choice_fallback")["message"]
+
+
+def test_a_fallback_the_index_cannot_judge_is_a_400(live, classifier):
+    body = {"guided_choice": LABELS, "temperature": 0}
+    nearest = body | {"guided_choice_classifier": "nearest"}
+    no_rows = _chat(live.url, TEXTS[0], guided_choice_fallback={"label": "refund"}, **nearest)
+    assert (
+        "no training rows of the fallback label 'refund'"
+        in assert_error(no_rows, 400, "guided_choice_fallback")["message"]
+    )
+    decoded = _chat(live.url, TEXTS[0], guided_choice_fallback={"label": "oos", "margin": 0.1}, **body)
+    assert (
+        "margin needs guided_choice_classifier 'nearest'"
+        in assert_error(decoded, 400, "guided_choice_fallback")["message"]
+    )
+    assert _chat(live.url, TEXTS[0], **body).status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,10 @@
 """Extension: a fallback label for `guided_choice` (`guided_choice_fallback`), the serving side of a
-fine-tuning config's `evaluation.fallback_label`. The answer is `label` whenever the model gave the choice it
-picked a probability below `threshold`, the same probability evaluation thresholds (evaluate/runner.py:
-`classify`): the product of the choice's token probabilities, each renormalized over the tokens
-the constraint allowed there. So an adapter serves what `loraforge evaluate` scored.
+fine-tuning config's `evaluation.fallback_label`, by the same rule (config/tasks.py `fallback_rule`), so an
+adapter serves what `loraforge evaluate` scored. Decoded labels: the answer is `label` whenever the model gave
+the choice it picked a probability below `threshold` (the product of the choice's token probabilities, each
+renormalized over the tokens the constraint allowed there). With `guided_choice_classifier: "nearest"`
+(choice_nearest.py): whenever the request is not at least `margin` more similar to its nearest example than to
+the fallback label's nearest one; the probability threshold applies too only where it is given.
 
     extra_body={"guided_choice": labels, "guided_choice_fallback": {"label": "oos", "threshold": 0.5}}
 
@@ -15,7 +17,7 @@ import math
 
 from pydantic import Field
 
-from loraforge.config.tasks import DEFAULT_FALLBACK_THRESHOLD, fallback_or
+from loraforge.config.tasks import fallback_or, fallback_rule
 from loraforge.serve.api.errors import APIError
 from loraforge.serve.api.strict import Strict
 from loraforge.serve.model.logprobs import TokenLogprob
@@ -25,7 +27,12 @@ PARAM = "guided_choice_fallback"
 
 class ChoiceFallback(Strict):
     label: str = Field(min_length=1)
-    threshold: float = Field(DEFAULT_FALLBACK_THRESHOLD, gt=0.0, lt=1.0)
+    threshold: float | None = Field(None, gt=0.0, lt=1.0)
+    margin: float | None = Field(None, ge=0.0, le=2.0)
+
+    def rule(self, classifier: str) -> tuple[float | None, float | None]:
+        """(probability threshold, margin) as `classifier` applies them; defaults as in evaluation."""
+        return fallback_rule(classifier, self.threshold, self.margin)
 
 
 def check(req) -> None:
@@ -37,7 +44,9 @@ def check(req) -> None:
         problem = "needs guided_choice (the labels the model chooses among)"
     elif fallback.label not in req.guided_choice:
         problem = f"label {fallback.label!r} is not one of guided_choice"
-    elif req.temperature != 0:
+    elif fallback.margin is not None and req.guided_choice_classifier != "nearest":
+        problem = "margin needs guided_choice_classifier 'nearest' (decoded labels use threshold)"
+    elif req.temperature != 0 and fallback.rule(req.guided_choice_classifier)[0] is not None:
         problem = "needs temperature 0 (the threshold is on the greedy label's probability)"
     else:
         return
@@ -54,9 +63,10 @@ def decoded_probability(
     return math.exp(sum(entry.logprob for entry in logprobs))
 
 
-def answer(fallback: ChoiceFallback, label: str, probability: float | None) -> str:
-    """`label` (the decoded choice, or the nearest label with choice_nearest.py), or the fallback when the
-    decoded choice's probability is below the threshold."""
-    if probability is None:
+def answer(fallback: ChoiceFallback, classifier: str, label: str, probability: float | None) -> str:
+    """`label` (the decoded choice, or the nearest label with choice_nearest.py, which applied the margin),
+    or the fallback when the decoded choice's probability is below the threshold `classifier` uses."""
+    threshold, _ = fallback.rule(classifier)
+    if probability is None or threshold is None:
         return label
-    return fallback_or(label, probability, fallback.label, fallback.threshold)
+    return fallback_or(label, probability, fallback.label, threshold)

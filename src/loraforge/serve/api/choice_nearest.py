@@ -9,8 +9,10 @@ scored.
 
 The index is read only from the folder of an adapter the operator provided (an explicit path or the adapter
 directory), never from a hub download or a merge. The label is still decoded (its tokens, logprobs and usage
-are the ones reported), and `guided_choice_fallback` applies to the decoded label's probability, as in
-evaluation; like the fallback, a streamed answer holds the choice back and sends the label in one chunk."""
+are the ones reported); `guided_choice_fallback` answers its label unless the request is at least its
+`margin` nearer another label's examples than the fallback label's (choice_fallback.py), as in evaluation;
+like the fallback, a streamed answer holds the choice back and
+sends the label in one chunk."""
 
 import threading
 from pathlib import Path
@@ -19,6 +21,8 @@ import torch
 
 from loraforge.classify.label_index import INDEX_FILE, LabelIndex
 from loraforge.errors import LoraforgeError, ModelNotFoundError
+from loraforge.serve.api.choice_fallback import PARAM as FALLBACK
+from loraforge.serve.api.choice_fallback import ChoiceFallback
 from loraforge.serve.api.errors import APIError
 from loraforge.serve.engine.async_engine import AsyncEngine
 from loraforge.serve.lora.manager import AdapterRef
@@ -59,6 +63,12 @@ def index_for(engine: AsyncEngine, adapter: AdapterRef | None, req) -> LabelInde
         index.check_fits(engine.hidden_size, req.guided_choice, "guided_choice")
     except LoraforgeError as exc:
         raise _error(f"the model '{req.model}': {exc}") from None
+    if req.guided_choice_fallback is not None:
+        try:
+            index.check_fallback(req.guided_choice_fallback.label)
+        except LoraforgeError as exc:
+            problem = f"{FALLBACK}: the model '{req.model}': {exc}"
+            raise APIError(400, problem, "invalid_request_error", FALLBACK) from None
     return index
 
 
@@ -93,6 +103,10 @@ class _IndexCache:
 _cache = _IndexCache()
 
 
-def answer(index: LabelIndex, state: torch.Tensor) -> str:
-    """The label of the training row nearest to a choice's answer state."""
-    return index.nearest(state[None])[0].label
+def answer(index: LabelIndex, state: torch.Tensor, fallback: ChoiceFallback | None) -> str:
+    """The label of the training row nearest to a choice's answer state, or the fallback's label where the
+    state is not at least its margin nearer that row than the fallback label's nearest row."""
+    if fallback is None:
+        return index.nearest(state[None])[0].label
+    _, margin = fallback.rule(NEAREST)
+    return index.nearest(state[None], fallback.label)[0].or_fallback(fallback.label, margin)

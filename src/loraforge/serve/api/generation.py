@@ -167,14 +167,14 @@ class Generation:
 
         def settle(c: Choice) -> None:
             """A finished choice's answer: the nearest label instead of the decoded one (with an index), and
-            the fallback when the model gave the decoded label too low a probability."""
+            the fallback where the classifier is unsure (choice_fallback.py)."""
             probability = choice_fallback.decoded_probability(
                 req.guided_choice, c.text, c.logprobs, c.finish_reason
             )
             if index is not None and c.answer_state is not None:
-                c.text, c.finish_reason = choice_nearest.answer(index, c.answer_state), "stop"
+                c.text, c.finish_reason = choice_nearest.answer(index, c.answer_state, fallback), "stop"
             if fallback is not None:
-                c.text = choice_fallback.answer(fallback, c.text, probability)
+                c.text = choice_fallback.answer(fallback, req.guided_choice_classifier, c.text, probability)
 
         events = _merged(firsts, streams)
         if not req.stream:
