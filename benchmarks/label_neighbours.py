@@ -9,8 +9,9 @@ answer position (the vector its first label token is predicted from), for every 
 evaluated row; each evaluated row takes the label of the most similar training row (cosine). The fallback
 label's own training rows are a class like any other there, and a row is also answered with it where it is
 not at least the config's `fallback_margin` more similar to its nearest row than to the fallback label's
-(the product's rule, classify/label_index.py `Neighbour.or_fallback`). Also printed: how well each score separates the fallback label's rows from the
-rest (AUROC: decoding's probability, the best cosine to a training row of another label).
+(the product's rule, classify/label_index.py `Neighbour.or_fallback`). Also printed: how well each score
+separates the fallback label's rows from the rest (AUROC: decoding's probability, the best cosine to a
+training row of another label).
 
     python benchmarks/init_transfer.py --settings banking77oos-10 --eval-on validation \
         --validation-per-label 20 --workdir /tmp/it

@@ -285,15 +285,13 @@ def test_the_nearest_classifier_answers_with_the_label_of_the_closest_training_r
         max_new_tokens=8,
         classifier="nearest",
     )
-    report = evaluate_records(
-        engine_backend,
-        builder,
-        records,
-        config,
-        adapters=("beta",),
-        indexes={"beta": index},
-        show_progress=False,
-    )
+
+    def nearest(config: EvaluationConfig, indexes: dict) -> dict:
+        return evaluate_records(
+            engine_backend, builder, records, config, adapters=("beta",), indexes=indexes, show_progress=False
+        )
+
+    report = nearest(config, {"beta": index})
     assert report["classifier"] == "nearest"
     assert report["results"]["beta"]["accuracy"] == 1.0
     decoded = engine_backend.generate_runs(prompts, ["beta"], max_new_tokens=8, allowed_outputs=LABELS)[
@@ -307,7 +305,7 @@ def test_the_nearest_classifier_answers_with_the_label_of_the_closest_training_r
         assert sample["beta_similarity"] == pytest.approx(1.0, abs=1e-5)
         assert sample["beta_label"] == label
     with pytest.raises(ConfigError, match="no label index for beta"):
-        evaluate_records(engine_backend, builder, records, config, adapters=("beta",), show_progress=False)
+        nearest(config, {})
 
     # A fallback label: a row keeps its own label (cosine 1) only when at least the margin more similar to it
     # than to the fallback label's nearest row; a margin between the rows' gaps sends some rows each way.
@@ -317,15 +315,7 @@ def test_the_nearest_classifier_answers_with_the_label_of_the_closest_training_r
     assert len(gaps) > 1
     margin = (gaps[0] + gaps[1]) / 2
     with_fallback = config.model_copy(update={"fallback_label": fallback, "fallback_margin": margin})
-    report = evaluate_records(
-        engine_backend,
-        builder,
-        records,
-        with_fallback,
-        adapters=("beta",),
-        indexes={"beta": index},
-        show_progress=False,
-    )
+    report = nearest(with_fallback, {"beta": index})
     assert report["fallback"] == {"label": fallback, "threshold": None, "margin": margin}
     answers = [s["beta"] for s in report["samples"]]
     for sample, neighbour in zip(report["samples"], found, strict=True):
@@ -337,14 +327,6 @@ def test_the_nearest_classifier_answers_with_the_label_of_the_closest_training_r
     no_rows = config.model_copy(update={"fallback_label": LABELS[-1]})
     only_some = LabelIndex.build(index.states[:2], [r["label"] for r in records[:2]], LABELS)
     with pytest.raises(ConfigError, match="no training rows of the fallback label"):
-        evaluate_records(
-            engine_backend,
-            builder,
-            records,
-            no_rows,
-            adapters=("beta",),
-            indexes={"beta": only_some},
-            show_progress=False,
-        )
+        nearest(no_rows, {"beta": only_some})
     with pytest.raises(ValueError, match="classifier 'nearest' needs constrain_to_labels"):
         EvaluationConfig(task="classification", labels=tmp_path / "labels.json", classifier="nearest")

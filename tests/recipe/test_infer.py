@@ -6,10 +6,12 @@ import sys
 import pytest
 
 from loraforge.config import load_config
+from loraforge.config.tasks import DEFAULT_FALLBACK_MARGIN
 from loraforge.recipe.infer import (
     FEW_PER_LABEL,
     MAX_EPOCHS,
     MIN_EPOCHS,
+    PROTOTYPE_LOSS,
     SYSTEM_PROMPTS,
     VALIDATION_FRACTION,
     fallback_label,
@@ -97,6 +99,7 @@ def test_init_writes_a_config_train_accepts(monkeypatch, capsys, tmp_path, tiny_
     config = load_config(out)
     assert config.evaluation.task == "classification" and config.evaluation.constrain_to_labels
     assert config.evaluation.classifier == "nearest" and "classifier nearest" in printed
+    assert config.trainer.prototype_loss == PROTOTYPE_LOSS > 0 and "prototype_loss" in printed
     assert config.prompt.system == SYSTEM_PROMPTS["classification"] and config.prompt.chat_template
     assert "system prompt 'Answer with the label.'" in printed
     assert json.loads(config.evaluation.labels.read_text()) == sorted(INTENTS)
@@ -110,7 +113,8 @@ def test_init_writes_a_config_train_accepts(monkeypatch, capsys, tmp_path, tiny_
     oos_args = ["init", "--data", str(with_oos), "--input", "text", "--target", "label", "--out"]
     code, printed, _ = _cli(monkeypatch, capsys, *oos_args, str(oos_out), "--base-model", str(tiny_model_dir))
     assert code == 0 and "label 'oos' reads as out of scope" in printed
-    assert load_config(oos_out).evaluation.fallback_label == "oos"
+    oos = load_config(oos_out).evaluation
+    assert oos.fallback_label == "oos" and oos.fallback_rule() == (None, DEFAULT_FALLBACK_MARGIN)
     # with a test file, 10 examples a label all train: no carve, no early stopping
     test_args = ["init", "--data", str(data), "--input", "text", "--target", "label", "--test", str(data)]
     few_out = tmp_path / "cfg" / "few.yaml"

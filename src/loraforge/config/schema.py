@@ -88,6 +88,13 @@ class TrainerConfig(Section):
         "ddp",
         description="Under torchrun / --nproc: ddp (each process a whole base) or fsdp (the base sharded).",
     )
+    prototype_loss: float = Field(
+        0.0,
+        ge=0.0,
+        description="Weight of the prototype loss (classification): each row's answer state is also trained "
+        "toward a running mean of its label's rows and away from the other labels' (train/loss.py); "
+        "what the nearest-example classifier compares. 0 = the LM loss alone.",
+    )
     eval_every: int | None = Field(None, gt=0, description="Steps between validation-loss evaluations.")
     early_stopping_patience: int | None = Field(None, gt=0, description="Evaluations without improvement.")
     checkpoint_every: int | None = Field(None, gt=0)

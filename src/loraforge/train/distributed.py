@@ -21,7 +21,7 @@ from loraforge.train.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from loraforge.train.loss import completion_loss
+from loraforge.train.loss import LabelPrototypes, completion_loss
 from loraforge.train.trainer import LoraTrainer
 
 RNG_FILE = "rank_rng.pt"  # per-rank dropout RNG states in a checkpoint, written by rank 0
@@ -91,12 +91,13 @@ def shutdown() -> None:
 class CompletionLoss(torch.nn.Module):
     """completion_loss as a module, so DDP and FSDP see the forward pass they hook into."""
 
-    def __init__(self, causal_lm) -> None:
+    def __init__(self, causal_lm, prototypes: LabelPrototypes | None) -> None:
         super().__init__()
         self.causal_lm = causal_lm
+        self.prototypes = prototypes
 
     def forward(self, input_ids, attention_mask, labels):
-        return completion_loss(self.causal_lm, input_ids, attention_mask, labels)
+        return completion_loss(self.causal_lm, input_ids, attention_mask, labels, self.prototypes)
 
 
 def shard(indices: list[int], context: DistContext) -> tuple[list[int], bool]:
@@ -116,7 +117,7 @@ class DistributedLoraTrainer(LoraTrainer):
 
     def _parallelize(self) -> torch.nn.Module:
         """The loss module that runs the forward passes, wrapped in DDP."""
-        module = CompletionLoss(self.model.get_base_model())
+        module = CompletionLoss(self.model.get_base_model(), self.prototypes)
         device_ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
         return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 

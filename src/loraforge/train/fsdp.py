@@ -33,6 +33,7 @@ from loraforge.train.checkpoint import (
     restore_schedule_and_rng,
 )
 from loraforge.train.distributed import CompletionLoss, DistributedLoraTrainer, shard
+from loraforge.train.loss import LabelPrototypes
 
 LAYOUT = "names"  # optimizer.pt keyed by parameter name (checkpoint.OPTIMIZER_LAYOUT is "ids")
 
@@ -45,7 +46,9 @@ def layer_classes(causal_lm) -> set[str]:
     return names
 
 
-def shard_model(causal_lm, device: str, world_size: int) -> torch.nn.Module:
+def shard_model(
+    causal_lm, device: str, world_size: int, prototypes: LabelPrototypes | None = None
+) -> torch.nn.Module:
     """The completion loss around `causal_lm`, sharded: one FSDP unit per decoder layer, the rest the root.
     The weights move to `device` unit by unit (a base loaded on CPU never sits whole on one GPU)."""
     mesh = init_device_mesh(torch.device(device).type, (world_size,))
@@ -53,14 +56,14 @@ def shard_model(causal_lm, device: str, world_size: int) -> torch.nn.Module:
     for module in causal_lm.modules():
         if type(module).__name__ in classes:
             fully_shard(module, mesh=mesh)
-    return fully_shard(CompletionLoss(causal_lm), mesh=mesh)
+    return fully_shard(CompletionLoss(causal_lm, prototypes), mesh=mesh)
 
 
 class FsdpLoraTrainer(DistributedLoraTrainer):
     """DistributedLoraTrainer over a sharded base: same batches and losses, FSDP instead of DDP."""
 
     def _parallelize(self) -> torch.nn.Module:
-        loss = shard_model(self.model.get_base_model(), self.device, self.context.world_size)
+        loss = shard_model(self.model.get_base_model(), self.device, self.context.world_size, self.prototypes)
         # fully_shard replaced the parameters with sharded ones (DTensors): the optimizer must hold those.
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()

@@ -20,7 +20,7 @@ from loraforge.train.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
-from loraforge.train.loss import completion_loss
+from loraforge.train.loss import LabelPrototypes, completion_loss
 from loraforge.train.metrics_log import MetricsLog
 from loraforge.train.progress import TrainingProgress
 
@@ -67,6 +67,7 @@ class LoraTrainer:
         self.total_steps = config.max_steps or max(
             1, math.ceil(config.epochs * self.batches_per_epoch / config.gradient_accumulation)
         )
+        self.prototypes = LabelPrototypes(config.prototype_loss) if config.prototype_loss else None
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
         self.checkpoints = output_dir / "checkpoints"
@@ -231,7 +232,7 @@ class LoraTrainer:
         step_loss, step_tokens = 0.0, 0
         for _ in range(self.config.gradient_accumulation):
             batch = self._to_device(next(stream), self.train_examples)
-            loss, _ = completion_loss(causal_lm, **batch)
+            loss, _ = completion_loss(causal_lm, **batch, prototypes=self.prototypes)
             (loss / self.config.gradient_accumulation).backward()
             step_loss += float(loss.detach()) / self.config.gradient_accumulation
             step_tokens += int(batch["attention_mask"].sum())

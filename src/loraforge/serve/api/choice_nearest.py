@@ -10,9 +10,8 @@ scored.
 The index is read only from the folder of an adapter the operator provided (an explicit path or the adapter
 directory), never from a hub download or a merge. The label is still decoded (its tokens, logprobs and usage
 are the ones reported); `guided_choice_fallback` answers its label unless the request is at least its
-`margin` nearer another label's examples than the fallback label's (choice_fallback.py), as in evaluation;
-like the fallback, a streamed answer holds the choice back and
-sends the label in one chunk."""
+`margin` nearer another label's examples than the fallback label's (choice_fallback.py), as in evaluation.
+Like the fallback, a streamed answer holds the choice back and sends the label in one chunk."""
 
 import threading
 from pathlib import Path
