@@ -225,7 +225,7 @@ def infer_config(
             reasons.append(
                 f"label '{fallback}' reads as out of scope: a row takes another label only when it is at"
                 f" least {DEFAULT_FALLBACK_MARGIN} more similar (cosine) to that label's nearest example than"
-                f" to a '{fallback}' one (evaluation.fallback_margin)"
+                f" to the nearest '{fallback}' example (evaluation.fallback_margin)"
             )
     data: dict[str, Any] = {"train": str(train), "validation_fraction": fraction, "seed": 42}
     if labels is not None:
