@@ -11,7 +11,7 @@ Settings (data from /work/shared/data, fixed seeds, so every row is reproducible
 - banking77oos-K: Banking77 with 10 labels held out as `oos` (the shape of CLINC150's out-of-scope class),
   K per label; `init` makes `oos` the fallback label. With `--eval-on test`, the adapter is also evaluated
   on the validation rows and the fallback's cut chosen there is applied to the test predictions
-  (run/fallback.json): accuracy, in-scope accuracy and out-of-scope recall at 0 (no fallback), at init's
+  (run/fallback.json): accuracy, in-scope accuracy and out-of-scope recall with no fallback, at init's
   default and at the chosen cut.
 
     python benchmarks/init_transfer.py --settings banking77-5,banking77-10 [--eval-on validation]
@@ -33,6 +33,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import yaml
+
+from loraforge.classify.label_index import Neighbour
 
 DATA = Path("/work/shared/data")
 SEED = 0
@@ -110,25 +112,43 @@ def banking77_oos(
 
 def fallback_sweep(config_path: Path, run_dir: Path, validation: Path) -> dict:
     """The fallback's cut chosen on the validation rows (the adapter evaluated there), applied to the test
-    predictions: accuracy, in-scope accuracy and out-of-scope recall at 0 (no fallback), at init's default and
+    predictions: accuracy, in-scope accuracy and out-of-scope recall with no fallback, at init's default and
     at the chosen cut. The cut is the config classifier's (evaluate/runner.py `classify`): for the nearest
-    example, the margin by which a row must be nearer its label's example than an `oos` one; for the decoded
-    label, its probability."""
+    example, the margin by which a row must be nearer its label's example than an `oos` one and the least
+    similarity to it (`margin/min_similarity`); for the decoded label, its probability."""
     out = run_dir / "validation" / "eval.json"
     evaluate = ["evaluate", str(config_path), "--adapter", str(run_dir / "adapter")]
     subprocess.run(
         _loraforge(*evaluate, "--set", f"data.test={validation}", "--output", str(out)), check=True
     )
     report = json.loads((run_dir / "eval.json").read_text())
-    nearest = report["classifier"] == "nearest"
+    rule = report["fallback"]
 
-    def answer(sample: dict, cut: float) -> str:
-        if nearest:  # no `oos` rows in the index: nothing to be nearer than
-            gap = sample["adapter_similarity"] - sample.get("adapter_fallback_similarity", -2.0)
-            return sample["adapter_nearest"] if gap >= cut else "oos"
-        return sample["adapter_label"] if sample["adapter_probability"] >= cut else "oos"
+    if report["classifier"] == "nearest":
+        margins = [round(0.02 * i, 2) for i in range(11)]
+        floors = [-1.0] + [round(0.05 * i, 2) for i in range(8, 16)]
+        candidates = [(m, s) for m in margins for s in floors]  # (0, -1): no fallback
+        default = (rule["margin"], rule["min_similarity"])
 
-    def scores(samples: list[dict], cut: float) -> dict:
+        def answer(sample: dict, cut: tuple) -> str:
+            neighbour = Neighbour(
+                sample["adapter_nearest"],
+                sample["adapter_similarity"],
+                sample.get("adapter_fallback_similarity"),  # none: no `oos` rows in the index
+            )
+            return neighbour.or_fallback("oos", *cut)
+
+        name, none = "margin/min_similarity", (0.0, -1.0)
+    else:
+        candidates = [round(0.05 * i, 2) for i in range(20)]  # 0: no fallback
+        default = rule["threshold"]
+
+        def answer(sample: dict, cut: float) -> str:
+            return sample["adapter_label"] if sample["adapter_probability"] >= cut else "oos"
+
+        name, none = "threshold", 0.0
+
+    def scores(samples: list[dict], cut) -> dict:
         hits = [answer(s, cut) == s["reference"] for s in samples]
         oos = [h for h, s in zip(hits, samples, strict=True) if s["reference"] == "oos"]
         kept = [h for h, s in zip(hits, samples, strict=True) if s["reference"] != "oos"]
@@ -138,18 +158,18 @@ def fallback_sweep(config_path: Path, run_dir: Path, validation: Path) -> dict:
             "oos_recall": sum(oos) / len(oos),
         }
 
-    name = "margin" if nearest else "threshold"
-    step, count = (0.01, 21) if nearest else (0.05, 20)
-    candidates = [round(step * i, 2) for i in range(count)]  # 0 = no fallback
+    def key(cut) -> str:
+        return "/".join(map(str, cut)) if isinstance(cut, tuple) else str(cut)
+
     on_validation = _read(out.with_name("predictions.jsonl"))
-    chosen = max(candidates, key=lambda t: (scores(on_validation, t)["accuracy"], -t))
+    by_cut = {cut: scores(on_validation, cut)["accuracy"] for cut in candidates}
+    chosen = max(candidates, key=lambda cut: by_cut[cut])  # the first best: the smallest cut
     test = _read(run_dir / "predictions.jsonl")
-    default = report["fallback"][name]
     return {
         "cut": name,
-        "chosen_on_validation": chosen,
-        **{f"test_at_{t}": scores(test, t) for t in sorted({0.0, default, chosen})},
-        "validation_by_cut": {t: round(scores(on_validation, t)["accuracy"], 4) for t in candidates},
+        "chosen_on_validation": key(chosen),
+        **{f"test_at_{key(cut)}": scores(test, cut) for cut in dict.fromkeys([none, default, chosen])},
+        "validation_by_cut": {key(cut): round(value, 4) for cut, value in by_cut.items()},
     }
 
 

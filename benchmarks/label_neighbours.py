@@ -8,8 +8,9 @@ config's fallback label below its threshold). Nearest neighbour: the adapter's l
 answer position (the vector its first label token is predicted from), for every training row and every
 evaluated row; each evaluated row takes the label of the most similar training row (cosine). The fallback
 label's own training rows are a class like any other there, and a row is also answered with it where it is
-not at least the config's `fallback_margin` more similar to its nearest row than to the fallback label's
-(the product's rule, classify/label_index.py `Neighbour.or_fallback`). Also printed: how well each score
+not at least the config's `fallback_margin` more similar to its nearest row than to the fallback label's, or
+is less similar than `fallback_min_similarity` to it (the product's rule, classify/label_index.py
+`Neighbour.or_fallback`). Also printed: how well each score
 separates the fallback label's rows from the rest (AUROC: decoding's probability, the best cosine to a
 training row of another label).
 
@@ -102,16 +103,23 @@ def main() -> None:
         print("nearest neighbour: ", scores(nearest, references, None))
         return
     probability = torch.tensor([d["adapter_probability"] for d in decoded])
-    threshold, _ = fallback_rule("decode", evaluation.fallback_threshold, None)
-    _, margin = fallback_rule("nearest", None, evaluation.fallback_margin)
-    print(f"fallback '{fallback}': decoding below probability {threshold}; nearest within margin {margin}:")
+    threshold = fallback_rule("decode", evaluation.fallback_threshold).threshold
+    rule = fallback_rule("nearest", None, evaluation.fallback_margin, evaluation.fallback_min_similarity)
+    print(
+        f"fallback '{fallback}': decoding below probability {threshold}; nearest within margin"
+        f" {rule.margin} or less similar than {rule.min_similarity}:"
+    )
     decoded_or = [
         fallback_or(label, p, fallback, threshold)
         for label, p in zip(labels_decoded, probability.tolist(), strict=True)
     ]
     favoured = by_label.clone()
-    favoured[:, labels.index(fallback)] += margin  # Neighbour.or_fallback's rule
-    nearest_or = [labels[j] for j in favoured.argmax(1).tolist()]
+    favoured[:, labels.index(fallback)] += rule.margin  # Neighbour.or_fallback's rule
+    unlike = by_label.max(1).values < rule.min_similarity
+    nearest_or = [
+        fallback if far else labels[j]
+        for j, far in zip(favoured.argmax(1).tolist(), unlike.tolist(), strict=True)
+    ]
     print("decoding:          ", scores(decoded_or, references, fallback))
     print("nearest neighbour: ", scores(nearest_or, references, fallback))
     print("no fallback: decoding", scores(labels_decoded, references, fallback))

@@ -26,7 +26,8 @@ def test_each_row_takes_the_label_of_the_most_similar_training_row():
 
 def test_the_fallback_label_answers_a_row_not_clearly_nearer_another_labels_rows():
     """With a fallback label, a row keeps its nearest label only when at least `margin` more similar to it
-    than to the fallback label's nearest row; a row nearest a fallback row is the fallback at any margin."""
+    than to the fallback label's nearest row, and at least `min_similarity` similar; a row nearest a fallback
+    row is the fallback at any margin."""
     index = _index()
     near_card, near_oos = index.nearest(torch.tensor([[1.0, 0.0, 0.5], [0.1, 0.0, 1.0]]), "oos")
     assert near_card.label == "card_arrival" and near_oos.label == "oos"
@@ -35,6 +36,9 @@ def test_the_fallback_label_answers_a_row_not_clearly_nearer_another_labels_rows
     assert near_card.or_fallback("oos", 0.0) == near_card.or_fallback("oos", 0.44) == "card_arrival"
     assert near_card.or_fallback("oos", 0.45) == "oos"
     assert near_oos.or_fallback("oos", 0.0) == near_oos.or_fallback("oos", 0.9) == "oos"
+    # a row less similar than `min_similarity` to its nearest row is unlike every training row (0.894 here)
+    assert near_card.or_fallback("oos", 0.0, 0.89) == "card_arrival"
+    assert near_card.or_fallback("oos", 0.0, 0.9) == "oos"
     assert index.nearest(torch.tensor([[1.0, 0.0, 0.5]]))[0].fallback_similarity is None  # none asked
     index.check_fallback("oos")
     without = LabelIndex.build(torch.eye(2), ["card_arrival", "exchange_rate"], LABELS)

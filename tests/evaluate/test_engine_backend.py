@@ -8,7 +8,12 @@ import pytest
 import yaml
 
 from loraforge.config.schema import EvaluationConfig, PromptConfig, TargetConfig
-from loraforge.config.tasks import DEFAULT_FALLBACK_MARGIN, DEFAULT_FALLBACK_THRESHOLD
+from loraforge.config.tasks import (
+    DEFAULT_FALLBACK_MARGIN,
+    DEFAULT_FALLBACK_MIN_SIMILARITY,
+    DEFAULT_FALLBACK_THRESHOLD,
+    FallbackRule,
+)
 from loraforge.data.examples import ExampleBuilder
 from loraforge.errors import ConfigError
 from loraforge.evaluate.engine_backend import EngineBackend
@@ -217,7 +222,12 @@ def test_a_fallback_label_replaces_labels_the_model_is_unsure_of(engine_backend,
         assert sample[f"{ADAPTER}_label"] == label
         assert sample[f"{ADAPTER}_probability"] == pytest.approx(probability, abs=1e-6)
         assert sample[ADAPTER] == (label if probability >= threshold else "exchange_rate")
-    assert report["fallback"] == {"label": "exchange_rate", "threshold": threshold, "margin": None}
+    assert report["fallback"] == {
+        "label": "exchange_rate",
+        "threshold": threshold,
+        "margin": None,
+        "min_similarity": None,
+    }
     assert report["results"][ADAPTER]["accuracy"] == sum(s[ADAPTER] == "exchange_rate" for s in samples) / 6
     with pytest.raises(ConfigError, match="'oos' is not in the label set"):
         unknown = config.model_copy(update={"fallback_label": "oos"})
@@ -232,13 +242,18 @@ def test_a_fallback_label_must_be_a_label_and_needs_the_engine(tmp_path):
     with pytest.raises(ValueError, match="fallback_label needs constrain_to_labels"):
         EvaluationConfig(**common, constrain_to_labels=True, backend="hf")
     decoded = EvaluationConfig(**common, constrain_to_labels=True)
-    assert decoded.fallback_rule() == (DEFAULT_FALLBACK_THRESHOLD, None)
+    assert decoded.fallback_rule() == FallbackRule(DEFAULT_FALLBACK_THRESHOLD)
     with pytest.raises(ValueError, match="fallback_margin needs classifier 'nearest'"):
         EvaluationConfig(**common, constrain_to_labels=True, fallback_margin=0.1)
+    with pytest.raises(ValueError, match="fallback_min_similarity needs classifier 'nearest'"):
+        EvaluationConfig(**common, constrain_to_labels=True, fallback_min_similarity=0.5)
     nearest = EvaluationConfig(**common, constrain_to_labels=True, classifier="nearest")
-    assert nearest.fallback_rule() == (None, DEFAULT_FALLBACK_MARGIN)  # the probability only where asked
-    both = nearest.model_copy(update={"fallback_threshold": 0.3, "fallback_margin": 0.2})
-    assert both.fallback_rule() == (0.3, 0.2)
+    # the probability only where asked
+    assert nearest.fallback_rule() == FallbackRule(
+        None, DEFAULT_FALLBACK_MARGIN, DEFAULT_FALLBACK_MIN_SIMILARITY
+    )
+    asked = {"fallback_threshold": 0.3, "fallback_margin": 0.2, "fallback_min_similarity": -0.5}
+    assert nearest.model_copy(update=asked).fallback_rule() == FallbackRule(0.3, 0.2, -0.5)
 
 
 def test_answer_states_are_what_the_lm_head_reads_at_the_prompts_last_token(
@@ -314,9 +329,14 @@ def test_the_nearest_classifier_answers_with_the_label_of_the_closest_training_r
     gaps = sorted({round(1.0 - n.fallback_similarity, 4) for n in found if n.label != fallback})
     assert len(gaps) > 1
     margin = (gaps[0] + gaps[1]) / 2
-    with_fallback = config.model_copy(update={"fallback_label": fallback, "fallback_margin": margin})
-    report = nearest(with_fallback, {"beta": index})
-    assert report["fallback"] == {"label": fallback, "threshold": None, "margin": margin}
+    rule = {"fallback_label": fallback, "fallback_margin": margin, "fallback_min_similarity": -1.0}
+    report = nearest(config.model_copy(update=rule), {"beta": index})
+    assert report["fallback"] == {
+        "label": fallback,
+        "threshold": None,
+        "margin": margin,
+        "min_similarity": -1.0,
+    }
     answers = [s["beta"] for s in report["samples"]]
     for sample, neighbour in zip(report["samples"], found, strict=True):
         assert sample["beta_fallback_similarity"] == pytest.approx(neighbour.fallback_similarity, abs=1e-5)
@@ -324,6 +344,25 @@ def test_the_nearest_classifier_answers_with_the_label_of_the_closest_training_r
         assert sample["beta"] == (sample["reference"] if gap >= margin else fallback)
     assert answers.count(fallback) > sum(r["label"] == fallback for r in records)
     assert set(answers) != {fallback}
+
+    # With no margin, a row less similar than `fallback_min_similarity` to its nearest row is the fallback's:
+    # indexed on another adapter's answer states, the rows' similarities spread below 1.
+    other = LabelIndex.build(
+        engine_backend.answer_states(prompts, ADAPTER), [r["label"] for r in records], LABELS
+    )
+    found = other.nearest(engine_backend.answer_states(prompts, "beta"), fallback)
+    similarities = sorted({round(n.similarity, 4) for n in found if n.label != fallback})
+    assert len(similarities) > 1 and similarities[-1] < 0.999
+    floor = (similarities[0] + similarities[1]) / 2
+    rule = {"fallback_label": fallback, "fallback_margin": 0.0, "fallback_min_similarity": floor}
+    report = nearest(config.model_copy(update=rule), {"beta": other})
+    for sample, neighbour in zip(report["samples"], found, strict=True):
+        assert sample["beta_similarity"] == pytest.approx(neighbour.similarity, abs=1e-5)
+        kept = neighbour.label != fallback and neighbour.similarity >= floor
+        assert sample["beta"] == (neighbour.label if kept else fallback)
+    answers = [s["beta"] for s in report["samples"]]
+    sent = [a == fallback for a, n in zip(answers, found, strict=True) if n.label != fallback]
+    assert any(sent) and not all(sent)  # the floor lies between the two least similar rows
     no_rows = config.model_copy(update={"fallback_label": LABELS[-1]})
     only_some = LabelIndex.build(index.states[:2], [r["label"] for r in records[:2]], LABELS)
     with pytest.raises(ConfigError, match="no training rows of the fallback label"):

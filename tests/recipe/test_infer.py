@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from loraforge.config import load_config
-from loraforge.config.tasks import DEFAULT_FALLBACK_MARGIN
+from loraforge.config.tasks import DEFAULT_FALLBACK_MARGIN, DEFAULT_FALLBACK_MIN_SIMILARITY, FallbackRule
 from loraforge.recipe.infer import (
     FEW_PER_LABEL,
     MAX_EPOCHS,
@@ -114,7 +114,8 @@ def test_init_writes_a_config_train_accepts(monkeypatch, capsys, tmp_path, tiny_
     code, printed, _ = _cli(monkeypatch, capsys, *oos_args, str(oos_out), "--base-model", str(tiny_model_dir))
     assert code == 0 and "label 'oos' reads as out of scope" in printed
     oos = load_config(oos_out).evaluation
-    assert oos.fallback_label == "oos" and oos.fallback_rule() == (None, DEFAULT_FALLBACK_MARGIN)
+    assert oos.fallback_label == "oos"
+    assert oos.fallback_rule() == FallbackRule(None, DEFAULT_FALLBACK_MARGIN, DEFAULT_FALLBACK_MIN_SIMILARITY)
     # with a test file, 10 examples a label all train: no carve, no early stopping
     test_args = ["init", "--data", str(data), "--input", "text", "--target", "label", "--test", str(data)]
     few_out = tmp_path / "cfg" / "few.yaml"

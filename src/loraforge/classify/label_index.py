@@ -31,12 +31,16 @@ class Neighbour:
     similarity: float  # cosine to the nearest training row of that label, in [-1, 1]
     fallback_similarity: float | None = None  # cosine to the nearest row of the fallback label asked about
 
-    def or_fallback(self, fallback: str, margin: float) -> str:
+    def or_fallback(self, fallback: str, margin: float, min_similarity: float | None = None) -> str:
         """`label`, unless the row is not at least `margin` nearer it than the fallback label's nearest row
-        (an out-of-scope row sits between the labels; the fallback's few rows cannot surround it)."""
-        if self.fallback_similarity is None or self.similarity - self.fallback_similarity >= margin:
+        (an out-of-scope row sits between the labels; the fallback's few rows cannot surround it), or is less
+        similar than `min_similarity` to it (a row unlike every training example)."""
+        if self.fallback_similarity is None:
             return self.label
-        return fallback
+        unsure = self.similarity - self.fallback_similarity < margin
+        if unsure or (min_similarity is not None and self.similarity < min_similarity):
+            return fallback
+        return self.label
 
 
 @dataclass

@@ -7,8 +7,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from loraforge.config.tasks import (
     DEFAULT_FALLBACK_MARGIN,
+    DEFAULT_FALLBACK_MIN_SIMILARITY,
     DEFAULT_FALLBACK_THRESHOLD,
     METRICS_BY_TASK,
+    FallbackRule,
     fallback_rule,
 )
 from loraforge.models.aliases import DEFAULT_MODEL
@@ -117,7 +119,8 @@ class EvaluationConfig(Section):
     fallback_label: str | None = Field(
         None,
         description="Classification: the label answered instead when the classifier is unsure (an "
-        "out-of-scope or 'other' label): see `fallback_threshold` and `fallback_margin`. Needs "
+        "out-of-scope or 'other' label): see `fallback_threshold`, `fallback_margin` and "
+        "`fallback_min_similarity`. Needs "
         "constrain_to_labels and the engine backend.",
     )
     fallback_threshold: float | None = Field(
@@ -134,6 +137,13 @@ class EvaluationConfig(Section):
         description="Classifier nearest: the fallback label's training rows count this much more similar "
         "(cosine), so a row takes another label only when clearly nearer its examples "
         f"(default {DEFAULT_FALLBACK_MARGIN}).",
+    )
+    fallback_min_similarity: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="Classifier nearest: the fallback answers a row less similar (cosine) than this to its "
+        f"nearest training example: one unlike them all (default {DEFAULT_FALLBACK_MIN_SIMILARITY}).",
     )
     classifier: Literal["decode", "nearest"] = Field(
         "decode",
@@ -152,8 +162,9 @@ class EvaluationConfig(Section):
             raise ValueError("constrain_to_labels needs task 'classification' and a `labels` file")
         if self.fallback_label is not None and not (self.constrain_to_labels and self.backend == "engine"):
             raise ValueError("fallback_label needs constrain_to_labels and evaluation.backend 'engine'")
-        if self.fallback_margin is not None and self.classifier != "nearest":
-            raise ValueError("fallback_margin needs classifier 'nearest' (decode uses fallback_threshold)")
+        for name in ("fallback_margin", "fallback_min_similarity"):
+            if getattr(self, name) is not None and self.classifier != "nearest":
+                raise ValueError(f"{name} needs classifier 'nearest' (decode uses fallback_threshold)")
         if self.classifier == "nearest" and not (self.constrain_to_labels and self.backend == "engine"):
             raise ValueError(
                 "classifier 'nearest' needs constrain_to_labels and evaluation.backend 'engine'"
@@ -167,9 +178,11 @@ class EvaluationConfig(Section):
                 )
         return self
 
-    def fallback_rule(self) -> tuple[float | None, float | None]:
-        """The fallback's (probability threshold, margin) as the classifier applies them (config/tasks.py)."""
-        return fallback_rule(self.classifier, self.fallback_threshold, self.fallback_margin)
+    def fallback_rule(self) -> FallbackRule:
+        """The fallback's rule as the classifier applies it (config/tasks.py)."""
+        return fallback_rule(
+            self.classifier, self.fallback_threshold, self.fallback_margin, self.fallback_min_similarity
+        )
 
 
 class FloatRange(Section):

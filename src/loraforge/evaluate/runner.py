@@ -2,6 +2,7 @@
 
 import json
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -129,8 +130,7 @@ def evaluate_records(
         "samples": samples,
     }
     if config.fallback_label is not None:
-        threshold, margin = config.fallback_rule()
-        report["fallback"] = {"label": config.fallback_label, "threshold": threshold, "margin": margin}
+        report["fallback"] = {"label": config.fallback_label} | asdict(config.fallback_rule())
     return report
 
 
@@ -147,10 +147,11 @@ def classify(
     """Each run's labels: decoded, or with `classifier: nearest` the label of the nearest training row in the
     run's label index (the base model has none: it decodes); then, with a `fallback_label`, the fallback
     wherever the classifier is unsure (`EvaluationConfig.fallback_rule`: the decoded label's probability under
-    the threshold; for the nearest row, a margin over the fallback label's nearest row). Each sample also
-    records the decoded label and its probability (`<run>_label`, `<run>_probability`) and the nearest row's
-    label and cosine (`<run>_nearest`, `<run>_similarity`, and the fallback label's nearest row's,
-    `<run>_fallback_similarity`), so that a rule can be chosen afterwards on a validation split."""
+    the threshold; for the nearest row, a margin over the fallback label's nearest row, and a least
+    similarity). Each sample also records the decoded label and its probability (`<run>_label`,
+    `<run>_probability`) and the nearest row's label and cosine (`<run>_nearest`, `<run>_similarity`, and the
+    fallback label's nearest row's, `<run>_fallback_similarity`), so that a rule can be chosen afterwards on a
+    validation split."""
     fallback = config.fallback_label
     if fallback is not None and fallback not in labels:
         raise ConfigError(f"evaluation.fallback_label {fallback!r} is not in the label set")
@@ -166,16 +167,19 @@ def classify(
     scored = generator.classify_runs(
         prompts, runs, labels, config.max_new_tokens, on_done, with_states=nearest
     )
-    threshold, margin = config.fallback_rule()
-    decoded_threshold, _ = fallback_rule("decode", config.fallback_threshold, None)  # runs without an index
+    rule = config.fallback_rule()
+    decoded_threshold = fallback_rule("decode", config.fallback_threshold).threshold  # runs without an index
     outputs = {}
     for run, rows in scored.items():
         name = run or "base"
         chosen, cut = [row.label for row in rows], decoded_threshold
         if nearest and run is not None:
-            cut = threshold
+            cut = rule.threshold
             found = indexes[run].nearest(torch.stack([row.state for row in rows]), fallback)
-            chosen = [n.label if fallback is None else n.or_fallback(fallback, margin) for n in found]
+            chosen = [
+                n.label if fallback is None else n.or_fallback(fallback, rule.margin, rule.min_similarity)
+                for n in found
+            ]
             for sample, neighbour in zip(samples, found, strict=True):
                 sample[f"{name}_nearest"] = neighbour.label
                 sample[f"{name}_similarity"] = round(neighbour.similarity, 6)

@@ -11,7 +11,8 @@ The rules, in one place:
   --eval-on validation` records both answers).
   A label that means "none of the others" (`oos`, `other`...) becomes the fallback (`fallback_label`),
   answered unless a row is clearly nearer another label's examples than the fallback's (`fallback_margin`;
-  on the Banking77 out-of-scope split it beat thresholding the decoded label's probability).
+  on the Banking77 out-of-scope split it beat thresholding the decoded label's probability) and similar
+  enough to them (`fallback_min_similarity`: a row unlike every training example is out of scope).
 - prompt: the input column alone, in the model's chat template under a one-line system prompt that names
   only the answer's form (SYSTEM_PROMPTS). Without one, SmolLM2's template injects its own identity prompt
   ("You are a helpful AI assistant named SmolLM...", 11 more tokens a row: 22% of a Banking77 row, paid in
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from loraforge.config.schema import PromptConfig, TargetConfig
-from loraforge.config.tasks import DEFAULT_FALLBACK_MARGIN
+from loraforge.config.tasks import DEFAULT_FALLBACK_MARGIN, DEFAULT_FALLBACK_MIN_SIMILARITY
 from loraforge.data.examples import ExampleBuilder
 from loraforge.data.sources import read_records
 from loraforge.errors import DataError
@@ -225,7 +226,8 @@ def infer_config(
             reasons.append(
                 f"label '{fallback}' reads as out of scope: a row takes another label only when it is at"
                 f" least {DEFAULT_FALLBACK_MARGIN} more similar (cosine) to that label's nearest example than"
-                f" to the nearest '{fallback}' example (evaluation.fallback_margin)"
+                f" to the nearest '{fallback}' example (evaluation.fallback_margin), and at least"
+                f" {DEFAULT_FALLBACK_MIN_SIMILARITY} similar to it (evaluation.fallback_min_similarity)"
             )
     data: dict[str, Any] = {"train": str(train), "validation_fraction": fraction, "seed": 42}
     if labels is not None:

@@ -7,14 +7,15 @@ import shutil
 import httpx
 import pytest
 
-from loraforge.classify.label_index import INDEX_FILE, LabelIndex
-from loraforge.config.tasks import DEFAULT_FALLBACK_MARGIN
+from loraforge.classify.label_index import INDEX_FILE, LabelIndex, Neighbour
+from loraforge.config.tasks import DEFAULT_FALLBACK_MARGIN, DEFAULT_FALLBACK_MIN_SIMILARITY
 from loraforge.evaluate.engine_backend import EngineBackend
 from tests.serve.api.test_errors import ADMIN, AUTH, assert_error
 
 LABELS = ["card_arrival", "lost_or_stolen_card", "refund", "oos"]
 TEXTS = ["where is my card?", "someone stole my wallet", "I want my money back"]
 OUT_OF_SCOPE = "tell me a joke about the weather"
+UNSEEN = ["when will my new card get here?", "can I get a refund", "I lost my card", "hello there"]
 
 
 def _chat(url: str, text: str, **body) -> httpx.Response:
@@ -58,6 +59,23 @@ def gaps(classifier, live) -> list[float]:
     """How much more similar each of TEXTS is to its own index row than to the `oos` row."""
     index = LabelIndex.load(live.engine.adapter_folder("classifier"))
     return [1.0 - (index.states[i] @ index.states[len(TEXTS)]).item() for i in range(len(TEXTS))]
+
+
+@pytest.fixture(scope="module")
+def unseen(classifier, live, tiny_model_dir) -> tuple[str, Neighbour]:
+    """A text outside the index whose nearest row is not the fallback's, with room either side of its
+    similarity and its gap for the server's own rounding; and that row, as the server's states find it."""
+    folder = live.engine.adapter_folder("classifier")
+    backend = EngineBackend.load(str(tiny_model_dir), {"classifier": folder}, precision="fp32")
+    index = LabelIndex.load(folder)
+    for text in UNSEEN:
+        messages = [{"role": "user", "content": text}]
+        prompt = backend.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        neighbour = index.nearest(backend.answer_states([prompt], "classifier"), "oos")[0]
+        gap = neighbour.similarity - neighbour.fallback_similarity
+        if neighbour.label != "oos" and gap > 0.02 and -0.98 < neighbour.similarity < 0.98:
+            return text, neighbour
+    raise AssertionError("no unseen text fits")
 
 
 def test_each_request_gets_the_label_of_its_nearest_training_row(live, classifier):
@@ -111,6 +129,27 @@ def test_the_fallback_answers_a_request_not_clearly_nearer_another_labels_rows(l
     assert _content(unrelated) == "oos"  # its nearest row is the fallback's own
 
 
+def test_the_fallback_answers_a_request_unlike_every_training_row(live, classifier, unseen):
+    """A request less similar than `min_similarity` to its nearest row is the fallback's, as
+    `evaluation.fallback_min_similarity` rules, whatever the margin."""
+    text, neighbour = unseen
+    extra = {"guided_choice": LABELS, "guided_choice_classifier": "nearest", "temperature": 1}
+    for floor, expected in (
+        (neighbour.similarity - 0.01, neighbour.label),
+        (neighbour.similarity + 0.01, "oos"),
+    ):
+        rule = {"label": "oos", "margin": 0, "min_similarity": floor}
+        assert _content(_chat(live.url, text, guided_choice_fallback=rule, **extra)) == expected
+    default = _chat(live.url, text, guided_choice_fallback={"label": "oos"}, **extra)
+    gap = neighbour.similarity - neighbour.fallback_similarity
+    if (
+        min(abs(gap - DEFAULT_FALLBACK_MARGIN), abs(neighbour.similarity - DEFAULT_FALLBACK_MIN_SIMILARITY))
+        > 0.01
+    ):
+        kept = gap >= DEFAULT_FALLBACK_MARGIN and neighbour.similarity >= DEFAULT_FALLBACK_MIN_SIMILARITY
+        assert _content(default) == (neighbour.label if kept else "oos")
+
+
 def test_a_threshold_given_also_judges_the_decoded_labels_probability(live, classifier):
     extra = {"guided_choice": LABELS, "guided_choice_classifier": "nearest", "temperature": 0}
     kept = {"label": "oos", "threshold": 1e-9, "margin": 0}
@@ -133,6 +172,12 @@ def test_a_fallback_the_index_cannot_judge_is_a_400(live, classifier):
     decoded = _chat(live.url, TEXTS[0], guided_choice_fallback={"label": "oos", "margin": 0.1}, **body)
     assert (
         "margin needs guided_choice_classifier 'nearest'"
+        in assert_error(decoded, 400, "guided_choice_fallback")["message"]
+    )
+    floor = {"label": "oos", "min_similarity": 0.5}
+    decoded = _chat(live.url, TEXTS[0], guided_choice_fallback=floor, **body)
+    assert (
+        "min_similarity needs guided_choice_classifier 'nearest'"
         in assert_error(decoded, 400, "guided_choice_fallback")["message"]
     )
     assert _chat(live.url, TEXTS[0], **body).status_code == 200

@@ -4,7 +4,8 @@ adapter serves what `loraforge evaluate` scored. Decoded labels: the answer is `
 the choice it picked a probability below `threshold` (the product of the choice's token probabilities, each
 renormalized over the tokens the constraint allowed there). With `guided_choice_classifier: "nearest"`
 (choice_nearest.py): whenever the request is not at least `margin` more similar to its nearest example than to
-the fallback label's nearest one; the probability threshold applies too only where it is given.
+the fallback label's nearest one, or is less similar than `min_similarity` to it; the probability threshold
+applies too only where it is given.
 
     extra_body={"guided_choice": labels, "guided_choice_fallback": {"label": "oos", "threshold": 0.5}}
 
@@ -17,7 +18,7 @@ import math
 
 from pydantic import Field
 
-from loraforge.config.tasks import fallback_or, fallback_rule
+from loraforge.config.tasks import FallbackRule, fallback_or, fallback_rule
 from loraforge.serve.api.errors import APIError
 from loraforge.serve.api.strict import Strict
 from loraforge.serve.model.logprobs import TokenLogprob
@@ -29,10 +30,11 @@ class ChoiceFallback(Strict):
     label: str = Field(min_length=1)
     threshold: float | None = Field(None, gt=0.0, lt=1.0)
     margin: float | None = Field(None, ge=0.0, le=2.0)
+    min_similarity: float | None = Field(None, ge=-1.0, le=1.0)
 
-    def rule(self, classifier: str) -> tuple[float | None, float | None]:
-        """(probability threshold, margin) as `classifier` applies them; defaults as in evaluation."""
-        return fallback_rule(classifier, self.threshold, self.margin)
+    def rule(self, classifier: str) -> FallbackRule:
+        """The rule as `classifier` applies it; defaults as in evaluation."""
+        return fallback_rule(classifier, self.threshold, self.margin, self.min_similarity)
 
 
 def check(req) -> None:
@@ -44,13 +46,18 @@ def check(req) -> None:
         problem = "needs guided_choice (the labels the model chooses among)"
     elif fallback.label not in req.guided_choice:
         problem = f"label {fallback.label!r} is not one of guided_choice"
-    elif fallback.margin is not None and req.guided_choice_classifier != "nearest":
-        problem = "margin needs guided_choice_classifier 'nearest' (decoded labels use threshold)"
-    elif req.temperature != 0 and fallback.rule(req.guided_choice_classifier)[0] is not None:
+    elif req.guided_choice_classifier != "nearest" and (asked := _nearest_only(fallback)):
+        problem = f"{asked} needs guided_choice_classifier 'nearest' (decoded labels use threshold)"
+    elif req.temperature != 0 and fallback.rule(req.guided_choice_classifier).threshold is not None:
         problem = "needs temperature 0 (the threshold is on the greedy label's probability)"
     else:
         return
     raise APIError(400, f"{PARAM}: {problem}", "invalid_request_error", PARAM)
+
+
+def _nearest_only(fallback: ChoiceFallback) -> str | None:
+    """The first field set that only the nearest-example classifier applies."""
+    return next((name for name in ("margin", "min_similarity") if getattr(fallback, name) is not None), None)
 
 
 def decoded_probability(
@@ -64,9 +71,10 @@ def decoded_probability(
 
 
 def answer(fallback: ChoiceFallback, classifier: str, label: str, probability: float | None) -> str:
-    """`label` (the decoded choice, or the nearest label with choice_nearest.py, which applied the margin),
-    or the fallback when the decoded choice's probability is below the threshold `classifier` uses."""
-    threshold, _ = fallback.rule(classifier)
+    """`label` (the decoded choice, or the nearest label with choice_nearest.py, which applied the margin and
+    the similarity), or the fallback when the decoded choice's probability is below the threshold
+    `classifier` uses."""
+    threshold = fallback.rule(classifier).threshold
     if probability is None or threshold is None:
         return label
     return fallback_or(label, probability, fallback.label, threshold)

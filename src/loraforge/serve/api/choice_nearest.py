@@ -10,7 +10,8 @@ scored.
 The index is read only from the folder of an adapter the operator provided (an explicit path or the adapter
 directory), never from a hub download or a merge. The label is still decoded (its tokens, logprobs and usage
 are the ones reported); `guided_choice_fallback` answers its label unless the request is at least its
-`margin` nearer another label's examples than the fallback label's (choice_fallback.py), as in evaluation.
+`margin` nearer another label's examples than the fallback label's and at least `min_similarity` similar to
+them (choice_fallback.py), as in evaluation.
 Like the fallback, a streamed answer holds the choice back and sends the label in one chunk."""
 
 import threading
@@ -104,8 +105,10 @@ _cache = _IndexCache()
 
 def answer(index: LabelIndex, state: torch.Tensor, fallback: ChoiceFallback | None) -> str:
     """The label of the training row nearest to a choice's answer state, or the fallback's label where the
-    state is not at least its margin nearer that row than the fallback label's nearest row."""
+    state is not at least its margin nearer that row than the fallback label's nearest row, or is less similar
+    than its `min_similarity` to it."""
     if fallback is None:
         return index.nearest(state[None])[0].label
-    _, margin = fallback.rule(NEAREST)
-    return index.nearest(state[None], fallback.label)[0].or_fallback(fallback.label, margin)
+    rule = fallback.rule(NEAREST)
+    neighbour = index.nearest(state[None], fallback.label)[0]
+    return neighbour.or_fallback(fallback.label, rule.margin, rule.min_similarity)
