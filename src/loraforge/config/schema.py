@@ -12,6 +12,7 @@ from loraforge.config.tasks import (
     METRICS_BY_TASK,
     FallbackRule,
     fallback_rule,
+    nearest_only,
 )
 from loraforge.models.aliases import DEFAULT_MODEL
 
@@ -162,9 +163,9 @@ class EvaluationConfig(Section):
             raise ValueError("constrain_to_labels needs task 'classification' and a `labels` file")
         if self.fallback_label is not None and not (self.constrain_to_labels and self.backend == "engine"):
             raise ValueError("fallback_label needs constrain_to_labels and evaluation.backend 'engine'")
-        for name in ("fallback_margin", "fallback_min_similarity"):
-            if getattr(self, name) is not None and self.classifier != "nearest":
-                raise ValueError(f"{name} needs classifier 'nearest' (decode uses fallback_threshold)")
+        asked = nearest_only(self.fallback_margin, self.fallback_min_similarity)
+        if asked and self.classifier != "nearest":
+            raise ValueError(f"fallback_{asked} needs classifier 'nearest' (decode uses fallback_threshold)")
         if self.classifier == "nearest" and not (self.constrain_to_labels and self.backend == "engine"):
             raise ValueError(
                 "classifier 'nearest' needs constrain_to_labels and evaluation.backend 'engine'"

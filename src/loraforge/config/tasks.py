@@ -46,6 +46,12 @@ class FallbackRule:
     min_similarity: float | None = None
 
 
+def nearest_only(margin: float | None, min_similarity: float | None) -> str | None:
+    """The name of the first of these cuts that was given: only the nearest-example classifier applies them
+    (the config names them `fallback_<name>`, the server's `guided_choice_fallback` `<name>`)."""
+    return "margin" if margin is not None else "min_similarity" if min_similarity is not None else None
+
+
 def fallback_rule(
     classifier: str,
     threshold: float | None,
@@ -58,8 +64,8 @@ def fallback_rule(
     DEFAULT_FALLBACK_MIN_SIMILARITY), and the decoded probability too only where a threshold is given.
     ValueError for a margin or a similarity asked of `decode`."""
     if classifier == "decode":
-        if margin is not None or min_similarity is not None:
-            raise ValueError("a fallback margin or min_similarity needs the nearest-example classifier")
+        if asked := nearest_only(margin, min_similarity):
+            raise ValueError(f"a fallback {asked} needs the nearest-example classifier")
         return FallbackRule(DEFAULT_FALLBACK_THRESHOLD if threshold is None else threshold)
     return FallbackRule(
         threshold,

@@ -18,7 +18,7 @@ import math
 
 from pydantic import Field
 
-from loraforge.config.tasks import FallbackRule, fallback_or, fallback_rule
+from loraforge.config.tasks import FallbackRule, fallback_or, fallback_rule, nearest_only
 from loraforge.serve.api.errors import APIError
 from loraforge.serve.api.strict import Strict
 from loraforge.serve.model.logprobs import TokenLogprob
@@ -46,18 +46,15 @@ def check(req) -> None:
         problem = "needs guided_choice (the labels the model chooses among)"
     elif fallback.label not in req.guided_choice:
         problem = f"label {fallback.label!r} is not one of guided_choice"
-    elif req.guided_choice_classifier != "nearest" and (asked := _nearest_only(fallback)):
+    elif req.guided_choice_classifier != "nearest" and (
+        asked := nearest_only(fallback.margin, fallback.min_similarity)
+    ):
         problem = f"{asked} needs guided_choice_classifier 'nearest' (decoded labels use threshold)"
     elif req.temperature != 0 and fallback.rule(req.guided_choice_classifier).threshold is not None:
         problem = "needs temperature 0 (the threshold is on the greedy label's probability)"
     else:
         return
     raise APIError(400, f"{PARAM}: {problem}", "invalid_request_error", PARAM)
-
-
-def _nearest_only(fallback: ChoiceFallback) -> str | None:
-    """The first field set that only the nearest-example classifier applies."""
-    return next((name for name in ("margin", "min_similarity") if getattr(fallback, name) is not None), None)
 
 
 def decoded_probability(
