@@ -10,7 +10,9 @@ evaluated row; each evaluated row takes the label of the most similar training r
 label's own training rows are a class like any other there, and a row is also answered with it where it is
 not at least the config's `fallback_margin` more similar to its nearest row than to the fallback label's, or
 is less similar than `fallback_min_similarity` to it (the product's rule, classify/label_index.py
-`Neighbour.or_fallback`). Also printed: how well each score
+`Neighbour.or_fallback`). Also printed: other answers from the same states that a k-NN classifier could
+give (each label's k most similar rows averaged, each label's mean state, a vote of all rows weighted by a
+softmax of their cosines), with the same fallback rule on the nearest example; and how well each score
 separates the fallback label's rows from the rest (AUROC: decoding's probability, the best cosine to a
 training row of another label).
 
@@ -68,6 +70,42 @@ def scores(answers: list[str], references: list[str], fallback: str | None) -> s
     return line
 
 
+def other_scores(similarity, states, train_states, train_label, labels: int) -> dict[str, torch.Tensor]:
+    """`[rows, labels]` scores of the other classifiers the same states give (the module docstring)."""
+    out = {}
+    for k in (2, 3):
+        top = torch.full((len(states), labels), -2.0)
+        for j in train_label.unique().tolist():
+            column = similarity[:, train_label == j]
+            top[:, j] = column.topk(min(k, column.shape[1]), dim=1).values.mean(1)
+        out[f"each label's {k} nearest rows, mean"] = top
+    means = torch.zeros(labels, train_states.shape[1]).index_add_(0, train_label, train_states)
+    out["each label's mean state"] = states @ F.normalize(means, dim=1).T
+    for temperature in (0.02, 0.05, 0.1):
+        weights = torch.softmax(similarity / temperature, dim=1)
+        vote = torch.zeros(len(states), labels).index_add_(1, train_label, weights)
+        out[f"all rows' vote, softmax at {temperature}"] = vote
+    return out
+
+
+def print_others(
+    others: dict[str, torch.Tensor],
+    labels: list[str],
+    references: list[str],
+    fallback: str | None = None,
+    sent: list[bool] | None = None,
+) -> None:
+    """Each other classifier's accuracy: a row the nearest example's fallback rule `sent` to the fallback
+    label keeps it, every other row takes the label the score ranks first among the rest."""
+    print("other answers from the same states" + (", the same fallback rows:" if fallback else ":"))
+    sent = sent or [False] * len(references)
+    for name, score in others.items():
+        if fallback is not None:
+            score[:, labels.index(fallback)] = -2.0
+        answers = [fallback if s else labels[j] for s, j in zip(sent, score.argmax(1).tolist(), strict=True)]
+        print(f"  {name}: ", scores(answers, references, fallback))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="init_transfer's folder: config.yaml and run/")
@@ -101,6 +139,9 @@ def main() -> None:
     if fallback is None:
         print("decoding:          ", scores(labels_decoded, references, None))
         print("nearest neighbour: ", scores(nearest, references, None))
+        print_others(
+            other_scores(similarity, states, train_states, train_label, len(labels)), labels, references
+        )
         return
     probability = torch.tensor([d["adapter_probability"] for d in decoded])
     threshold = fallback_rule("decode", evaluation.fallback_threshold).threshold
@@ -120,10 +161,18 @@ def main() -> None:
         fallback if far else labels[j]
         for j, far in zip(favoured.argmax(1).tolist(), unlike.tolist(), strict=True)
     ]
+    sent = [label == fallback for label in nearest_or]  # where the rule answers with the fallback label
     print("decoding:          ", scores(decoded_or, references, fallback))
     print("nearest neighbour: ", scores(nearest_or, references, fallback))
     print("no fallback: decoding", scores(labels_decoded, references, fallback))
     print("no fallback: nearest ", scores(nearest, references, fallback))
+    print_others(
+        other_scores(similarity, states, train_states, train_label, len(labels)),
+        labels,
+        references,
+        fallback,
+        sent,
+    )
     out = torch.tensor([r == fallback for r in references])
     others = by_label.clone()
     others[:, labels.index(fallback)] = -2.0
