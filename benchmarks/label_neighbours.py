@@ -70,15 +70,24 @@ def scores(answers: list[str], references: list[str], fallback: str | None) -> s
     return line
 
 
+def label_nearest(
+    similarity: torch.Tensor, train_label: torch.Tensor, labels: int, k: int = 1
+) -> torch.Tensor:
+    """`[rows, labels]`: the mean cosine to each label's `k` most similar training rows (k=1: the nearest
+    example's); -2 for a label without training rows."""
+    out = torch.full((len(similarity), labels), -2.0)
+    for j in train_label.unique().tolist():
+        column = similarity[:, train_label == j]
+        out[:, j] = column.topk(min(k, column.shape[1]), dim=1).values.mean(1)
+    return out
+
+
 def other_scores(similarity, states, train_states, train_label, labels: int) -> dict[str, torch.Tensor]:
     """`[rows, labels]` scores of the other classifiers the same states give (the module docstring)."""
-    out = {}
-    for k in (2, 3):
-        top = torch.full((len(states), labels), -2.0)
-        for j in train_label.unique().tolist():
-            column = similarity[:, train_label == j]
-            top[:, j] = column.topk(min(k, column.shape[1]), dim=1).values.mean(1)
-        out[f"each label's {k} nearest rows, mean"] = top
+    out = {
+        f"each label's {k} nearest rows, mean": label_nearest(similarity, train_label, labels, k)
+        for k in (2, 3)
+    }
     means = torch.zeros(labels, train_states.shape[1]).index_add_(0, train_label, train_states)
     out["each label's mean state"] = states @ F.normalize(means, dim=1).T
     for temperature in (0.02, 0.05, 0.1):
@@ -129,9 +138,8 @@ def main() -> None:
     states = answer_states(model, generator.tokenizer, [d["prompt"] for d in decoded])
     similarity = states @ train_states.T  # [rows, train]
     train_label = torch.tensor([labels.index(e.completion) for e in train])
-    by_label = torch.full((len(decoded), len(labels)), -2.0)
-    for j in train_label.unique().tolist():
-        by_label[:, j] = similarity[:, train_label == j].max(1).values
+    by_label = label_nearest(similarity, train_label, len(labels))
+    alternatives = other_scores(similarity, states, train_states, train_label, len(labels))
     nearest = [labels[j] for j in by_label.argmax(1).tolist()]
 
     print(f"CPU: {describe()}")
@@ -139,9 +147,7 @@ def main() -> None:
     if fallback is None:
         print("decoding:          ", scores(labels_decoded, references, None))
         print("nearest neighbour: ", scores(nearest, references, None))
-        print_others(
-            other_scores(similarity, states, train_states, train_label, len(labels)), labels, references
-        )
+        print_others(alternatives, labels, references)
         return
     probability = torch.tensor([d["adapter_probability"] for d in decoded])
     threshold = fallback_rule("decode", evaluation.fallback_threshold).threshold
@@ -166,13 +172,7 @@ def main() -> None:
     print("nearest neighbour: ", scores(nearest_or, references, fallback))
     print("no fallback: decoding", scores(labels_decoded, references, fallback))
     print("no fallback: nearest ", scores(nearest, references, fallback))
-    print_others(
-        other_scores(similarity, states, train_states, train_label, len(labels)),
-        labels,
-        references,
-        fallback,
-        sent,
-    )
+    print_others(alternatives, labels, references, fallback, sent)
     out = torch.tensor([r == fallback for r in references])
     others = by_label.clone()
     others[:, labels.index(fallback)] = -2.0
