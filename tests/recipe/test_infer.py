@@ -8,10 +8,12 @@ import pytest
 from loraforge.config import load_config
 from loraforge.config.tasks import DEFAULT_FALLBACK_MARGIN, DEFAULT_FALLBACK_MIN_SIMILARITY, FallbackRule
 from loraforge.recipe.infer import (
+    CLASSIFICATION_RANK,
     FEW_PER_LABEL,
     MAX_EPOCHS,
     MIN_EPOCHS,
     PROTOTYPE_LOSS,
+    RANK,
     SYSTEM_PROMPTS,
     VALIDATION_FRACTION,
     fallback_label,
@@ -100,6 +102,8 @@ def test_init_writes_a_config_train_accepts(monkeypatch, capsys, tmp_path, tiny_
     assert config.evaluation.task == "classification" and config.evaluation.constrain_to_labels
     assert config.evaluation.classifier == "nearest" and "classifier nearest" in printed
     assert config.trainer.prototype_loss == PROTOTYPE_LOSS > 0 and "prototype_loss" in printed
+    assert config.adapter.r == CLASSIFICATION_RANK != RANK and config.adapter.alpha == 2 * CLASSIFICATION_RANK
+    assert f"adapter: rank {CLASSIFICATION_RANK}" in printed
     assert config.prompt.system == SYSTEM_PROMPTS["classification"] and config.prompt.chat_template
     assert "system prompt 'Answer with the label.'" in printed
     assert json.loads(config.evaluation.labels.read_text()) == sorted(INTENTS)
@@ -127,6 +131,15 @@ def test_init_writes_a_config_train_accepts(monkeypatch, capsys, tmp_path, tiny_
     assert few.data.validation_fraction == 0 and few.trainer.eval_every is None
     assert few.trainer.early_stopping_patience is None and few.evaluation.split == "test"
     assert config.data.validation_fraction == VALIDATION_FRACTION and config.trainer.early_stopping_patience
+    # free text keeps the first rank tried
+    text = tmp_path / "text.jsonl"
+    text.write_text(
+        "".join(json.dumps({"q": f"say {i}", "a": f"a different answer {i}"}) + "\n" for i in range(40))
+    )
+    text_out = tmp_path / "cfg" / "text.yaml"
+    text_args = ["init", "--data", str(text), "--input", "q", "--target", "a", "--out", str(text_out)]
+    code, printed, _ = _cli(monkeypatch, capsys, *text_args, "--base-model", str(tiny_model_dir))
+    assert code == 0 and "task generation" in printed and load_config(text_out).adapter.r == RANK
     # mistakes: one line, exit 2
     code, _, err = _cli(monkeypatch, capsys, *base, "--base-model", str(tiny_model_dir))
     assert code == 2 and "exists" in err and len(err.strip().splitlines()) == 1

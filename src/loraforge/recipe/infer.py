@@ -23,6 +23,9 @@ The rules, in one place:
   (between MIN_EPOCHS and MAX_EPOCHS), with early stopping on a validation split guarding against overfitting.
   For classification that split is stratified over the labels: with 10 examples a label, a random 10% carve
   takes 2-3 of some labels' examples and none of others'; a stratified one takes one from each.
+- the adapter: LoRA on every linear layer, rank RANK; a classification gets CLASSIFICATION_RANK, since the
+  answer state its nearest example compares gains from it (one larger adapter to serve: the engine pads
+  every resident adapter to the largest rank).
 - classification trains with a prototype loss beside the LM loss (PROTOTYPE_LOSS, train/loss.py): the
   answer state the nearest example is found by is pulled toward its own label's running mean and away from
   the others'; on its own the LM loss shapes that state only to predict the label's first token.
@@ -55,6 +58,11 @@ VALIDATION_FRACTION = 0.1  # carved from train for early stopping
 # Classification: the prototype loss's weight beside the LM loss (train/loss.py); measured on Banking77
 # validation rows at 10 a label against the LM loss alone (README "Fine-tuning").
 PROTOTYPE_LOSS = 1.0
+# LoRA rank (alpha twice it). A classification's answer state, the vector the nearest example is found by,
+# gains from the larger rank (README "Fine-tuning": Banking77 validation rows at 10 a label, with and without
+# an `oos` label); other tasks keep the first value tried.
+RANK = 16
+CLASSIFICATION_RANK = 32
 FEW_PER_LABEL = 10  # examples a label (on average) up to which a classification keeps all for training
 # Label names (lowercased, letters only) that mean "none of the other labels".
 FALLBACK_NAMES = {
@@ -143,6 +151,16 @@ def schedule(rows: int, validation_fraction: float = VALIDATION_FRACTION) -> tup
     return epochs, lr, f"{rows} rows: {epochs} epochs of batch {BATCH_SIZE} (~{steps} steps), lr {lr:g}"
 
 
+def adapter_rank(task: str) -> tuple[int, str]:
+    """(rank, why): the LoRA rank on every linear layer, alpha twice it (RANK, CLASSIFICATION_RANK)."""
+    if task == "classification":
+        return CLASSIFICATION_RANK, (
+            f"adapter: rank {CLASSIFICATION_RANK} on every linear layer (classification: the answer state"
+            " the nearest example is found by gains from the larger rank)"
+        )
+    return RANK, f"adapter: rank {RANK} on every linear layer"
+
+
 def holdout(rows: int, labels: list[str] | None, *, has_test: bool) -> tuple[float, str]:
     """(validation_fraction, why): the share of train carved off for early stopping. A classification with
     at most FEW_PER_LABEL examples a label keeps them all when a test file is there to evaluate on: on
@@ -212,6 +230,8 @@ def infer_config(
     fraction, why_holdout = holdout(len(records), labels, has_test=test is not None)
     epochs, lr, why = schedule(len(records), fraction)
     reasons.append(why)
+    rank, why_rank = adapter_rank(task)
+    reasons.append(why_rank)
     evaluation: dict[str, Any] = {"task": task, "max_new_tokens": max_new}
     if labels is not None:
         evaluation |= {"labels": str(labels_path), "constrain_to_labels": True, "classifier": "nearest"}
@@ -243,7 +263,7 @@ def infer_config(
         "data": data,
         "prompt": prompt.model_dump(exclude_defaults=True) | {"chat_template": prompt.chat_template},
         "target": {"column": target_column},
-        "adapter": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
+        "adapter": {"r": rank, "alpha": 2 * rank, "dropout": 0.05, "target_modules": "all-linear"},
         "trainer": {
             "epochs": epochs,
             "batch_size": BATCH_SIZE,
