@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loraforge.config.schema import PromptConfig, TargetConfig
+from loraforge.config.schema import AdapterConfig, PromptConfig, TargetConfig
 from loraforge.config.tasks import DEFAULT_FALLBACK_MARGIN, DEFAULT_FALLBACK_MIN_SIMILARITY
 from loraforge.data.examples import ExampleBuilder
 from loraforge.data.sources import read_records
@@ -60,8 +60,8 @@ VALIDATION_FRACTION = 0.1  # carved from train for early stopping
 PROTOTYPE_LOSS = 1.0
 # LoRA rank (alpha twice it). A classification's answer state, the vector the nearest example is found by,
 # gains from the larger rank (README "Fine-tuning": Banking77 validation rows at 10 a label, with and without
-# an `oos` label); other tasks keep the first value tried.
-RANK = 16
+# an `oos` label); other tasks keep the schema's default, the first value tried.
+RANK = AdapterConfig.model_fields["r"].default
 CLASSIFICATION_RANK = 32
 FEW_PER_LABEL = 10  # examples a label (on average) up to which a classification keeps all for training
 # Label names (lowercased, letters only) that mean "none of the other labels".
@@ -263,7 +263,7 @@ def infer_config(
         "data": data,
         "prompt": prompt.model_dump(exclude_defaults=True) | {"chat_template": prompt.chat_template},
         "target": {"column": target_column},
-        "adapter": {"r": rank, "alpha": 2 * rank, "dropout": 0.05, "target_modules": "all-linear"},
+        "adapter": AdapterConfig(r=rank, alpha=2 * rank).model_dump(),  # the schema's dropout and modules
         "trainer": {
             "epochs": epochs,
             "batch_size": BATCH_SIZE,
